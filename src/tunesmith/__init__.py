@@ -1,0 +1,22 @@
+"""tunesmith: fine-tune pretrained Transformer models on your own NLP task."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .run import Run
+    from .serving.predictor import Predictor
+
+
+def train(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> "Run":
+    """Fine-tune from a YAML path, dict or RunConfig; see `tunesmith.run.train`."""
+    from .run import train as _train
+    return _train(config, overrides, **kwargs)
+
+
+def load(run_dir: Any) -> "Predictor":
+    """A Predictor on a finished run folder (or its model/ subfolder)."""
+    from .serving.predictor import Predictor
+    return Predictor.load(run_dir)

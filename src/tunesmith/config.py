@@ -1,0 +1,206 @@
+"""The run configuration: small typed sections, validated at load time, unknown keys rejected."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    """What to learn. `type` picks the task from the registry."""
+
+    type: str = "text-classification"
+    problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
+    """auto: lists of labels (or data.label_separator) mean multi_label, anything else single_label.
+    Regression is never guessed: a float label in a classification task is an error."""
+
+
+class ModelConfig(_Section):
+    name: str | None = None
+    """Hub name or local folder; None = the embedded default (all-MiniLM-L6-v2, offline)."""
+    revision: str | None = None
+    max_length: int = Field(128, ge=8)
+    truncation: Literal["head", "head_tail"] = "head"
+    """head keeps the start of long texts; head_tail keeps the first and last tokens (long reviews)."""
+    trust_remote_code: bool = False
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class DataConfig(_Section):
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    hub_dataset: str | None = None
+    """A Hugging Face Hub dataset name, used instead of files (needs network or a local cache)."""
+    hub_config: str | None = None
+    hub_splits: dict[str, str] = Field(default_factory=lambda: {
+        "train": "train", "validation": "validation", "test": "test"})
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_separator: str | None = None
+    """Delimiter for multi-label strings such as "sports|politics"."""
+    validation_ratio: float = Field(0.1, gt=0.0, lt=0.5)
+    test_ratio: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 42
+    on_missing: Literal["drop", "fill", "error"] = "drop"
+    fill_value: str = ""
+    """Text used for a missing text under on_missing: fill (a missing label is always dropped)."""
+    cache_dir: str | None = None
+    """Where tokenized splits are cached; default ~/.cache/tunesmith."""
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(32, ge=1)
+    """Examples per step summed over all processes (each process gets batch_size / processes)."""
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batching: Literal["bucket", "random"] = "bucket"
+    """bucket: batches of similar length (less padding, much faster); random: plain shuffling."""
+    bucket_batches: int = Field(8, ge=1)
+    """How many batches are drawn at random and then sorted by length together. Small windows keep
+    batches nearly as random as plain shuffling; large ones pad least."""
+    seed: int = 42
+    eval_every: int | Literal["epoch"] = "epoch"
+    """Evaluate (and checkpoint) every N optimizer steps, or at the end of each epoch."""
+    log_every: int = Field(10, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class EvalConfig(_Section):
+    metric: str | None = None
+    """Metric that picks the best checkpoint; default per task (accuracy, micro_f1, neg_mse...)."""
+    batch_size: int = Field(64, ge=1)
+
+
+class RunConfig(_Section):
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str = "runs/run"
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _has_data(self) -> "RunConfig":
+        if not self.data.train and not self.data.hub_dataset:
+            raise ValueError("data.train (a file) or data.hub_dataset (a Hub name) is required")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The valid keys at a dotted location, for did-you-mean suggestions."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(RunConfig, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f" did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            lines.append(f"  - unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"  - {dotted}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-5` -> (['train', 'lr'], 3e-05); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}' (for example --set train.lr=3e-5)")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):  # YAML reads 3e-5 as a string; numbers should be numbers
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            if isinstance(node.get(k), str) and k == "task":
+                node[k] = {"type": node[k]}
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{k}' is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = None,
+                 overrides: list[str] | None = None) -> RunConfig:
+    """Validate a raw mapping; data paths relative to the config file are made absolute."""
+    raw = apply_overrides(dict(raw or {}), overrides or [])
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    if base_dir is not None:
+        for split in ("train", "validation", "test"):
+            p = getattr(cfg.data, split)
+            if p and not Path(p).is_absolute() and (base_dir / p).exists():
+                setattr(cfg.data, split, str((base_dir / p).resolve()))
+    return cfg
+
+
+def load_config(path: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file (or accept a dict / RunConfig) and apply dotted overrides."""
+    if isinstance(path, RunConfig):
+        return build_config(path.model_dump(mode="json"), overrides=overrides) if overrides else path
+    if isinstance(path, dict):
+        return build_config(path, overrides=overrides)
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections task/model/data/train/eval")
+    return build_config(raw, source=str(path), base_dir=path.parent, overrides=overrides)

@@ -1,0 +1,108 @@
+"""The data report: what the user's data looks like before a single step is trained."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from .prepare import LoadedData, Table, text_keys
+
+MAX_EXAMPLES = 5
+
+
+def _duplicates(t: Table, keys: list[tuple]) -> dict[str, Any]:
+    where: dict[tuple, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        where[k].append(i)
+    groups = [ix for ix in where.values() if len(ix) > 1]
+    conflicting = [ix for ix in groups if len({repr(t.label[i]) for i in ix}) > 1]
+    return {
+        "duplicate_rows": int(sum(len(ix) - 1 for ix in groups)),
+        "groups": len(groups),
+        "groups_with_conflicting_labels": len(conflicting),
+        "examples": [{"text": t.text[ix[0]], "lines": [t.line[i] for i in ix][:10]}
+                     for ix in (conflicting + groups)[:MAX_EXAMPLES]],
+    }
+
+
+def _leakage(a_name: str, a: Table, a_keys: list, b_name: str, b: Table, b_keys: list) -> dict[str, Any]:
+    first_in_a = {}
+    for i, k in enumerate(a_keys):
+        first_in_a.setdefault(k, i)
+    shared = [(first_in_a[k], j) for j, k in enumerate(b_keys) if k in first_in_a]
+    return {
+        "rows": len(shared),
+        "fraction_of_" + b_name: round(len(shared) / max(1, len(b)), 4),
+        "examples": [{"text": b.text[j], a_name: a.where(i), b_name: b.where(j)} for i, j in shared[:MAX_EXAMPLES]],
+    }
+
+
+def _lengths(n_tokens: np.ndarray, max_length: int) -> dict[str, Any]:
+    q = np.percentile(n_tokens, [50, 90, 95, 99]) if len(n_tokens) else [0] * 4
+    truncated = int((n_tokens > max_length).sum())
+    return {"p50": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]),
+            "max": int(n_tokens.max()) if len(n_tokens) else 0, "mean": round(float(n_tokens.mean()), 2),
+            "truncated": truncated, "truncated_pct": round(100.0 * truncated / max(1, len(n_tokens)), 2)}
+
+
+def build_report(data: LoadedData, task: Any, n_tokens: dict[str, np.ndarray], max_length: int,
+                 on_missing: str) -> dict[str, Any]:
+    keys = {s: text_keys(t) for s, t in data.splits.items()}
+    report: dict[str, Any] = {
+        "problem_type": task.problem_type,
+        "labels": task.labels,
+        "splits": {s: {"rows": len(t), "source": t.file[0] if len(t) else None,
+                       "made": data.made_splits.get(s)} for s, t in data.splits.items()},
+        "label_distribution": {s: task.label_distribution(t) for s, t in data.splits.items()},
+        "max_length": max_length,
+        "token_lengths": {s: _lengths(n_tokens[s], max_length) for s in data.splits},
+        "duplicates": {s: _duplicates(t, keys[s]) for s, t in data.splits.items()},
+        "leakage": {},
+        "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
+        "warnings": [],
+    }
+    names = list(data.splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            report["leakage"][f"{a}-{b}"] = _leakage(a, data.splits[a], keys[a], b, data.splits[b], keys[b])
+    w = report["warnings"]
+    for pair, leak in report["leakage"].items():
+        if leak["rows"]:
+            w.append(f"{leak['rows']} texts appear in both {pair.replace('-', ' and ')}: "
+                     "held-out scores will be optimistic")
+    for s, lens in report["token_lengths"].items():
+        if lens["truncated_pct"] > 5:
+            w.append(f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are truncated; "
+                     "consider a larger max_length or model.truncation: head_tail")
+    for s, d in report["duplicates"].items():
+        if d["groups_with_conflicting_labels"]:
+            w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
+    if data.dropped:
+        w.append(f"{len(data.dropped)} rows dropped (policy on_missing={on_missing}); see dropped_rows.jsonl")
+    return report
+
+
+def print_report(report: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = console or Console()
+    t = RichTable(title=f"Data report ({report['problem_type']}, {len(report['labels'])} labels)")
+    for col in ("split", "rows", "labels", "tokens p50/p95/max", "truncated", "dups", "source"):
+        t.add_column(col)
+    for s, info in report["splits"].items():
+        lens = report["token_lengths"][s]
+        dist = report["label_distribution"][s]
+        dist_s = ", ".join(f"{k}:{v if isinstance(v, int) else round(v, 3)}" for k, v in list(dist.items())[:6])
+        t.add_row(s, str(info["rows"]), dist_s, f"{lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}",
+                  f"{lens['truncated']} ({lens['truncated_pct']}%)", str(report["duplicates"][s]["duplicate_rows"]),
+                  (info["made"] or info["source"] or "")[-60:])
+    console.print(t)
+    miss = report["missing"]
+    console.print(f"missing values: policy={miss['policy']}, dropped rows={miss['dropped_rows']}, "
+                  f"per split={miss['per_split']}")
+    for pair, leak in report["leakage"].items():
+        console.print(f"overlap {pair}: {leak['rows']} texts")
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")

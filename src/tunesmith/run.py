@@ -1,0 +1,290 @@
+"""The recipe: config -> data -> tokens -> model -> the loop -> evaluation -> run folder.
+
+Everything a run does reads top to bottom here; each stage lives in its own module.
+"""
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig, load_config
+from .data.cache import cached_preprocess
+from .data.prepare import LoadedData, load_splits, make_missing_splits
+from .data.report import build_report, print_report
+from .errors import ConfigError
+from .evaluation.inference import run_inference
+from .evaluation.report import plot_confusion_matrix, plot_learning_curves, summary_lines
+from .io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from .models import DEFAULT_MODEL_ATTRIBUTION, load_model, load_tokenizer, resolve_model_name
+from .tasks.base import Task, get_task
+from .training.checkpoint import CheckpointManager, load_weights
+from .training.loop import Callback, Event, TrainingLoop
+
+STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    task: Task
+    data: LoadedData
+    tokenized: dict[str, Any]
+    report: dict[str, Any]
+    tokenizer: Any
+    model_name: str
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, its report, and a predictor on its model."""
+
+    dir: Path
+    report: dict[str, Any]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.report["train"]
+
+    def predictor(self) -> Any:
+        from .serving.predictor import Predictor
+        return Predictor.load(self.dir)
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Data and tokens, checked: everything `check-data` shows and `train` needs before the model."""
+    data = load_splits(cfg.data)
+    task = get_task(cfg)
+    task.fit_labels(data.splits)
+    make_missing_splits(data, cfg.data, task.stratify_keys)
+    model_name = resolve_model_name(cfg.model)
+    tokenizer = load_tokenizer(model_name, cfg.model)
+    tokenized, hits = {}, {}
+    for split, table in data.splits.items():
+        tokenized[split], hits[split] = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir)
+    n_tokens = {s: np.asarray(ds["n_tokens"]) for s, ds in tokenized.items()}
+    report = build_report(data, task, n_tokens, cfg.model.max_length, cfg.data.on_missing)
+    report["tokenization_cache_hits"] = hits
+    return Prepared(cfg, task, data, tokenized, report, tokenizer, model_name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 where the hardware runs it natively, else fp32 (emulated bf16 is slower, not faster)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def _write_run_files(run_dir: Path, p: Prepared) -> None:
+    atomic_write_text(run_dir / "config.yaml", p.cfg.to_yaml())
+    atomic_write_json(run_dir / "data_report.json", p.report)
+    atomic_write_jsonl(run_dir / "dropped_rows.jsonl", p.data.dropped)
+    atomic_write_json(run_dir / "label_map.json", {"id2label": dict(enumerate(p.task.labels)),
+                                                   "problem_type": p.task.problem_type})
+
+
+def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
+    """Append step and eval records to metrics.jsonl (and TensorBoard when installed)."""
+    writer = None
+    if accelerator.is_main_process:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:
+            writer = None
+
+    def log(event: Event) -> None:
+        if not accelerator.is_main_process:
+            return None
+        s = event.state
+        if event.kind == "step" and (s.step % every == 0 or s.step == event.data["total_steps"]):
+            row = {"kind": "train", "step": s.step, "epoch": s.epoch, "loss": event.data["loss"],
+                   "lr": event.data["lr"], "grad_norm": event.data["grad_norm"],
+                   "samples_per_second": event.data["samples"] / max(event.data["seconds"], 1e-9)}
+        elif event.kind == "eval":
+            scalars = {k: v for k, v in event.data["metrics"].items() if isinstance(v, (int, float))}
+            row = {"kind": "eval", "step": s.step, "epoch": s.epoch, **scalars, "is_best": event.data["is_best"]}
+        else:
+            return None
+        append_jsonl(path, row)
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                    writer.add_scalar(f"{row['kind']}/{k}", v, s.step)
+            writer.flush()
+        return None
+
+    return log
+
+
+def _progress(accelerator: Any) -> tuple[Callback, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} samples/s"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        disable=not accelerator.is_main_process)
+    bar = None
+
+    def update(event: Event) -> None:
+        nonlocal bar
+        s = event.state
+        if event.kind == "step":
+            if bar is None:
+                progress.start()
+                bar = progress.add_task("train", total=event.data["total_steps"], completed=s.step - 1,
+                                        loss=event.data["loss"], speed=0.0)
+            speed = s.steady_samples / s.steady_seconds if s.steady_seconds else s.samples / max(s.train_seconds, 1e-9)
+            progress.update(bar, completed=s.step, loss=event.data["loss"], speed=speed)
+        elif event.kind == "eval":
+            scalars = ", ".join(f"{k}={v:.4f}" for k, v in event.data["metrics"].items()
+                                if isinstance(v, float))
+            progress.console.print(f"step {s.step}: validation {scalars}" + (" (best)" if event.data["is_best"] else ""))
+        elif event.kind == "early_stop":
+            progress.console.print(f"early stopping at step {s.step}: best step {event.data['best_step']}")
+        elif event.kind == "end":
+            progress.stop()
+        return None
+
+    return update, progress
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunConfig, path: Path) -> None:
+    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / STATE_FILE).write_text(json.dumps({"task": task.state(), "config": cfg.model_dump(mode="json")},
+                                                 indent=2))
+        if not cfg.model.name:
+            (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
+
+
+def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, *, resume: bool = False,
+          callbacks: list[Callback] | None = None) -> Run:
+    """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg = load_config(config, overrides)
+    run_dir = Path(cfg.output_dir).expanduser().resolve()
+    ckpt_root = run_dir / "checkpoints"
+    if not resume and (ckpt_root / "index.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                          "or choose a new output_dir (--set output_dir=...)")
+    if resume and not (ckpt_root / "index.json").exists():
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_root} to resume from")
+
+    accelerator = Accelerator(mixed_precision="no")
+    precision = resolve_precision(cfg.train.precision, accelerator.device)
+    if precision != "fp32":
+        accelerator = Accelerator(mixed_precision=precision)
+    set_seed(cfg.train.seed)
+    p = prepare(cfg)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_files(run_dir, p)
+        print_report(p.report)
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
+    if resume and accelerator.is_main_process:  # forget log lines written after the checkpoint we resume from
+        latest = ckpt.index()["latest"]
+        step = json.loads((ckpt.path(latest) / "loop_state.json").read_text())["step"]
+        atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step])
+    elif accelerator.is_main_process:
+        metrics_path.unlink(missing_ok=True)
+
+    set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
+    model = load_model(p.task, p.model_name, cfg.model)
+    metric = cfg.eval.metric or p.task.default_metric
+    pad8 = 8 if accelerator.device.type == "cuda" else None
+
+    def evaluate() -> dict[str, Any]:
+        out = run_inference(loop.model, p.task, p.tokenized["validation"], cfg.eval.batch_size,
+                            accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8)
+        metrics = {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
+        if metric not in metrics:
+            raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
+                              f"choose one of {[k for k, v in metrics.items() if isinstance(v, float)]}")
+        return metrics
+
+    on_step, progress = _progress(accelerator)
+    loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
+                        lengths=np.asarray(p.tokenized["train"]["length"]), cfg=cfg.train,
+                        accelerator=accelerator, evaluate=evaluate, metric=metric, checkpoints=ckpt,
+                        callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), on_step,
+                                   *(callbacks or [])], pad_to_multiple_of=pad8)
+    try:
+        state = loop.run(resume=resume)
+    finally:
+        progress.stop()
+
+    # the best checkpoint, not the last step, is what gets tested and exported
+    best = ckpt.index()["best"]
+    final_model = accelerator.unwrap_model(loop.model)
+    if best:
+        load_weights(final_model, ckpt.path(best))
+    val = run_inference(loop.model, p.task, p.tokenized["validation"], cfg.eval.batch_size, accelerator.device,
+                        accelerator=accelerator, pad_to_multiple_of=pad8)
+    p.task.fit_postprocess(val.scores, val.labels)
+    test = run_inference(loop.model, p.task, p.tokenized["test"], cfg.eval.batch_size, accelerator.device,
+                         accelerator=accelerator, pad_to_multiple_of=pad8)
+    report = {
+        "validation": {"loss": val.loss, **p.task.metrics(val.scores, val.labels)},
+        "test": {"loss": test.loss, **p.task.metrics(test.scores, test.labels)},
+        "train": {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
+                  "train_runtime_s": round(state.train_seconds, 3),
+                  "train_samples_per_second": (state.steady_samples / state.steady_seconds
+                                               if state.steady_seconds else state.samples / max(state.train_seconds, 1e-9)),
+                  "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
+                  "precision": precision, "processes": accelerator.num_processes,
+                  "device": str(accelerator.device), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "loop_state": asdict(state)},
+        "model": p.model_name,
+    }
+    if accelerator.is_main_process:
+        _finish_run_folder(run_dir, p, report, test, final_model, metric)
+    accelerator.wait_for_everyone()
+    return Run(run_dir, report)
+
+
+def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, model: torch.nn.Module,
+                       metric: str) -> None:
+    from rich.console import Console
+
+    test_table = p.data.splits["test"]
+    preds = p.task.postprocess(test.scores)
+    gold = p.task.postprocess_labels(test.labels)
+    atomic_write_jsonl(run_dir / "predictions" / "test.jsonl", (
+        {"file": test_table.file[i], "line": test_table.line[i], "text": test_table.text[i],
+         **({"text_pair": test_table.text_pair[i]} if test_table.text_pair is not None else {}),
+         "gold": gold[i], **preds[i]} for i in range(len(test_table))))
+    atomic_write_json(run_dir / "report.json", report)
+    plot_learning_curves(read_jsonl(run_dir / "metrics.jsonl"), metric, run_dir / "plots" / "learning_curves.png")
+    cm = report["test"].get("confusion_matrix")
+    if cm:
+        atomic_write_json(run_dir / "confusion_matrix.json", cm)
+        plot_confusion_matrix(cm["matrix"], cm["labels"], run_dir / "plots" / "confusion_matrix.png")
+    export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
+    console = Console()
+    console.print(f"[bold]run folder:[/bold] {run_dir}")
+    for line in summary_lines(report):
+        console.print(line)
+    return None

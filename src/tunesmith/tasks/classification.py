@@ -1,0 +1,316 @@
+"""Text classification: single-label, multi-label, regression, single texts or sentence pairs."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Hashable
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..data.prepare import Table
+from ..errors import DataError
+from ..evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics, tune_threshold
+from .base import register_task
+
+_HF_PROBLEM = {"single_label": "single_label_classification",
+               "multi_label": "multi_label_classification", "regression": "regression"}
+
+
+def truncate(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
+             strategy: str) -> tuple[list[int], list[int] | None]:
+    """Cut content tokens (never special ones) down to max_length.
+
+    Pairs lose tokens from the longer text first; `head_tail` keeps the first quarter and last
+    three quarters of the budget (Sun et al., 2019: how to fine-tune BERT for long texts).
+    """
+    content_runs: list[list[int]] = []
+    prev_special = True
+    for i, s in enumerate(special):
+        if not s:
+            if prev_special:
+                content_runs.append([])
+            content_runs[-1].append(i)
+        prev_special = bool(s)
+    budget = max_length - (len(ids) - sum(len(r) for r in content_runs))
+    lens = _longest_first([len(r) for r in content_runs], budget)
+    keep = [i for i, s in enumerate(special) if s]
+    for run, n in zip(content_runs, lens):
+        if strategy == "head_tail" and n < len(run):
+            head = n // 4
+            keep += run[:head] + run[len(run) - (n - head):]
+        else:
+            keep += run[:n]
+    keep.sort()
+    return [ids[i] for i in keep], ([types[i] for i in keep] if types is not None else None)
+
+
+def _longest_first(lens: list[int], budget: int) -> list[int]:
+    """Lengths after cutting the longest text first: cap every text at the largest c that fits."""
+    if sum(lens) <= budget:
+        return lens
+    lo, hi = 0, max(lens)
+    while lo < hi:
+        c = (lo + hi + 1) // 2
+        lo, hi = (c, hi) if sum(min(n, c) for n in lens) <= budget else (lo, c - 1)
+    out = [min(n, lo) for n in lens]
+    spare = budget - sum(out)
+    for k, n in enumerate(lens):  # leftover tokens go to the earliest texts still cut
+        if spare and n > out[k]:
+            out[k] += 1
+            spare -= 1
+    return out
+
+
+@register_task("text-classification", "classification")
+class TextClassification:
+    name = "text-classification"
+
+    def __init__(self, cfg: RunConfig, state: dict | None = None) -> None:
+        self.cfg = cfg
+        state = state or {}
+        self.problem_type: str = state.get("problem_type", cfg.task.problem_type)
+        self.labels: list[str] = state.get("labels", [])
+        self.threshold: float = state.get("threshold", 0.5)
+        self.pad_id = 0
+
+    # ------------------------------------------------------------------ labels
+    def _label_error(self, t: Table, i: int, msg: str, hint: str | None = None) -> DataError:
+        return DataError(msg, file=t.file[i], line=t.line[i], column=self.cfg.data.label_column, hint=hint)
+
+    def _single(self, t: Table, i: int) -> Hashable:
+        v = t.label[i]
+        if isinstance(v, str):
+            s = v.strip()
+            try:
+                return int(s)
+            except ValueError:
+                pass
+            try:
+                float(s)
+            except ValueError:
+                return s
+            v = float(s)
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float):
+            if v.is_integer():
+                return int(v)
+            raise self._label_error(t, i, f"label {v!r} is a float, but this is a classification task",
+                                    "for a numeric target set task.problem_type: regression")
+        raise self._label_error(t, i, f"label {v!r} ({type(v).__name__}) is not a class name",
+                                "for several labels per row set task.problem_type: multi_label")
+
+    def _multi(self, t: Table, i: int) -> list[str]:
+        v = t.label[i]
+        if isinstance(v, (list, tuple)):
+            return [str(x).strip() for x in v if str(x).strip()]
+        if isinstance(v, str):
+            sep = self.cfg.data.label_separator or ","
+            return [p.strip() for p in v.split(sep) if p.strip()]
+        return [str(v)]
+
+    def _regression(self, t: Table, i: int) -> float:
+        try:
+            x = float(t.label[i])
+        except (TypeError, ValueError):
+            raise self._label_error(t, i, f"label {t.label[i]!r} is not a number (task.problem_type: regression)")
+        if not math.isfinite(x):
+            raise self._label_error(t, i, f"label {t.label[i]!r} is not finite")
+        return x
+
+    def _infer_problem_type(self, train: Table) -> str:
+        if self.problem_type != "auto":
+            return self.problem_type
+        if self.cfg.data.label_separator or any(isinstance(v, (list, tuple)) for v in train.label):
+            return "multi_label"
+        return "single_label"
+
+    def fit_labels(self, splits: dict[str, Table]) -> None:
+        train = splits["train"]
+        self.problem_type = self._infer_problem_type(train)
+        if self.problem_type == "regression":
+            self.labels = ["value"]
+        else:
+            parse = self._single if self.problem_type == "single_label" else self._multi
+            seen: set = set()
+            for i in range(len(train)):
+                v = parse(train, i)
+                seen.update(v if isinstance(v, list) else [v])
+            if all(isinstance(x, int) for x in seen):
+                names = [str(x) for x in sorted(seen)]
+            else:
+                names = sorted(str(x) for x in seen)
+            if len(names) < 2:
+                raise DataError(f"the training split has only {len(names)} distinct label(s): {names}",
+                                file=train.file[0], column=self.cfg.data.label_column,
+                                hint="a classifier needs at least two classes")
+            self.labels = names
+        for split, t in splits.items():
+            self.encode_labels(split, t)
+
+    def encode_labels(self, split: str, t: Table) -> None:
+        """Replace raw labels by model targets, against the label set fixed by the training split."""
+        if self.problem_type == "regression":
+            t.label = [self._regression(t, i) for i in range(len(t))]
+            return
+        index = {n: k for k, n in enumerate(self.labels)}
+        parse = self._single if self.problem_type == "single_label" else self._multi
+        encoded = []
+        for i in range(len(t)):
+            v = parse(t, i)
+            for x in (v if isinstance(v, list) else [v]):
+                if str(x) not in index:
+                    raise self._label_error(
+                        t, i, f"label '{x}' in split '{split}' never occurs in the training split",
+                        f"known labels: {', '.join(self.labels)}; fix the row or add training examples")
+            if self.problem_type == "single_label":
+                encoded.append(index[str(v)])
+            else:
+                hot = [0.0] * len(self.labels)
+                for x in v:
+                    hot[index[str(x)]] = 1.0
+                encoded.append(hot)
+        t.label = encoded
+
+    def stratify_keys(self, table: Table) -> list[Hashable] | None:
+        if self.problem_type == "single_label":
+            return table.label
+        return None
+
+    def label_distribution(self, table: Table) -> dict[str, Any]:
+        if self.problem_type == "regression":
+            y = np.asarray(table.label, dtype=float)
+            return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+        if self.problem_type == "multi_label":
+            counts = np.asarray(table.label).sum(axis=0)
+            return {n: int(c) for n, c in zip(self.labels, counts)}
+        c = Counter(table.label)
+        return {n: c.get(k, 0) for k, n in enumerate(self.labels)}
+
+    # ------------------------------------------------------------------ tokens
+    def preprocess_setup(self, tokenizer: Any) -> None:
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def preprocess(self, table: Table, tokenizer: Any) -> datasets.Dataset:
+        max_len = self.cfg.model.max_length
+        enc = tokenizer(table.text, table.text_pair, truncation=False, return_special_tokens_mask=True,
+                        verbose=False)
+        types_all = enc.get("token_type_ids")
+        cols: dict[str, list] = {"input_ids": [], "n_tokens": [], "length": []}
+        if types_all is not None:
+            cols["token_type_ids"] = []
+        for k, ids in enumerate(enc["input_ids"]):
+            types = types_all[k] if types_all is not None else None
+            cols["n_tokens"].append(len(ids))
+            if len(ids) > max_len:
+                ids, types = truncate(ids, enc["special_tokens_mask"][k], types, max_len,
+                                      self.cfg.model.truncation)
+            cols["input_ids"].append(ids)
+            cols["length"].append(len(ids))
+            if types is not None:
+                cols["token_type_ids"].append(types)
+        cols["labels"] = table.label if table.label else [0] * len(table)
+        return datasets.Dataset.from_dict(cols)
+
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        if pad_to_multiple_of:
+            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        has_types = "token_type_ids" in features[0]
+        types = torch.zeros((len(features), n), dtype=torch.long) if has_types else None
+        for i, f in enumerate(features):
+            L = len(f["input_ids"])
+            ids[i, :L] = torch.as_tensor(f["input_ids"])
+            mask[i, :L] = 1
+            if types is not None:
+                types[i, :L] = torch.as_tensor(f["token_type_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            batch["token_type_ids"] = types
+        dtype = torch.long if self.problem_type == "single_label" else torch.float
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        return batch
+
+    # ------------------------------------------------------------------ model
+    def load_model(self, name_or_path: str, **kwargs: Any) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
+            id2label=dict(enumerate(self.labels)), label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
+
+    def _logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits.float()
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["labels"].shape[0])
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, y = self._logits(model, batch), batch["labels"]
+        if self.problem_type == "single_label":
+            loss = F.cross_entropy(logits, y, reduction="sum")
+        elif self.problem_type == "multi_label":
+            loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1).sum()
+        else:
+            loss = F.mse_loss(logits.squeeze(-1), y, reduction="sum")
+        return loss
+
+    def outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self._logits(model, batch)
+        if self.problem_type == "single_label":
+            return logits.softmax(-1)
+        if self.problem_type == "multi_label":
+            return logits.sigmoid()
+        return logits.squeeze(-1)
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def default_metric(self) -> str:
+        return {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "mse"}[self.problem_type]
+
+    def fit_postprocess(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        if self.problem_type == "multi_label":
+            self.threshold = tune_threshold(scores, labels)
+
+    def metrics(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        if self.problem_type == "single_label":
+            return classification_metrics(scores.argmax(-1), labels, self.labels)
+        if self.problem_type == "multi_label":
+            return multilabel_metrics(scores >= self.threshold, labels, self.labels, self.threshold)
+        return regression_metrics(scores, labels)
+
+    def postprocess(self, scores: np.ndarray) -> list[dict]:
+        out = []
+        for s in scores:
+            if self.problem_type == "single_label":
+                k = int(s.argmax())
+                out.append({"label": self.labels[k], "score": float(s[k]),
+                            "probs": {n: float(p) for n, p in zip(self.labels, s)}})
+            elif self.problem_type == "multi_label":
+                out.append({"labels": [n for n, p in zip(self.labels, s) if p >= self.threshold],
+                            "probs": {n: float(p) for n, p in zip(self.labels, s)}})
+            else:
+                out.append({"value": float(s)})
+        return out
+
+    def postprocess_labels(self, labels: np.ndarray) -> list:
+        """Gold labels in the user's terms, for prediction files."""
+        if self.problem_type == "single_label":
+            return [self.labels[int(k)] for k in labels]
+        if self.problem_type == "multi_label":
+            return [[n for n, v in zip(self.labels, row) if v] for row in labels]
+        return [float(v) for v in labels]
+
+    def state(self) -> dict:
+        return {"task": self.name, "problem_type": self.problem_type, "labels": self.labels,
+                "threshold": self.threshold, "max_length": self.cfg.model.max_length,
+                "truncation": self.cfg.model.truncation}

@@ -1,0 +1,180 @@
+"""The one training loop. It knows nothing about tasks.
+
+It asks the task for a summed loss and the number of items it covers, so that a step's loss is
+normalised by the items of the whole accumulated, all-process batch: gradient accumulation and
+multi-process runs then give the same update as one big batch. Callbacks observe events and may
+hand back a Control; only the loop decides what happens.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig
+from ..evaluation.metrics import greater_is_better
+from .batching import batch_plan, shard
+from .checkpoint import CheckpointManager, LoopState
+
+STEADY_AFTER = 10  # steps excluded from steady-state throughput (allocator and thread warm-up)
+
+
+@dataclass
+class Control:
+    stop: bool = False
+
+
+@dataclass
+class Event:
+    kind: str  # "step" | "eval" | "best" | "checkpoint" | "early_stop" | "end"
+    state: LoopState
+    data: dict = field(default_factory=dict)
+
+
+Callback = Callable[[Event], "Control | None"]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without decay on biases and norm weights; fused kernels where the device has them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+
+
+def total_steps(n_batches: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+class TrainingLoop:
+    def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
+                 cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
+                 checkpoints: CheckpointManager, callbacks: list[Callback] = (),
+                 pad_to_multiple_of: int | None = None) -> None:
+        from transformers import get_scheduler
+
+        self.task, self.data, self.lengths, self.cfg = task, train_data, lengths, cfg
+        self.acc, self.evaluate, self.metric, self.ckpt = accelerator, evaluate, metric, checkpoints
+        self.callbacks = list(callbacks)
+        self.collate = partial(task.collate, pad_to_multiple_of=pad_to_multiple_of)
+        self.world = accelerator.num_processes
+        if cfg.batch_size < self.world:
+            raise ValueError(f"train.batch_size {cfg.batch_size} is smaller than the {self.world} processes")
+        model = model.to(accelerator.device)
+        optimizer = build_optimizer(model, cfg)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world))
+        self.total_steps = total_steps(n_batches, cfg)
+        self.scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+                                       self.optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.higher_better = greater_is_better(metric)
+
+    def _emit(self, kind: str, state: LoopState, **data: Any) -> bool:
+        stop = False
+        for cb in self.callbacks:
+            ctl = cb(Event(kind, state, data))
+            stop = stop or bool(ctl and ctl.stop)
+        return stop
+
+    def _epoch_loader(self, batches: list[np.ndarray]) -> DataLoader:
+        mine = [shard(b, self.acc.process_index, self.world).tolist() for b in batches]
+        return DataLoader(self.data, batch_sampler=mine, collate_fn=self.collate,
+                          num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda")
+
+    def _step(self, micro: list[dict[str, torch.Tensor]], n_global: int) -> tuple[float, float | None]:
+        """One optimizer step over an accumulation window; returns (mean loss, grad norm)."""
+        device = self.acc.device
+        items = torch.tensor(float(sum(self.task.count_items(b) for b in micro)), device=device)
+        if self.world > 1:
+            items = self.acc.reduce(items, reduction="sum")
+        self.model.train()
+        loss_total = torch.zeros((), device=device)
+        for k, b in enumerate(micro):
+            b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
+            sync = k == len(micro) - 1
+            with nullcontext() if sync or self.world == 1 else self.acc.no_sync(self.model):
+                loss_sum = self.task.loss(self.model, b)
+                # DDP averages gradients over processes, so scale by world size to get a global mean
+                self.acc.backward(loss_sum * self.world / items)
+            loss_total += loss_sum.detach()
+        grad_norm = None
+        if self.cfg.max_grad_norm:
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:
+            loss_total = self.acc.reduce(loss_total, reduction="sum")
+        return float(loss_total / items), grad_norm
+
+    def _eval_and_save(self, state: LoopState) -> bool:
+        """Evaluate, track the best, checkpoint; True when early stopping triggers."""
+        metrics = self.evaluate()
+        value = metrics[self.metric]
+        better = state.best_metric is None or (value > state.best_metric if self.higher_better
+                                               else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+        else:
+            state.bad_evals += 1
+        self._emit("eval", state, metrics=metrics, is_best=better)
+        path = self.ckpt.save(self.model, self.optimizer, self.scheduler, state, is_best=better)
+        self._emit("checkpoint", state, path=str(path), is_best=better)
+        patience = self.cfg.early_stopping_patience
+        if patience and state.bad_evals >= patience:
+            self._emit("early_stop", state, best_step=state.best_step, best_metric=state.best_metric)
+            return True
+        return False
+
+    def run(self, resume: bool = False) -> LoopState:
+        cfg = self.cfg
+        state = (self.ckpt.load(self.model, self.optimizer, self.scheduler) if resume else None) or LoopState()
+        if resume:
+            self._emit("resume", state)
+        stop = state.step >= self.total_steps
+        while not stop:
+            batches = batch_plan(self.lengths, cfg.batch_size, cfg.seed, state.epoch,
+                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world)
+            windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+            done = state.batch_in_epoch
+            loader = iter(self._epoch_loader(batches[done:]))
+            for window in windows[done // cfg.grad_accum:]:
+                t0 = time.perf_counter()
+                micro = [next(loader) for _ in window]
+                n = int(sum(len(b) for b in window))
+                loss, grad_norm = self._step(micro, n)
+                dt = time.perf_counter() - t0
+                state.step += 1
+                state.samples += n
+                state.batch_in_epoch += len(window)
+                state.train_seconds += dt
+                if state.step > STEADY_AFTER:
+                    state.steady_seconds += dt
+                    state.steady_samples += n
+                epoch_done = state.batch_in_epoch >= len(batches)
+                if epoch_done:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, seconds=dt,
+                                  lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps)
+                last = state.step >= self.total_steps
+                due = (cfg.eval_every == "epoch" and epoch_done) or \
+                      (isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0)
+                if due or last or stop:
+                    stop = self._eval_and_save(state) or stop
+                stop = stop or last
+                if stop or epoch_done:
+                    break
+        self._emit("end", state)
+        return state
