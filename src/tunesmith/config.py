@@ -1,6 +1,7 @@
 """The run configuration: small typed sections, validated at load time, unknown keys rejected."""
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -149,7 +150,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got '{item}' (for example --set train.lr=3e-5)")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    text = raw.strip()
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text  # '@name', '`x`': the text as typed
+    if value is None and text not in ("null", "Null", "NULL", "~"):
+        value = text  # '#...' was read as a YAML comment
+    elif isinstance(value, str) and value != text and text[:1] not in ("'", '"'):
+        value = text  # '|' and '>' start YAML block scalars
     if isinstance(value, str):  # YAML reads 3e-5 as a string; numbers should be numbers
         try:
             value = float(value) if any(c in value for c in ".eE") else value
@@ -175,7 +184,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = None,
                  overrides: list[str] | None = None) -> RunConfig:
     """Validate a raw mapping; data paths relative to the config file are made absolute."""
-    raw = apply_overrides(dict(raw or {}), overrides or [])
+    raw = apply_overrides(copy.deepcopy(dict(raw or {})), overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -192,10 +192,10 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     if resume and not (ckpt_root / "index.json").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt_root} to resume from")
 
-    accelerator = Accelerator(mixed_precision="no")
-    precision = resolve_precision(cfg.train.precision, accelerator.device)
-    if precision != "fp32":
-        accelerator = Accelerator(mixed_precision=precision)
+    # cpu=True on machines without CUDA lets a multi-process launch use gloo (MULTI_CPU)
+    use_cpu = not torch.cuda.is_available()
+    precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     set_seed(cfg.train.seed)
     p = prepare(cfg)
     if accelerator.is_main_process:
@@ -268,6 +268,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
 def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, model: torch.nn.Module,
                        metric: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     test_table = p.data.splits["test"]
     preds = p.task.postprocess(test.scores)
@@ -284,7 +285,7 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
         plot_confusion_matrix(cm["matrix"], cm["labels"], run_dir / "plots" / "confusion_matrix.png")
     export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
     console = Console()
-    console.print(f"[bold]run folder:[/bold] {run_dir}")
+    console.print(f"[bold]run folder:[/bold] {escape(str(run_dir))}")
     for line in summary_lines(report):
-        console.print(line)
+        console.print(escape(line))
     return None

@@ -95,7 +95,9 @@ def read_tsv(path: Path) -> list[Record]:
 @register_reader("jsonl")
 def read_jsonl(path: Path) -> list[Record]:
     rows: list[Record] = []
-    for i, line in enumerate(_read_text(path).splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks on U+2028 and friends inside JSON strings
+    for i, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -85,6 +85,7 @@ def build_report(data: LoadedData, task: Any, n_tokens: dict[str, np.ndarray], m
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     console = console or Console()
@@ -95,9 +96,9 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         lens = report["token_lengths"][s]
         dist = report["label_distribution"][s]
         dist_s = ", ".join(f"{k}:{v if isinstance(v, int) else round(v, 3)}" for k, v in list(dist.items())[:6])
-        t.add_row(s, str(info["rows"]), dist_s, f"{lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}",
+        t.add_row(s, str(info["rows"]), escape(dist_s), f"{lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}",
                   f"{lens['truncated']} ({lens['truncated_pct']}%)", str(report["duplicates"][s]["duplicate_rows"]),
-                  (info["made"] or info["source"] or "")[-60:])
+                  escape((info["made"] or info["source"] or "")[-60:]))
     console.print(t)
     miss = report["missing"]
     console.print(f"missing values: policy={miss['policy']}, dropped rows={miss['dropped_rows']}, "
@@ -105,4 +106,4 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     for pair, leak in report["leakage"].items():
         console.print(f"overlap {pair}: {leak['rows']} texts")
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")

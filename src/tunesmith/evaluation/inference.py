@@ -29,6 +29,10 @@ def run_inference(model: torch.nn.Module, task: Any, data: Any, batch_size: int,
     from accelerate.utils import gather_object
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if accelerator is not None:
+        # the bare module: a DDP wrapper syncs buffers in forward, which deadlocks when processes
+        # run different numbers of evaluation batches
+        model = accelerator.unwrap_model(model)
     lengths = np.asarray(data["length"])
     batches = eval_plan(lengths, batch_size)[rank::world]
     model.eval()

@@ -59,7 +59,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         m = report.get(split) or {}
         scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if scalars:
-            out.append(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+            out.append(f"{split}: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
+                                                for k, v in scalars.items()))
         for name, pc in list((m.get("per_class") or {}).items())[:20]:
             out.append(f"    {name:>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
                        f"f1={pc['f1']:.3f} support={pc['support']}")

@@ -86,9 +86,12 @@ class Predictor:
             import io
 
             buf = io.StringIO()
-            flat = [{**{k: v for k, v in rec.items() if k != "prediction"},
-                     **{k: json.dumps(v) if isinstance(v, (dict, list)) else v
-                        for k, v in rec["prediction"].items()}} for rec in records]
+            flat = []
+            for rec in records:  # prediction fields never overwrite an input column (e.g. a gold label)
+                row = {k: v for k, v in rec.items() if k != "prediction"}
+                for k, v in rec["prediction"].items():
+                    row[f"predicted_{k}" if k in row else k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+                flat.append(row)
             writer = csv.DictWriter(buf, fieldnames=list(flat[0]), delimiter="\t" if output.suffix == ".tsv" else ",")
             writer.writeheader()
             writer.writerows(flat)

@@ -27,7 +27,8 @@ def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buck
         order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < min_batch:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
     if bucket_batches > 1:
         # shuffle batch order so the epoch does not run short-to-long inside each window
         batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -1,0 +1,63 @@
+"""`tunesmith init`: a starter config guessed from a data file, with every guess said out loud."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from .data.readers import is_missing, read_file
+from .errors import DataError
+
+LABEL_NAMES = ("label", "labels", "target", "class", "category", "sentiment", "y", "intent", "tag", "tags")
+TEXT_NAMES = ("text", "sentence", "review", "content", "body", "document", "question", "message", "comment")
+
+
+def guess_config(data: Path, output: Path) -> tuple[str, list[str]]:
+    rows = [r for _, r in read_file(data)[:2000]]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if len(columns) < 2:
+        raise DataError(f"found {len(columns)} column(s) ({', '.join(columns)}); need a text and a label column",
+                        file=str(data))
+
+    def avg_len(c: str) -> float:
+        vals = [r.get(c) for r in rows if not is_missing(r.get(c))]
+        return sum(len(str(v)) for v in vals) / max(1, len(vals))
+
+    def distinct(c: str) -> int:
+        return len({repr(r.get(c)) for r in rows})
+
+    notes = []
+    text = next((c for c in columns if c.lower() in TEXT_NAMES), None) or max(columns, key=avg_len)
+    notes.append(f"text column: '{text}' (" + ("its name" if text.lower() in TEXT_NAMES else
+                                               "the column with the longest values") + ")")
+    rest = [c for c in columns if c != text]
+    label = next((c for c in rest if c.lower() in LABEL_NAMES), None) or min(rest, key=distinct)
+    notes.append(f"label column: '{label}' (" + ("its name" if label.lower() in LABEL_NAMES else
+                                                 "the column with the fewest distinct values") + ")")
+    values = [r.get(label) for r in rows if not is_missing(r.get(label))]
+    problem = "auto"
+    if any(isinstance(v, list) for v in values):
+        problem = "multi_label"
+    elif values and all(_is_float(v) for v in values) and any(not float(v).is_integer() for v in values):
+        problem = "regression"
+    notes.append(f"problem type: {problem} ({distinct(label)} distinct label values in the first {len(rows)} rows)")
+    notes.append("no validation/test files: tunesmith will split 10%/10% off train, seeded and stratified")
+    cfg = {
+        "task": {"type": "text-classification", "problem_type": problem},
+        "model": {"name": None, "max_length": 128},
+        "data": {"train": os.path.relpath(data.resolve(), output.resolve().parent), "text_column": text,
+                 "label_column": label},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 5e-5},
+        "output_dir": f"runs/{data.stem}",
+    }
+    header = "# Written by `tunesmith init`; guesses: " + "; ".join(notes) + "\n"
+    return header + yaml.safe_dump(cfg, sort_keys=False), notes
+
+
+def _is_float(v: object) -> bool:
+    try:
+        float(v)  # type: ignore[arg-type]
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny random BERT with its own WordPiece vocabulary, and small data files.
+
+Nothing here touches the network: the model is built from a config in code and saved to a temp
+folder, the way the Hugging Face test suites build tiny models.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+POSITIVE = ["good", "great", "excellent", "lovely", "superb", "happy"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible"]
+FILLER = ["the", "a", "movie", "food", "service", "was", "really", "quite", "very", "and", "it", "this",
+          "day", "place", "show", "story", "we", "they", "felt", "seemed"]
+TOPICS = {"sports": ["match", "goal", "team"], "politics": ["vote", "senate", "law"], "tech": ["chip", "code", "app"]}
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER + \
+    [w for ws in TOPICS.values() for w in ws] + ["##s", "##ly", "##ing"]
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    """Learnable: the label is whichever sentiment word the sentence contains."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = rng.choices(FILLER, k=rng.randint(2, 14))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and a matching fast tokenizer, saved locally."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "sentiment.csv", sentiment_rows(240, seed=1))
+
+
+@pytest.fixture
+def base_config(tiny_model_dir: str, sentiment_csv: Path, tmp_path: Path) -> dict:
+    """A fast config on the tiny model; tests copy and adjust it."""
+    return {
+        "task": "text-classification",
+        "model": {"name": tiny_model_dir, "max_length": 32},
+        "data": {"train": str(sentiment_csv), "cache_dir": str(tmp_path / "cache")},
+        "train": {"epochs": 5, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1},
+        "eval": {"batch_size": 32},
+        "output_dir": str(tmp_path / "run"),
+    }

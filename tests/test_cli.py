@@ -1,0 +1,385 @@
+"""The `tunesmith` command, driven through Typer's CliRunner (and once as a real subprocess).
+
+One training run is shared by the train/evaluate/predict/export tests (module-scoped fixture).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import sentiment_rows, write_csv
+from tunesmith.cli import app
+from tunesmith.config import load_config
+
+ENV = {"COLUMNS": "400"}  # rich wraps at the terminal width; keep messages on one line
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def assert_clean_failure(result, code: int = 2) -> str:
+    """A user error: the given exit code, an `error:` line, and no traceback."""
+    out = result.output
+    assert result.exit_code == code, out
+    assert "Traceback" not in out, out
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "error:" in out
+    return one_line(out)
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def config_file(workdir: Path, tiny_model_dir: str) -> Path:
+    """A config with a data path relative to the config's folder."""
+    (workdir / "data").mkdir(exist_ok=True)
+    write_csv(workdir / "data" / "train.csv", sentiment_rows(200, seed=21))
+    return write_config(
+        workdir / "cfg.yaml",
+        task="text-classification",
+        model={"name": tiny_model_dir, "max_length": 32},
+        data={"train": "data/train.csv", "cache_dir": str(workdir / "cache")},
+        train={"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1},
+        eval={"batch_size": 32},
+        output_dir=str(workdir / "unused"),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path, config_file: Path):
+    """The one training run of this module: `tunesmith train CONFIG --set ...`."""
+    run_dir = workdir / "run"
+    result = invoke("train", config_file, "--set", "train.epochs=1", "--set", f"output_dir={run_dir}",
+                    "--set", "train.eval_every=6")
+    assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+@pytest.fixture(scope="module")
+def new_texts(workdir: Path) -> Path:
+    """An unlabelled file to predict, and a labelled one to evaluate."""
+    rows = sentiment_rows(13, seed=99)
+    write_csv(workdir / "labelled.csv", rows)
+    return write_csv(workdir / "to_predict.csv", [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(rows)])
+
+
+# ---------------------------------------------------------------- help
+
+def test_help_as_a_real_subprocess():
+    out = subprocess.run([sys.executable, "-m", "tunesmith", "--help"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    for cmd in ("train", "check-data", "evaluate", "predict", "init"):
+        assert cmd in out.stdout
+
+
+def test_no_arguments_shows_help():
+    result = invoke()
+    assert "check-data" in result.output and "predict" in result.output
+
+
+# ---------------------------------------------------------------- init
+
+def test_init_guesses_columns_by_name_and_writes_a_valid_config(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = write_csv(data_dir / "reviews.csv", [{"id": str(i), "review": r["text"], "sentiment": r["label"]}
+                                                for i, r in enumerate(sentiment_rows(50, seed=2))])
+    out = tmp_path / "configs" / "mine.yaml"
+    out.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = invoke("init", "--data", "data/reviews.csv", "-o", out)
+    assert result.exit_code == 0, result.output
+    text = one_line(result.output)
+    assert "text column: 'review' (its name)" in text
+    assert "label column: 'sentiment' (its name)" in text
+    assert f"wrote {out}" in text
+    # the config validates, and its relative data path points at the file from the config's folder
+    monkeypatch.chdir(data_dir)
+    cfg = load_config(out)
+    assert cfg.data.text_column == "review" and cfg.data.label_column == "sentiment"
+    assert Path(cfg.data.train) == data.resolve()
+    assert out.read_text().startswith("# Written by `tunesmith init`")
+
+
+def test_init_guesses_columns_by_content(tmp_path):
+    rows = [{"code": str(i % 3), "body_txt": r["text"] + " and a longer tail to read"}
+            for i, r in enumerate(sentiment_rows(40, seed=3))]
+    data = write_csv(tmp_path / "odd.csv", rows)
+    out = tmp_path / "odd.yaml"
+    result = invoke("init", "--data", data, "-o", out)
+    assert result.exit_code == 0, result.output
+    text = one_line(result.output)
+    assert "text column: 'body_txt' (the column with the longest values)" in text
+    assert "label column: 'code' (the column with the fewest distinct values)" in text
+    cfg = load_config(out)
+    assert (cfg.data.text_column, cfg.data.label_column) == ("body_txt", "code")
+
+
+def test_init_detects_regression(tmp_path):
+    data = write_csv(tmp_path / "scores.csv", [{"text": r["text"], "score": f"{i / 7:.3f}"}
+                                               for i, r in enumerate(sentiment_rows(30, seed=4))])
+    out = tmp_path / "s.yaml"
+    result = invoke("init", "--data", data, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "problem type: regression" in one_line(result.output)
+    assert load_config(out).task.problem_type == "regression"
+
+
+def test_init_config_passes_check_data(tmp_path, tiny_model_dir):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(60, seed=5))
+    out = tmp_path / "tunesmith.yaml"
+    assert invoke("init", "--data", data, "-o", out).exit_code == 0
+    result = invoke("check-data", out, "--set", f"model.name={tiny_model_dir}",
+                    "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.exit_code == 0, result.output
+    assert "Data report (single_label, 2 labels)" in result.output
+
+
+def test_init_does_not_overwrite_without_force(tmp_path):
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(20, seed=5))
+    out = tmp_path / "c.yaml"
+    out.write_text("keep: me\n")
+    msg = assert_clean_failure(invoke("init", "--data", data, "-o", out))
+    assert "--force" in msg
+    assert out.read_text() == "keep: me\n"
+    assert invoke("init", "--data", data, "-o", out, "--force").exit_code == 0
+    assert load_config(out).data.text_column == "text"
+
+
+def test_init_on_bad_data_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"text,label\ncaf\xe9,pos\n")
+    msg = assert_clean_failure(invoke("init", "--data", bad, "-o", tmp_path / "x.yaml"))
+    assert str(bad) in msg and "line 2" in msg
+    assert not (tmp_path / "x.yaml").exists()
+
+
+# ---------------------------------------------------------------- check-data
+
+def test_check_data_prints_the_report(config_file, tmp_path):
+    report = tmp_path / "report.json"
+    result = invoke("check-data", config_file, "--report", report)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Data report (single_label, 2 labels)" in out
+    for split in ("train", "validation", "test"):
+        assert split in out
+    assert "missing values: policy=drop, dropped rows=0" in out
+    saved = json.loads(report.read_text())
+    assert {s: v["rows"] for s, v in saved["splits"].items()} == {"train": 160, "test": 20, "validation": 20}
+    assert saved["labels"] == ["neg", "pos"]
+
+
+def test_check_data_config_error_exits_2_with_did_you_mean(tmp_path):
+    cfg = write_config(tmp_path / "typo.yaml", data={"train": "x.csv"}, trian={"epochs": 1})
+    msg = assert_clean_failure(invoke("check-data", cfg))
+    assert "unknown key 'trian'" in msg and "did you mean 'train'?" in msg
+    assert str(cfg) in msg
+
+
+def test_set_typo_exits_2_with_did_you_mean(config_file):
+    msg = assert_clean_failure(invoke("check-data", config_file, "--set", "train.lrr=1e-4"))
+    assert "unknown key 'train.lrr'" in msg and "did you mean 'train.lr'?" in msg
+
+
+def test_train_config_error_exits_2_without_training(tmp_path):
+    cfg = write_config(tmp_path / "typo.yaml", data={"train": "x.csv"}, model={"max_lenght": 64},
+                       output_dir=str(tmp_path / "out"))
+    msg = assert_clean_failure(invoke("train", cfg))
+    assert "did you mean 'model.max_length'?" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_error_exits_2_naming_file_and_column(workdir, config_file):
+    msg = assert_clean_failure(invoke("check-data", config_file, "--set", "data.text_column=txt"))
+    assert str(workdir / "data" / "train.csv") in msg
+    assert "column 'txt'" in msg and "did you mean 'text'?" in msg
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    msg = assert_clean_failure(invoke("check-data", tmp_path / "nope.yaml"))
+    assert "config file not found" in msg
+
+
+def test_error_message_keeps_square_brackets(tmp_path):
+    data = write_csv(tmp_path / "train[v2].csv", sentiment_rows(20, seed=1))
+    cfg = write_config(tmp_path / "c.yaml", data={"train": str(data), "text_column": "txt"})
+    msg = assert_clean_failure(invoke("check-data", cfg))
+    assert "train[v2].csv" in msg
+
+
+def test_set_value_with_yaml_indicator_fails_cleanly(config_file):
+    msg = assert_clean_failure(invoke("check-data", config_file, "--set", "data.text_column=@text"))
+    assert "@text" in msg
+
+
+# ---------------------------------------------------------------- train: the run folder
+
+def test_train_produces_the_run_folder(trained):
+    run_dir, result = trained
+    for rel in ("config.yaml", "label_map.json", "data_report.json", "metrics.jsonl", "report.json",
+                "dropped_rows.jsonl", "predictions/test.jsonl", "plots/learning_curves.png",
+                "plots/confusion_matrix.png", "model/tunesmith.json", "model/config.json"):
+        assert (run_dir / rel).is_file(), rel
+    assert any((run_dir / "model").glob("*.safetensors"))
+    assert (run_dir / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "run folder:" in one_line(result.output)
+
+
+def test_train_run_folder_contents(trained, workdir):
+    run_dir, _ = trained
+    cfg = load_config(run_dir / "config.yaml")  # the saved config is itself a valid config
+    assert cfg.train.epochs == 1 and cfg.train.eval_every == 6          # the --set overrides
+    assert Path(cfg.output_dir) == run_dir
+    assert Path(cfg.data.train) == (workdir / "data" / "train.csv").resolve()  # relative path resolved
+    assert json.loads((run_dir / "label_map.json").read_text()) == {
+        "id2label": {"0": "neg", "1": "pos"}, "problem_type": "single_label"}
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {m["kind"] for m in metrics} == {"train", "eval"}
+    assert [m["step"] for m in metrics if m["kind"] == "eval"][:1] == [6]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert 0.0 <= report["test"]["accuracy"] <= 1.0
+    assert report["train"]["steps"] == 10  # 160 rows / batch 16, one epoch
+    preds = [json.loads(x) for x in (run_dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert len(preds) == json.loads((run_dir / "data_report.json").read_text())["splits"]["test"]["rows"] == 20
+    for p in preds:
+        assert p["gold"] in ("neg", "pos") and p["label"] in ("neg", "pos")
+        assert set(p["probs"]) == {"neg", "pos"} and sum(p["probs"].values()) == pytest.approx(1, abs=1e-5)
+        assert p["file"] == cfg.data.train and isinstance(p["line"], int)
+    state = json.loads((run_dir / "model" / "tunesmith.json").read_text())
+    assert state["task"]["labels"] == ["neg", "pos"]
+
+
+def test_train_again_without_resume_exits_2(trained, config_file):
+    run_dir, _ = trained
+    before = (run_dir / "report.json").read_bytes()
+    msg = assert_clean_failure(invoke("train", config_file, "--set", f"output_dir={run_dir}",
+                                      "--set", "train.epochs=1"))
+    assert "--resume" in msg and str(run_dir) in msg
+    assert (run_dir / "report.json").read_bytes() == before
+
+
+def test_exported_model_loads_in_a_transformers_pipeline(trained, new_texts):
+    import transformers
+
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    pipe = transformers.pipeline("text-classification", model=str(run_dir / "model"), device="cpu")
+    assert pipe.model.config.id2label == {0: "neg", 1: "pos"}
+    assert pipe.model.config.label2id == {"neg": 0, "pos": 1}
+    texts = ["a good movie", "the food was awful"]
+    out = pipe(texts, top_k=None)
+    ours = Predictor.load(run_dir, device="cpu").predict(texts)
+    for theirs, mine in zip(out, ours):
+        scores = {d["label"]: d["score"] for d in theirs}
+        assert set(scores) == {"neg", "pos"}
+        for label in ("neg", "pos"):
+            assert scores[label] == pytest.approx(mine["probs"][label], abs=1e-4)
+
+
+# ---------------------------------------------------------------- evaluate and predict
+
+def test_evaluate_on_a_file(trained, new_texts, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "metrics.json"
+    result = invoke("evaluate", run_dir, "--data", new_texts.with_name("labelled.csv"), "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "test: rows=13" in one_line(result.output) and "accuracy=" in result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["rows"] == 13 and metrics["dropped_rows"] == 0
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 13
+
+
+def test_evaluate_without_data_shows_the_run_test_report(trained):
+    run_dir, _ = trained
+    result = invoke("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert f"accuracy={report['test']['accuracy']:.4f}" in result.output
+
+
+def test_evaluate_unknown_label_fails_cleanly(trained, tmp_path):
+    run_dir, _ = trained
+    f = write_csv(tmp_path / "odd.csv", [{"text": "good", "label": "pos"}, {"text": "meh", "label": "meh"}])
+    msg = assert_clean_failure(invoke("evaluate", run_dir, "--data", f))
+    assert str(f) in msg and "line 3" in msg and "known labels: neg, pos" in msg
+
+
+def test_evaluate_a_folder_that_is_not_a_run(tmp_path):
+    msg = assert_clean_failure(invoke("evaluate", tmp_path, "--data", tmp_path / "x.csv"))
+    assert "not a tunesmith run folder" in msg
+
+
+def test_predict_to_jsonl(trained, new_texts, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "preds.jsonl"
+    result = invoke("predict", run_dir, new_texts, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote 13 predictions to {out}" in one_line(result.output)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    inputs = list(csv.DictReader(new_texts.open()))
+    assert len(rows) == len(inputs) == 13
+    for row, inp, line in zip(rows, inputs, range(2, 15)):
+        assert row["id"] == inp["id"] and row["text"] == inp["text"] and row["line"] == line
+        pred = row["prediction"]
+        assert pred["label"] in ("neg", "pos")
+        assert set(pred["probs"]) == {"neg", "pos"}
+        assert sum(pred["probs"].values()) == pytest.approx(1, abs=1e-5)
+        assert pred["score"] == pytest.approx(pred["probs"][pred["label"]])
+
+
+def test_predict_to_csv_matches_jsonl(trained, new_texts, tmp_path):
+    run_dir, _ = trained
+    assert invoke("predict", run_dir, new_texts, "-o", tmp_path / "p.jsonl").exit_code == 0
+    result = invoke("predict", run_dir, new_texts, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
+    ref = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 13
+    assert list(rows[0]) == ["line", "id", "text", "label", "score", "probs"]
+    for row, r in zip(rows, ref):
+        assert row["id"] == r["id"] and row["label"] == r["prediction"]["label"]
+        probs = json.loads(row["probs"])
+        assert probs == pytest.approx(r["prediction"]["probs"], abs=1e-6)
+
+
+def test_predict_to_csv_keeps_an_input_label_column(trained, new_texts, tmp_path):
+    run_dir, _ = trained
+    labelled = new_texts.with_name("labelled.csv")
+    gold = [r["label"] for r in csv.DictReader(labelled.open())]
+    assert invoke("predict", run_dir, labelled, "-o", tmp_path / "p.csv").exit_code == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
+    assert [r["label"] for r in rows] == gold  # the input's own column, as in the JSONL output
+    assert len(rows[0]) == 2 + 1 + 3  # text, label, line + the three prediction fields
+
+
+def test_predict_input_without_the_text_column(trained, tmp_path):
+    run_dir, _ = trained
+    f = write_csv(tmp_path / "wrong.csv", [{"sentence": "good"}])
+    msg = assert_clean_failure(invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl"))
+    assert str(f) in msg and "column 'text'" in msg
+    assert not (tmp_path / "o.jsonl").exists()

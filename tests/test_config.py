@@ -1,0 +1,286 @@
+"""The run configuration: unknown keys, types, overrides, paths, and the shipped example configs."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunesmith.config import RunConfig, apply_overrides, load_config, parse_override
+from tunesmith.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def minimal(**extra) -> dict:
+    raw = {"data": {"train": "train.csv"}}
+    raw.update(extra)
+    return raw
+
+
+def config_error(raw, overrides=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(raw, overrides)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- unknown keys
+
+def test_unknown_top_level_key_suggests_the_close_one():
+    msg = config_error(minimal(trian={"epochs": 1}))
+    assert "unknown key 'trian'" in msg
+    assert "did you mean 'train'?" in msg
+    # the valid keys at that level are listed
+    assert "Valid keys here: task, model, data, train, eval, output_dir" in msg
+
+
+def test_unknown_nested_key_suggests_the_dotted_close_one():
+    msg = config_error(minimal(train={"lrr": 1e-4}))
+    assert "unknown key 'train.lrr'" in msg
+    assert "did you mean 'train.lr'?" in msg
+    assert "batch_size" in msg  # valid keys of the train section are listed
+
+
+def test_unknown_key_in_data_section():
+    msg = config_error({"data": {"train": "x.csv", "text_colum": "review"}})
+    assert "unknown key 'data.text_colum'" in msg
+    assert "did you mean 'data.text_column'?" in msg
+
+
+def test_unknown_key_without_a_close_match_lists_valid_keys_only():
+    msg = config_error(minimal(model={"zzzzzz": 1}))
+    assert "unknown key 'model.zzzzzz'" in msg
+    assert "did you mean" not in msg
+    assert "max_length" in msg
+
+
+def test_unknown_key_given_as_override_is_reported_the_same_way():
+    msg = config_error(minimal(), ["train.lrr=3e-5"])
+    assert "unknown key 'train.lrr'" in msg and "did you mean 'train.lr'?" in msg
+
+
+def test_unknown_keys_in_a_yaml_file_name_the_file(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data:\n  train: x.csv\ntrian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(cfg) in str(info.value)
+    assert "did you mean 'train'?" in str(info.value)
+
+
+# ---------------------------------------------------------------- types and values
+
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "batch_size", "big"),
+    ("train", "lr", "fast"),
+    ("train", "epochs", -1),
+    ("model", "max_length", 4),
+    ("data", "on_missing", "skip"),
+    ("data", "validation_ratio", 0.9),
+    ("task", "problem_type", "ranking"),
+    ("train", "precision", "fp8"),
+])
+def test_wrong_type_or_value_names_the_dotted_key(section, key, value):
+    raw = minimal()
+    raw.setdefault(section, {})[key] = value
+    msg = config_error(raw)
+    assert re.search(rf"^\s+- {section}\.{key}\b", msg, re.M), msg
+    assert repr(value) in msg  # says what it got
+
+
+def test_wrong_type_for_a_whole_section():
+    msg = config_error(minimal(train=5))
+    assert re.search(r"^\s+- train: ", msg, re.M), msg
+
+
+def test_missing_train_data_is_an_error():
+    msg = config_error({"task": "text-classification"})
+    assert "data.train" in msg and "data.hub_dataset" in msg
+
+
+def test_hub_dataset_alone_is_enough():
+    assert load_config({"data": {"hub_dataset": "glue"}}).data.hub_dataset == "glue"
+
+
+def test_task_string_shorthand():
+    cfg = load_config(minimal(task="text-classification"))
+    assert cfg.task.type == "text-classification"
+    assert cfg.task.problem_type == "auto"
+
+
+def test_defaults_and_yaml_round_trip():
+    cfg = load_config(minimal())
+    again = load_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    assert cfg.train.eval_every == "epoch" and cfg.data.on_missing == "drop"
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(notmap)
+
+
+# ---------------------------------------------------------------- --set overrides
+
+def test_override_float_in_exponent_notation():
+    keys, value = parse_override("train.lr=3e-5")
+    assert keys == ["train", "lr"]
+    assert isinstance(value, float) and value == 3e-05
+    cfg = load_config(minimal(), ["train.lr=3e-5"])
+    assert cfg.train.lr == 3e-05
+
+
+def test_override_int_stays_int():
+    cfg = load_config(minimal(), ["train.eval_every=5", "train.batch_size=8"])
+    assert cfg.train.eval_every == 5 and isinstance(cfg.train.eval_every, int)
+    assert cfg.train.batch_size == 8
+
+
+def test_override_strings_null_and_bools():
+    cfg = load_config(minimal(model={"name": "x"}), [
+        "train.eval_every=epoch", "model.name=null", "model.trust_remote_code=true",
+        "data.text_column=review", "output_dir=runs/exp-1e"])
+    assert cfg.train.eval_every == "epoch"
+    assert cfg.model.name is None
+    assert cfg.model.trust_remote_code is True
+    assert cfg.data.text_column == "review"
+    assert cfg.output_dir == "runs/exp-1e"
+
+
+def test_override_task_shorthand_and_into_string_task():
+    cfg = load_config(minimal(task={"type": "x"}), ["task=text-classification"])
+    assert cfg.task.type == "text-classification"
+    # a dotted override into a task given as a string shorthand
+    cfg = load_config(minimal(task="text-classification"), ["task.problem_type=regression"])
+    assert cfg.task.type == "text-classification" and cfg.task.problem_type == "regression"
+
+
+def test_override_creates_missing_sections_and_applies_in_order():
+    raw = apply_overrides({}, ["data.train=a.csv", "train.epochs=2", "train.epochs=3"])
+    assert raw == {"data": {"train": "a.csv"}, "train": {"epochs": 3}}
+
+
+def test_override_without_equals_is_a_config_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(minimal(), ["train.lr"])
+
+
+def test_override_through_a_non_section_is_an_error():
+    with pytest.raises(ConfigError, match="--set output_dir.x=1: 'output_dir' is not a section"):
+        load_config(minimal(output_dir="runs/a"), ["output_dir.x=1"])
+    # when the key is absent the section is created and validation names it
+    with pytest.raises(ConfigError, match=r"- output_dir: "):
+        load_config(minimal(), ["output_dir.x=1"])
+
+
+def test_override_of_a_runconfig_object():
+    cfg = load_config(minimal())
+    again = load_config(cfg, ["train.epochs=1"])
+    assert again.train.epochs == 1 and cfg.train.epochs == 3
+
+
+def test_override_label_separator_pipe():
+    cfg = load_config(minimal(), ["data.label_separator=|"])
+    assert cfg.data.label_separator == "|"
+
+
+def test_override_value_with_yaml_indicator_is_taken_as_text():
+    cfg = load_config(minimal(), ["data.text_column=@text"])
+    assert cfg.data.text_column == "@text"
+
+
+def test_overrides_do_not_modify_the_callers_dict():
+    raw = minimal(train={"lr": 1e-4})
+    before = copy.deepcopy(raw)
+    load_config(raw, ["train.lr=3e-5", "model.dropout=0.2"])
+    assert raw == before
+
+
+# ---------------------------------------------------------------- paths
+
+def test_relative_data_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "project" / "configs"
+    (conf_dir / "data").mkdir(parents=True)
+    for name in ("train.csv", "dev.csv"):
+        (conf_dir / "data" / name).write_text("text,label\na,b\n")
+    (conf_dir / "cfg.yaml").write_text(
+        "data:\n  train: data/train.csv\n  validation: data/dev.csv\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(conf_dir / "cfg.yaml")
+    assert Path(cfg.data.train) == (conf_dir / "data" / "train.csv").resolve()
+    assert Path(cfg.data.validation) == (conf_dir / "data" / "dev.csv").resolve()
+    assert Path(cfg.data.train).is_absolute()
+    # also when the config path itself is given relative to the working directory
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = load_config(Path("configs/cfg.yaml"))
+    assert Path(cfg.data.train) == (conf_dir / "data" / "train.csv").resolve()
+
+
+def test_absolute_data_paths_are_kept(tmp_path):
+    data = tmp_path / "t.csv"
+    data.write_text("text,label\na,b\n")
+    cfg_path = tmp_path / "sub" / "cfg.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_text(yaml.safe_dump({"data": {"train": str(data)}}))
+    assert load_config(cfg_path).data.train == str(data)
+
+
+# ---------------------------------------------------------------- shipped configs
+
+def test_examples_demo_yaml_is_valid_and_its_data_exists():
+    from tunesmith.data.prepare import load_splits
+    from tunesmith.tasks.base import get_task
+
+    cfg = load_config(REPO / "examples" / "demo.yaml")
+    assert isinstance(cfg, RunConfig)
+    train = Path(cfg.data.train)
+    assert train.is_absolute() and train.is_file(), f"examples/demo.yaml points at a missing file: {train}"
+    # its columns and labels are usable as configured
+    data = load_splits(cfg.data)
+    assert len(data.splits["train"]) > 50
+    assert not data.dropped
+    task = get_task(cfg)
+    task.fit_labels(data.splits)
+    assert len(task.labels) >= 2
+
+
+def _readme_config(readme: Path = REPO / "README.md") -> str | None:
+    if not readme.exists():
+        return None
+    for block in re.findall(r"^```ya?ml[^\n]*\n(.*?)^```", readme.read_text(encoding="utf-8"), re.M | re.S):
+        if re.search(r"^task:", block, re.M):
+            return block
+    raise AssertionError("README.md has no ```yaml block with a `task:` key")
+
+
+def test_readme_block_finder_picks_the_first_yaml_block_with_task(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n```yaml\nfoo: 1\n```\n\n```bash\ntask: no\n```\n\n"
+                      "```yaml\ntask: text-classification\ndata:\n  train: a.csv\n```\n\n"
+                      "```yaml\ntask: second\n```\n")
+    block = _readme_config(readme)
+    assert block == "task: text-classification\ndata:\n  train: a.csv\n"
+    assert load_config(yaml.safe_load(block)).data.train == "a.csv"
+    assert _readme_config(tmp_path / "missing.md") is None
+
+
+def test_readme_example_config_is_valid():
+    block = _readme_config()
+    if block is None:
+        pytest.skip("README.md does not exist yet; this test validates its first ```yaml config block")
+    raw = yaml.safe_load(block)
+    assert isinstance(raw, dict)
+    cfg = load_config(raw)
+    assert isinstance(cfg, RunConfig)

