@@ -278,9 +278,23 @@ def test_readme_block_finder_picks_the_first_yaml_block_with_task(tmp_path):
 
 def test_readme_example_config_is_valid():
     block = _readme_config()
-    if block is None:
-        pytest.skip("README.md does not exist yet; this test validates its first ```yaml config block")
+    assert block is not None, "README.md is missing"
     raw = yaml.safe_load(block)
     assert isinstance(raw, dict)
     cfg = load_config(raw)
     assert isinstance(cfg, RunConfig)
+
+
+def test_readme_config_reference_matches_the_schema() -> None:
+    from tunesmith.config import config_reference
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
+    assert block.strip() == config_reference().strip(), \
+        "README config reference is stale: regenerate it from tunesmith.config.config_reference()"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = next(line.strip() for line in readme.splitlines() if "pytest" in line and "pip install" in line)
+    assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8")

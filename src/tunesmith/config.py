@@ -13,13 +13,14 @@ from .errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class TaskConfig(_Section):
     """What to learn. `type` picks the task from the registry."""
 
     type: str = "text-classification"
+    """Task from the registry: text-classification (single/multi-label, regression, sentence pairs)."""
     problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
     """auto: lists of labels (or data.label_separator) mean multi_label, anything else single_label.
     Regression is never guessed: a float label in a classification task is an error."""
@@ -29,32 +30,49 @@ class ModelConfig(_Section):
     name: str | None = None
     """Hub name or local folder; None = the embedded default (all-MiniLM-L6-v2, offline)."""
     revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
     max_length: int = Field(128, ge=8)
+    """Tokens per example after truncation (special tokens included)."""
     truncation: Literal["head", "head_tail"] = "head"
     """head keeps the start of long texts; head_tail keeps the first and last tokens (long reviews)."""
     trust_remote_code: bool = False
+    """Run model code shipped with a Hub repo; off unless you trust the repo."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Override the model's hidden and attention dropout."""
 
 
 class DataConfig(_Section):
     train: str | None = None
+    """Training file (CSV, TSV, JSON, JSONL, Parquet; .gz allowed); relative to the config file."""
     validation: str | None = None
+    """Validation file; when absent, split off train (validation_ratio)."""
     test: str | None = None
+    """Test file; when absent, split off train (test_ratio)."""
     hub_dataset: str | None = None
     """A Hugging Face Hub dataset name, used instead of files (needs network or a local cache)."""
     hub_config: str | None = None
+    """Hub dataset configuration name (e.g. sst2 for glue)."""
     hub_splits: dict[str, str] = Field(default_factory=lambda: {
         "train": "train", "validation": "validation", "test": "test"})
+    """Which Hub split to use for train/validation/test."""
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    """File format; auto reads it from the extension."""
     text_column: str = "text"
+    """Column holding the text."""
     text_pair_column: str | None = None
+    """Second text column for sentence-pair tasks (NLI, paraphrase)."""
     label_column: str = "label"
+    """Column holding the label (string, integer, list, delimited string or float)."""
     label_separator: str | None = None
     """Delimiter for multi-label strings such as "sports|politics"."""
     validation_ratio: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of all training rows held out for validation when no validation file is given."""
     test_ratio: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of all training rows held out for testing when no test file is given."""
     split_seed: int = 42
+    """Seed of the made splits (stratified by label where possible)."""
     on_missing: Literal["drop", "fill", "error"] = "drop"
+    """Rows with a missing or empty text or label: drop (listed in dropped_rows.jsonl), fill, or error."""
     fill_value: str = ""
     """Text used for a missing text under on_missing: fill (a missing label is always dropped)."""
     cache_dir: str | None = None
@@ -63,34 +81,49 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: float = Field(3, gt=0)
+    """Passes over the training data (fractions allowed)."""
     max_steps: int | None = Field(None, gt=0)
+    """Optimizer steps; overrides epochs when set."""
     batch_size: int = Field(32, ge=1)
     """Examples per step summed over all processes (each process gets batch_size / processes)."""
     grad_accum: int = Field(1, ge=1)
+    """Batches per optimizer step; the loss equals that of one batch grad_accum times larger."""
     lr: float = Field(5e-5, gt=0)
+    """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (not applied to biases and norm weights)."""
     warmup_ratio: float = Field(0.06, ge=0, le=1)
+    """Share of steps with linear warmup."""
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warmup."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping norm; null turns clipping off."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
     batching: Literal["bucket", "random"] = "bucket"
     """bucket: batches of similar length (less padding, much faster); random: plain shuffling."""
     bucket_batches: int = Field(8, ge=1)
     """How many batches are drawn at random and then sorted by length together. Small windows keep
     batches nearly as random as plain shuffling; large ones pad least."""
     seed: int = 42
+    """Seed for initialisation, batch order and dropout."""
     eval_every: int | Literal["epoch"] = "epoch"
     """Evaluate (and checkpoint) every N optimizer steps, or at the end of each epoch."""
     log_every: int = Field(10, ge=1)
+    """Steps between train-loss records in metrics.jsonl."""
     early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without improvement of eval.metric."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Most recent checkpoints kept (the best one is always kept too)."""
     num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes."""
 
 
 class EvalConfig(_Section):
     metric: str | None = None
-    """Metric that picks the best checkpoint; default per task (accuracy, micro_f1, neg_mse...)."""
+    """Metric that picks the best checkpoint; default per task: accuracy, micro_f1 (multi-label), mse (regression, lower is better)."""
     batch_size: int = Field(64, ge=1)
+    """Examples per evaluation and prediction batch."""
 
 
 class RunConfig(_Section):
@@ -100,6 +133,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "runs/run"
+    """The run folder: config, data report, metrics, checkpoints, predictions, plots, model."""
 
     @field_validator("task", mode="before")
     @classmethod
@@ -195,6 +229,20 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
             if p and not Path(p).is_absolute() and (base_dir / p).exists():
                 setattr(cfg.data, split, str((base_dir / p).resolve()))
     return cfg
+
+
+def config_reference() -> str:
+    """The README's config reference as a Markdown table, generated from the schema so it cannot rot."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for section, field in RunConfig.model_fields.items():
+        sub = field.annotation
+        items = sub.model_fields.items() if isinstance(sub, type) and issubclass(sub, BaseModel) else [(None, field)]
+        for key, f in items:
+            default = f.default_factory() if f.default_factory is not None else f.default
+            name = f"{section}.{key}" if key else section
+            desc = " ".join((f.description or "").split()).replace("|", "\\|")
+            rows.append(f"| `{name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {desc} |")
+    return "\n".join(rows)
 
 
 def load_config(path: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> RunConfig:
