@@ -102,7 +102,7 @@ class TrainConfig(_Section):
     """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
     batching: Literal["bucket", "random"] = "bucket"
     """bucket: batches of similar length (less padding, much faster); random: plain shuffling."""
-    bucket_batches: int = Field(8, ge=1)
+    bucket_batches: int = Field(16, ge=1)
     """How many batches are drawn at random and then sorted by length together. Small windows keep
     batches nearly as random as plain shuffling; large ones pad least."""
     seed: int = 42

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .evaluation.inference import run_inference
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, summary_lines
 from .io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from .models import DEFAULT_MODEL_ATTRIBUTION, load_model, load_tokenizer, resolve_model_name
+from .models import DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, load_model, load_tokenizer, resolve_model_name
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
@@ -257,7 +257,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
                   "precision": precision, "processes": accelerator.num_processes,
                   "device": str(accelerator.device), "peak_rss_mb": round(_peak_rss_mb(), 1),
                   "loop_state": asdict(state)},
-        "model": p.model_name,
+        "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }
     if accelerator.is_main_process:
         _finish_run_folder(run_dir, p, report, test, final_model, metric)

@@ -15,6 +15,7 @@ from ..data.prepare import Table
 from ..errors import DataError
 from ..evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics, tune_threshold
 from .base import register_task
+from .fast_bert import speed_up_bert_classifier
 
 _HF_PROBLEM = {"single_label": "single_label_classification",
                "multi_label": "multi_label_classification", "regression": "regression"}
@@ -63,41 +64,6 @@ def _longest_first(lens: list[int], budget: int) -> list[int]:
             out[k] += 1
             spare -= 1
     return out
-
-
-def first_token_last_layer(model: torch.nn.Module) -> bool:
-    """Compute BERT's last layer only where the classification head reads it.
-
-    BertForSequenceClassification pools position 0 of the last layer; the other positions of that
-    layer are computed and thrown away. Their keys and values are still needed, but their queries,
-    attention output and feed-forward are not, which is about 1/7 of the encoder's work. The result
-    is the same function (same weights, same outputs); only wasted work goes. Returns whether applied.
-    """
-    from transformers import BertForSequenceClassification
-
-    if type(model) is not BertForSequenceClassification or model.config.is_decoder or \
-            model.config._attn_implementation not in ("sdpa", "eager"):
-        return False
-    layer = model.bert.encoder.layer[-1]
-    attn = layer.attention.self
-
-    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                *args: Any, **kwargs: Any) -> torch.Tensor:
-        b = hidden_states.shape[0]
-        first = hidden_states[:, :1]
-        heads = (b, -1, attn.num_attention_heads, attn.attention_head_size)
-        q = attn.query(first).view(heads).transpose(1, 2)
-        k = attn.key(hidden_states).view(heads).transpose(1, 2)
-        v = attn.value(hidden_states).view(heads).transpose(1, 2)
-        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
-            attention_mask = attention_mask[:, :, :1, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scaling,
-                                             dropout_p=attn.dropout.p if layer.training else 0.0)
-        attention_output = layer.attention.output(out.transpose(1, 2).reshape(b, 1, -1), first)
-        return layer.output(layer.intermediate(attention_output), attention_output)
-
-    layer.forward = forward
-    return True
 
 
 @register_task("text-classification", "classification")
@@ -281,7 +247,7 @@ class TextClassification:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
             id2label=dict(enumerate(self.labels)), label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
-        first_token_last_layer(model)
+        speed_up_bert_classifier(model)
         return model
 
     def _logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
