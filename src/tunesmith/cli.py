@@ -21,10 +21,12 @@ SET_HELP = "Override any config key, e.g. --set train.lr=3e-5 (repeatable)."
 
 def _quiet_libraries() -> None:
     """Our own report says what matters; keep transformers' load chatter and shard bars out of it."""
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _fail(e: Exception) -> None:

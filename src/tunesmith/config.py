@@ -109,8 +109,8 @@ class TrainConfig(_Section):
     """Seed for initialisation, batch order and dropout."""
     eval_every: int | Literal["epoch"] = "epoch"
     """Evaluate (and checkpoint) every N optimizer steps, or at the end of each epoch."""
-    log_every: int = Field(10, ge=1)
-    """Steps between train-loss records in metrics.jsonl."""
+    log_every: int = Field(1, ge=1)
+    """Steps between train records (loss, lr, grad norm, throughput) in metrics.jsonl."""
     early_stopping_patience: int | None = Field(None, ge=1)
     """Stop after this many evaluations without improvement of eval.metric."""
     keep_checkpoints: int = Field(2, ge=1)

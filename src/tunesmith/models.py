@@ -52,10 +52,14 @@ def resolve_model_name(cfg: ModelConfig) -> str:
 
 
 def _hub_error(name: str, e: Exception) -> ModelError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    where = "a local folder" if Path(name).exists() else "a Hub name"
-    hint = (" The Hub is unreachable (HF_HUB_OFFLINE=1): use a local folder or a model already in the cache."
-            if offline else " Check the name, your network, and that the model has a sequence-classification head.")
+    local = Path(name).exists()
+    if local:
+        hint = " Check that the folder holds a Transformers model (config.json and weights)."
+    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+        hint = " The Hub is unreachable (HF_HUB_OFFLINE=1): use a local folder or a model already in the cache."
+    else:
+        hint = " Check the name and your network."
+    where = "a local folder" if local else "a Hub name"
     return ModelError(f"cannot load model '{name}' ({where}): {type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}.{hint}")
 
@@ -77,7 +81,9 @@ def load_tokenizer(name: str, cfg: ModelConfig) -> Any:
 
 def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
     """Load weights through the task (it knows the head); safetensors preferred, remote code off by default."""
-    kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    # a checkpoint that already has a classification head for another label set gets a new head
+    kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+                              "ignore_mismatched_sizes": True}
     if cfg.dropout is not None:
         kwargs.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     try:

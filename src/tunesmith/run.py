@@ -110,6 +110,8 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
         if not accelerator.is_main_process:
             return None
         s = event.state
+        if event.kind == "end" and writer is not None:
+            writer.close()
         if event.kind == "step" and (s.step % every == 0 or s.step == event.data["total_steps"]):
             row = {"kind": "train", "step": s.step, "epoch": s.epoch, "loss": event.data["loss"],
                    "lr": event.data["lr"], "grad_norm": event.data["grad_norm"],
@@ -124,7 +126,6 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
                     writer.add_scalar(f"{row['kind']}/{k}", v, s.step)
-            writer.flush()
         return None
 
     return log
@@ -197,7 +198,8 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     set_seed(cfg.train.seed)
-    p = prepare(cfg)
+    with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
+        p = prepare(cfg)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_run_files(run_dir, p)
@@ -214,16 +216,15 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
     model = load_model(p.task, p.model_name, cfg.model)
     metric = cfg.eval.metric or p.task.default_metric
+    if metric not in p.task.metric_names:
+        raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
+                          f"choose one of {', '.join(p.task.metric_names)}")
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
     def evaluate() -> dict[str, Any]:
         out = run_inference(loop.model, p.task, p.tokenized["validation"], cfg.eval.batch_size,
                             accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8)
-        metrics = {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
-        if metric not in metrics:
-            raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
-                              f"choose one of {[k for k, v in metrics.items() if isinstance(v, float)]}")
-        return metrics
+        return {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
 
     on_step, progress = _progress(accelerator)
     loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
@@ -253,9 +254,12 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
                   "train_runtime_s": round(state.train_seconds, 3),
                   "train_samples_per_second": (state.steady_samples / state.steady_seconds
                                                if state.steady_seconds else state.samples / max(state.train_seconds, 1e-9)),
+                  "throughput_over": "steps after the first 10 (steady state)" if state.steady_seconds
+                  else "all steps (the run was too short for a steady-state figure)",
                   "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
                   "precision": precision, "processes": accelerator.num_processes,
-                  "device": str(accelerator.device), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "device": str(accelerator.device),
+                  "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
                   "loop_state": asdict(state)},
         "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }

@@ -66,6 +66,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                        f"f1={pc['f1']:.3f} support={pc['support']}")
     t = report.get("train") or {}
     if t:
+        basis = "steady" if "steady" in t.get("throughput_over", "") else "all steps"
         out.append(f"train: {t.get('steps')} steps, {t.get('train_samples_per_second', 0):.1f} samples/s "
-                   f"(steady), best step {t.get('best_step')} ({t.get('metric')}={t.get('best_metric')})")
+                   f"({basis}), best step {t.get('best_step')} ({t.get('metric')}={t.get('best_metric')})")
     return out

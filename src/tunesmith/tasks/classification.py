@@ -280,6 +280,13 @@ class TextClassification:
     def default_metric(self) -> str:
         return {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "mse"}[self.problem_type]
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Scalar metrics eval.metric can select (loss always included)."""
+        return ["loss"] + {"single_label": ["accuracy", "macro_f1", "weighted_f1"],
+                           "multi_label": ["micro_f1", "macro_f1", "subset_accuracy"],
+                           "regression": ["mse", "mae", "pearson", "spearman"]}[self.problem_type]
+
     def fit_postprocess(self, scores: np.ndarray, labels: np.ndarray) -> None:
         if self.problem_type == "multi_label":
             self.threshold = tune_threshold(scores, labels)

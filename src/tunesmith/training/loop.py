@@ -122,9 +122,9 @@ class TrainingLoop:
     def _eval_and_save(self, state: LoopState) -> bool:
         """Evaluate, track the best, checkpoint; True when early stopping triggers."""
         metrics = self.evaluate()
-        value = metrics[self.metric]
-        better = state.best_metric is None or (value > state.best_metric if self.higher_better
-                                               else value < state.best_metric)
+        value = metrics[self.metric]  # None when undefined (e.g. correlation of constant predictions)
+        better = value is not None and (state.best_metric is None or (
+            value > state.best_metric if self.higher_better else value < state.best_metric))
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
         else:
