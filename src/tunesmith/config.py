@@ -100,11 +100,13 @@ class TrainConfig(_Section):
     """Gradient clipping norm; null turns clipping off."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
-    batching: Literal["bucket", "random"] = "bucket"
-    """bucket: batches of similar length (less padding, much faster); random: plain shuffling."""
+    batching: Literal["bucket", "random"] = "random"
+    """random: plain shuffling (the standard recipe; the fast BERT path already skips padding work).
+    bucket: batches cut from length-sorted random windows: faster still, but measured 0.5 points
+    lower on SST-2 (bench/README.md)."""
     bucket_batches: int = Field(16, ge=1)
-    """How many batches are drawn at random and then sorted by length together. Small windows keep
-    batches nearly as random as plain shuffling; large ones pad least."""
+    """With batching: bucket, how many batches are drawn at random and then sorted by length
+    together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
     eval_every: int | Literal["epoch"] = "epoch"

@@ -48,7 +48,7 @@ def _groups(sorted_lengths: list[int]) -> list[int]:
 class _Layout:
     """Where every real token sits in the grouped attention buffer, computed once per forward."""
 
-    gather: torch.Tensor      # token row (or n_tokens for padding) of every grouped-buffer row
+    rows: int                 # rows of the grouped buffer (real tokens plus per-group padding)
     scatter: torch.Tensor     # buffer row of every real token, in token order
     groups: list[tuple[int, int, int]]  # (first buffer row, examples, padded length) per group
     members: torch.Tensor     # example indices in group order
@@ -62,7 +62,7 @@ def _layout(lengths: torch.Tensor) -> _Layout:
     n_tokens = int(lengths.sum())
     starts = torch.cumsum(lengths, 0) - lengths
     members = torch.argsort(lengths, stable=True)
-    gather, scatter_parts, groups, masks = [], [], [], []
+    gather, groups, masks = [], [], []
     row = 0
     first = 0
     for size in _groups(lengths[members].tolist()):
@@ -82,7 +82,7 @@ def _layout(lengths: torch.Tensor) -> _Layout:
     is_real = flat_gather < n_tokens
     scatter = torch.empty(n_tokens, dtype=torch.long, device=device)
     scatter[flat_gather[is_real]] = torch.nonzero(is_real).squeeze(1)
-    return _Layout(flat_gather, scatter, groups, members, torch.argsort(members), masks, starts)
+    return _Layout(row, scatter, groups, members, torch.argsort(members), masks, starts)
 
 
 def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _Layout, nh: int,
@@ -92,10 +92,8 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _
     Tokens move with index_copy / index_select (whose gradients are plain gathers), not with
     advanced indexing, whose accumulating backward is slow on CPU.
     """
-    rows = len(lay.gather)
-
     def grouped(t: torch.Tensor) -> torch.Tensor:
-        return t.new_zeros(rows, t.shape[-1]).index_copy(0, lay.scatter, t)
+        return t.new_zeros(lay.rows, t.shape[-1]).index_copy(0, lay.scatter, t)
 
     kg, vg = grouped(k), grouped(v)
     qg = q.index_select(0, lay.members) if first_only else grouped(q)
