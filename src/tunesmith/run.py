@@ -213,17 +213,20 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     elif accelerator.is_main_process:
         metrics_path.unlink(missing_ok=True)
 
-    set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
-    model = load_model(p.task, p.model_name, cfg.model)
     metric = cfg.eval.metric or p.task.default_metric
     if metric not in p.task.metric_names:
         raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
                           f"choose one of {', '.join(p.task.metric_names)}")
+    set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
+    model = load_model(p.task, p.model_name, cfg.model)
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
+    def infer(split: str) -> Any:
+        return run_inference(loop.model, p.task, p.tokenized[split], cfg.eval.batch_size, accelerator.device,
+                             accelerator=accelerator, pad_to_multiple_of=pad8)
+
     def evaluate() -> dict[str, Any]:
-        out = run_inference(loop.model, p.task, p.tokenized["validation"], cfg.eval.batch_size,
-                            accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8)
+        out = infer("validation")
         return {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
 
     on_step, progress = _progress(accelerator)
@@ -242,11 +245,9 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     final_model = accelerator.unwrap_model(loop.model)
     if best:
         load_weights(final_model, ckpt.path(best))
-    val = run_inference(loop.model, p.task, p.tokenized["validation"], cfg.eval.batch_size, accelerator.device,
-                        accelerator=accelerator, pad_to_multiple_of=pad8)
+    val = infer("validation")
     p.task.fit_postprocess(val.scores, val.labels)
-    test = run_inference(loop.model, p.task, p.tokenized["test"], cfg.eval.batch_size, accelerator.device,
-                         accelerator=accelerator, pad_to_multiple_of=pad8)
+    test = infer("test")
     report = {
         "validation": {"loss": val.loss, **p.task.metrics(val.scores, val.labels)},
         "test": {"loss": test.loss, **p.task.metrics(test.scores, test.labels)},

@@ -93,7 +93,7 @@ class TrainingLoop:
         return DataLoader(self.data, batch_sampler=mine, collate_fn=self.collate,
                           num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda")
 
-    def _step(self, micro: list[dict[str, torch.Tensor]], n_global: int) -> tuple[float, float | None]:
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float | None]:
         """One optimizer step over an accumulation window; returns (mean loss, grad norm)."""
         device = self.acc.device
         items = torch.tensor(float(sum(self.task.count_items(b) for b in micro)), device=device)
@@ -154,7 +154,7 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 micro = [next(loader) for _ in window]
                 n = int(sum(len(b) for b in window))
-                loss, grad_norm = self._step(micro, n)
+                loss, grad_norm = self._step(micro)
                 dt = time.perf_counter() - t0
                 state.step += 1
                 state.samples += n
