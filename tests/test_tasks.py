@@ -47,6 +47,57 @@ def test_fast_bert_forward_is_the_same_function(impl: str, group_cost: int, monk
     assert full.state_dict().keys() == pruned.state_dict().keys()
 
 
+def _tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+
+
+def test_fast_bert_training_steps_match_stock() -> None:
+    """Over steps with gradients reset (as the loop does), zeroed in place, and accumulated, the
+    reused word-embedding gradient buffer gives the stock model's gradients and weights."""
+    full = _tiny_bert()
+    fast = copy.deepcopy(full)
+    assert speed_up_bert_classifier(fast)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (full, fast)]
+    g = torch.Generator().manual_seed(1)
+    for step, (backwards, reset) in enumerate([(1, True), (2, True), (1, False), (1, True), (1, True)]):
+        for _ in range(backwards):
+            x = torch.randint(5, 50, (6, 7), generator=g)  # new tokens every batch
+            mask = (torch.arange(7)[None, :] < torch.randint(1, 8, (6, 1), generator=g)).long()
+            for m in (full, fast):
+                m(input_ids=x, attention_mask=mask).logits.square().sum().backward()
+        for (name, p), q in zip(full.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-5, msg=f"step {step}: {name}")
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=reset)
+    for p, q in zip(full.parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5)
+
+
+def test_fast_bert_dropout_keeps_rate_and_expectation() -> None:
+    from tunesmith.tasks.fast_bert import _dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = _dropout(x, 0.1, training=True)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # within 5 standard errors
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.9)))
+    y.sum().backward()  # the gradient goes through the same mask and scale
+    torch.testing.assert_close(x.grad, y.detach())
+    assert _dropout(x, 0.1, training=False) is x
+    fast = _tiny_bert(dropout=0.1)
+    speed_up_bert_classifier(fast)
+    ids = torch.randint(5, 50, (4, 6))
+    fast.train()
+    assert not torch.equal(fast(input_ids=ids).logits, fast(input_ids=ids).logits)  # dropout is on
+    fast.eval()
+    assert torch.equal(fast(input_ids=ids).logits, fast(input_ids=ids).logits)
+
+
 def test_attention_groups_follow_lengths() -> None:
     from tunesmith.tasks.fast_bert import _groups
 

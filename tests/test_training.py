@@ -146,6 +146,25 @@ def test_batch_plan_is_seeded_complete_and_pads_less() -> None:
     assert [len(b) for b in merged] == [33]
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipped, and left alone
+def test_clipping_matches_torch(max_norm: float) -> None:
+    from accelerate import Accelerator
+
+    from tunesmith.training.loop import clip_gradients
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    b = copy.deepcopy(a)
+    x = torch.randn(5, 8)
+    for m in (a, b):
+        m(x).square().sum().backward()
+    expected = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm)
+    got = clip_gradients(b, max_norm, Accelerator(cpu=True))
+    assert got == pytest.approx(float(expected), rel=1e-6)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=0)
+
+
 def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     from tunesmith import run as run_mod
 

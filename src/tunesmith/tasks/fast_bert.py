@@ -8,6 +8,13 @@ length (chosen per batch to minimise work), each padded only to its own longest 
 attention output and feed-forward for position 0 alone. Batches stay whatever the sampler drew
 (random batches keep their accuracy) while the work approaches that of length-sorted batches.
 
+Two CPU costs of the stock model are also avoided, with the same arithmetic. Dropout masks come from
+`torch.rand` (one 32-bit draw per element) instead of `bernoulli_` (a double, two draws, per element):
+the same Bernoulli(1 - p) to float resolution, at half the cost. And the word-embedding gradient
+(30k x 384 floats for MiniLM, most of the model) is written into one persistent buffer in which only
+the rows of the tokens seen are touched and, at the next step, cleared: a fresh dense gradient every
+step costs a page-faulting 47 MB allocation and fill, more than the optimizer step for those rows.
+
 Same weights, same function: outputs and gradients match the stock model to float rounding
 (tests/test_tasks.py), and saved weights are unchanged because only `forward` is replaced.
 """
@@ -85,6 +92,60 @@ def _layout(lengths: torch.Tensor) -> _Layout:
     return _Layout(row, scatter, groups, members, torch.argsort(members), masks, starts)
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout with a mask from `torch.rand` on CPU (see the module docstring); CUDA's own is fused."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    return x * torch.rand(x.shape, dtype=x.dtype, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float,
+               scale: float) -> torch.Tensor:
+    """SDPA, or with dropout on CPU the same math (what SDPA runs then) with the cheaper mask."""
+    if dropout == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(_dropout(scores.softmax(-1), dropout, True), v)
+
+
+class _WordEmbeddingGrad:
+    """Keeps the word-embedding gradient in one buffer across steps (see the module docstring).
+
+    When the gradient has been reset (None), the buffer is installed as `.grad` after clearing the
+    rows written since it was last installed; the lookup is then sparse, so autograd adds only the
+    rows of this batch's tokens into it. Anything else (a gradient that is not our buffer, no grad
+    mode, CUDA, multi-process runs) takes the ordinary dense lookup.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        self.emb = embedding
+        self.buffer: torch.Tensor | None = None
+        self.written: list[torch.Tensor] = []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        e, w = self.emb, self.emb.weight
+        if not (torch.is_grad_enabled() and w.requires_grad and w.device.type == "cpu") \
+                or torch.distributed.is_initialized():  # DDP's reducer expects autograd's own dense gradient
+            return e(ids)
+        if w.grad is None:
+            if self.buffer is None or self.buffer.shape != w.shape or self.buffer.dtype != w.dtype:
+                self.buffer = torch.zeros_like(w)
+            elif self.written:
+                self.buffer.index_fill_(0, torch.cat(self.written), 0.0)
+            self.written = []
+            w.grad = self.buffer
+        if w.grad is not self.buffer:
+            return e(ids)
+        self.written.append(ids)
+        if len(self.written) > 64:  # gradients zeroed in place rather than reset: keep the list bounded
+            self.written = [torch.unique(torch.cat(self.written))]
+        return F.embedding(ids, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse=True)
+
+
 def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _Layout, nh: int,
                        d: int, dropout: float, scale: float, first_only: bool) -> torch.Tensor:
     """Attention per group; q is (tokens, hidden), or (examples, hidden) when first_only.
@@ -104,11 +165,16 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _
         kk, vv = heads(kg[row:row + n * width]), heads(vg[row:row + n * width])
         qq = heads(qg[done:done + n] if first_only else qg[row:row + n * width])
         done += n
-        out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, dropout_p=dropout, scale=scale)
+        out = _attention(qq, kk, vv, mask, dropout, scale)
         outs.append(out.transpose(1, 2).reshape(-1, nh * d))
     out = torch.cat(outs)
     # back to token order, or to example order for the first-token layer
     return out.index_select(0, lay.unsort if first_only else lay.scatter)
+
+
+def _residual(block: Any, h: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    """BertSelfOutput / BertOutput: dense, dropout, add and norm."""
+    return block.LayerNorm(_dropout(block.dense(h), block.dropout.p, block.training) + resid)
 
 
 def _layer(layer: Any, x: torch.Tensor, lay: _Layout, first_only: bool) -> torch.Tensor:
@@ -117,8 +183,8 @@ def _layer(layer: Any, x: torch.Tensor, lay: _Layout, first_only: bool) -> torch
     out = _grouped_attention(attn.query(resid), attn.key(x), attn.value(x), lay, attn.num_attention_heads,
                              attn.attention_head_size, attn.dropout.p if layer.training else 0.0,
                              attn.scaling, first_only)
-    attention_output = layer.attention.output(out, resid)
-    return layer.output(layer.intermediate(attention_output), attention_output)
+    attention_output = _residual(layer.attention.output, out, resid)
+    return _residual(layer.output, layer.intermediate(attention_output), attention_output)
 
 
 def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
@@ -137,6 +203,8 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
         return False
     stock = model.forward
     bert = model.bert
+    emb = bert.embeddings
+    word_embeddings = _WordEmbeddingGrad(emb.word_embeddings)
 
     def forward(input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
@@ -156,14 +224,15 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
         ids = input_ids.reshape(-1).index_select(0, keep)
         types = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
             else torch.zeros_like(ids)
-        # embeddings of real tokens only: one "row" of all tokens, each with its own position
-        x = bert.embeddings(input_ids=ids[None], token_type_ids=types[None],
-                            position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None])[0]
+        # embeddings of real tokens only, each with its own position (BertEmbeddings' order of sums)
+        x = word_embeddings(ids) + emb.token_type_embeddings(types)
+        x = x + emb.position_embeddings(positions.expand(b, length).reshape(-1).index_select(0, keep))
+        x = _dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
         lay = _layout(lengths)
         for i, layer in enumerate(bert.encoder.layer):
             x = _layer(layer, x, lay, first_only=i == len(bert.encoder.layer) - 1)
         pooled = bert.pooler.activation(bert.pooler.dense(x))  # x is already position 0 of each example
-        return SequenceClassifierOutput(logits=model.classifier(model.dropout(pooled)))
+        return SequenceClassifierOutput(logits=model.classifier(_dropout(pooled, model.dropout.p, model.training)))
 
     model.forward = forward
     return True

