@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import transformers
 from transformers import (
     AutoModelForSequenceClassification,
@@ -45,7 +44,8 @@ class LossLog(TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-def run_trainer(train: cvt.Split, dev: cvt.Split, order: np.ndarray, seed: int, tmp: str) -> tuple[list[float], float, dict]:
+def run_trainer(train: cvt.Split, dev: cvt.Split, order: np.ndarray, seed: int,
+                tmp: str) -> tuple[list[float], float, dict]:
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(cvt.model_path())
     model = AutoModelForSequenceClassification.from_pretrained(

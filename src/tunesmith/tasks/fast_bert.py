@@ -4,8 +4,8 @@ The stock forward wastes work three ways: its linear layers run on padding token
 batches most of a batch is padding), its attention spans the longest example for every example,
 and its last layer computes every position although the classification head reads only position 0.
 Here the linear layers run on real tokens only; attention runs on groups of examples of similar
-length (chosen per batch to minimise work), each padded only to its own longest member; and the last layer computes queries,
-attention output and feed-forward for position 0 alone. Batches stay whatever the sampler drew
+length (chosen per batch to minimise work), each padded only to its own longest member; and the
+last layer computes queries, attention output and feed-forward for position 0 alone. Batches stay whatever the sampler drew
 (random batches keep their accuracy) while the work approaches that of length-sorted batches.
 
 Two CPU costs of the stock model are also avoided, with the same arithmetic. Dropout masks come from
