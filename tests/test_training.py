@@ -146,6 +146,17 @@ def test_batch_plan_is_seeded_complete_and_pads_less() -> None:
     assert [len(b) for b in merged] == [33]
 
 
+def test_random_batches_follow_the_trainers_seeded_sampler() -> None:
+    """Same seed, same order as the HF Trainer's sampler (Accelerate's SeedableRandomSampler)."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    sampler = SeedableRandomSampler(range(100), data_seed=7)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        plan = batch_plan(np.ones(100, dtype=int), 32, seed=7, epoch=epoch, bucket_batches=1)
+        assert np.concatenate(plan).tolist() == list(sampler)
+
+
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipped, and left alone
 def test_clipping_matches_torch(max_norm: float) -> None:
     from accelerate import Accelerator

@@ -5,8 +5,9 @@ batches most of a batch is padding), its attention spans the longest example for
 and its last layer computes every position although the classification head reads only position 0.
 Here the linear layers run on real tokens only; attention runs on groups of examples of similar
 length (chosen per batch to minimise work), each padded only to its own longest member; and the
-last layer computes queries, attention output and feed-forward for position 0 alone. Batches stay whatever the sampler drew
-(random batches keep their accuracy) while the work approaches that of length-sorted batches.
+last layer computes queries, attention output and feed-forward for position 0 alone. Batches stay
+whatever the sampler drew (random batches keep their accuracy) while the work approaches that of
+length-sorted batches.
 
 Two CPU costs of the stock model are also avoided, with the same arithmetic. Dropout masks come from
 `torch.rand` (one 32-bit draw per element) instead of `bernoulli_` (a double, two draws, per element):
@@ -129,8 +130,8 @@ class _WordEmbeddingGrad:
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         e, w = self.emb, self.emb.weight
         if not (torch.is_grad_enabled() and w.requires_grad and w.device.type == "cpu") \
-                or torch.distributed.is_initialized():  # DDP's reducer expects autograd's own dense gradient
-            return e(ids)
+                or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return e(ids)  # (in multi-process runs DDP's reducer expects autograd's own dense gradient)
         if w.grad is None:
             if self.buffer is None or self.buffer.shape != w.shape or self.buffer.dtype != w.dtype:
                 self.buffer = torch.zeros_like(w)

@@ -1,5 +1,10 @@
 """Batch order: seeded, resumable, and length-aware without giving up randomness.
 
+The shuffle is the permutation torch's seeded RandomSampler draws, which is what the Hugging Face
+Trainer uses (Accelerate's SeedableRandomSampler, seed + epoch): a tunesmith run and a Trainer run
+with the same seed see the same examples in the same order, so comparing the two measures the tools,
+not the luck of the shuffle.
+
 Plain shuffling pads every batch to its longest member; sorting the whole epoch by length pads
 least but makes batches homogeneous, which costs accuracy. We shuffle, take windows of
 `bucket_batches` batches, sort each window by length and cut it into batches, then shuffle the batch
@@ -9,6 +14,12 @@ while padding drops sharply. Lengths are computed once, vectorised, from the Arr
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+
+def shuffle(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of n examples: torch.randperm from a generator seeded seed + epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
 
 
 def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int,
@@ -18,8 +29,7 @@ def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buck
     bucket_batches=1 is plain random batching. A final batch smaller than `min_batch` (the number
     of processes) is merged into the one before, so every process always gets at least one example.
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    order = shuffle(len(lengths), seed, epoch)
     if bucket_batches > 1:
         window = batch_size * bucket_batches
         chunks = [order[i:i + window] for i in range(0, len(order), window)]
@@ -31,7 +41,7 @@ def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buck
         batches[-1] = np.concatenate([batches[-1], last])
     if bucket_batches > 1:
         # shuffle batch order so the epoch does not run short-to-long inside each window
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+        batches = [batches[i] for i in np.random.default_rng([seed, epoch]).permutation(len(batches))]
     return batches
 
 
