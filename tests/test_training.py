@@ -114,6 +114,51 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(base_conf
     assert resumed.summary["steps"] == 4
 
 
+def _complete_checkpoint(folder: Path) -> None:
+    """Every file a resume reads is there and loads."""
+    from safetensors.torch import load_file
+
+    assert load_file(folder / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng-0.pt"):
+        torch.load(folder / name, weights_only=False)
+    json.loads((folder / "loop_state.json").read_text())
+
+
+def test_sigkill_at_random_moments_never_corrupts_checkpoints(base_config: dict, tmp_path: Path) -> None:
+    """A real `kill -9` (no cleanup code runs), twice, at random moments of a run that checkpoints
+    every step: the index always points at complete checkpoints and the run resumes to the end."""
+    import random
+    import signal
+    import time
+
+    cfg = _cfg(base_config, tmp_path, "killed", epochs=3, eval_every=1)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "killed" / "checkpoints"
+    rng = random.Random(0)
+    for attempt in range(2):
+        args = [sys.executable, "-m", "tunesmith", "train", str(path)] + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        before = json.loads((root / "index.json").read_text())["latest"] if attempt else None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for a new checkpoint
+            if (root / "index.json").exists() and json.loads((root / "index.json").read_text())["latest"] != before:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        index = json.loads((root / "index.json").read_text())
+        for name in {index["latest"], index["best"]} - {None}:
+            _complete_checkpoint(root / name)
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(path), "--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert report["train"]["epochs_completed"] == 3
+
+
 def test_callback_can_stop_training(base_config: dict, tmp_path: Path) -> None:
     def stop_at_3(event: tunesmith.run.Event) -> Control | None:
         return Control(stop=True) if event.kind == "step" and event.state.step == 3 else None

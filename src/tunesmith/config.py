@@ -101,9 +101,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
     batching: Literal["bucket", "random"] = "random"
-    """random: plain shuffling (the standard recipe; the fast BERT path already skips padding work).
-    bucket: batches cut from length-sorted random windows: faster still, but measured 0.5 points
-    lower on SST-2 (bench/README.md)."""
+    """random: plain shuffling, the permutation the Hugging Face Trainer draws for the same seed (the
+    standard recipe; the fast BERT path already skips padding work). bucket: batches cut from
+    length-sorted random windows: faster still, but lower accuracy on SST-2 (bench/README.md)."""
     bucket_batches: int = Field(16, ge=1)
     """With batching: bucket, how many batches are drawn at random and then sorted by length
     together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
