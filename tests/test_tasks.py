@@ -45,6 +45,12 @@ def test_fast_bert_forward_is_the_same_function(impl: str, group_cost: int, monk
         torch.testing.assert_close(full(input_ids=x).logits, pruned(input_ids=x).logits, rtol=0, atol=1e-6)
     # the saved weights are untouched: the same state dict keys and values
     assert full.state_dict().keys() == pruned.state_dict().keys()
+    # a deep copy runs on its own weights, not the original's
+    twin = copy.deepcopy(pruned)
+    with torch.no_grad():
+        twin.classifier.bias.add_(1.0)
+        torch.testing.assert_close(twin(input_ids=x, attention_mask=mask).logits,
+                                   pruned(input_ids=x, attention_mask=mask).logits + 1.0)
 
 
 def _tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:

@@ -21,6 +21,7 @@ Same weights, same function: outputs and gradients match the stock model to floa
 """
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,52 +189,53 @@ def _layer(layer: Any, x: torch.Tensor, lay: _Layout, first_only: bool) -> torch
     return _residual(layer.output, layer.intermediate(attention_output), attention_output)
 
 
+def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                  token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    stock = type(model).forward
+    if input_ids is None or any(v is not None and v is not False for v in kwargs.values()):
+        return stock(model, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     **kwargs)
+    b, length = input_ids.shape
+    positions = torch.arange(length, device=input_ids.device)
+    if attention_mask is None:
+        lengths = torch.full((b,), length, device=input_ids.device)
+    else:
+        lengths = attention_mask.sum(1)
+        if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+            return stock(model, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    bert = model.bert
+    emb = bert.embeddings
+    keep = (positions[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
+    ids = input_ids.reshape(-1).index_select(0, keep)
+    type_ids = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
+        else torch.zeros_like(ids)
+    # embeddings of real tokens only, each with its own position (BertEmbeddings' order of sums)
+    x = model._tunesmith_word_embeddings(ids) + emb.token_type_embeddings(type_ids)
+    x = x + emb.position_embeddings(positions.expand(b, length).reshape(-1).index_select(0, keep))
+    x = _dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
+    lay = _layout(lengths)
+    for i, layer in enumerate(bert.encoder.layer):
+        x = _layer(layer, x, lay, first_only=i == len(bert.encoder.layer) - 1)
+    pooled = bert.pooler.activation(bert.pooler.dense(x))  # x is already position 0 of each example
+    return SequenceClassifierOutput(logits=model.classifier(_dropout(pooled, model.dropout.p, model.training)))
+
+
 def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
     """Install the exact fast forward on a BertForSequenceClassification; False for anything else.
 
     Calls it cannot serve exactly (labels, embeddings passed in, hidden states or attentions asked
-    for, left padding) go to the stock forward.
+    for, left padding) go to the stock forward. The forward is bound to the model, so a deep copy
+    runs on its own weights.
     """
     from transformers import BertForSequenceClassification
-    from transformers.modeling_outputs import SequenceClassifierOutput
 
     cfg = model.config
     if type(model) is not BertForSequenceClassification or cfg.is_decoder or cfg.add_cross_attention \
             or cfg._attn_implementation not in ("sdpa", "eager") or cfg.chunk_size_feed_forward \
             or getattr(cfg, "position_embedding_type", "absolute") != "absolute" or model.bert.pooler is None:
         return False
-    stock = model.forward
-    bert = model.bert
-    emb = bert.embeddings
-    word_embeddings = _WordEmbeddingGrad(emb.word_embeddings)
-
-    def forward(input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        if input_ids is None or any(v is not None and v is not False for v in kwargs.values()):
-            return stock(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         **kwargs)
-        b, length = input_ids.shape
-        positions = torch.arange(length, device=input_ids.device)
-        if attention_mask is None:
-            lengths = torch.full((b,), length, device=input_ids.device)
-        else:
-            lengths = attention_mask.sum(1)
-            if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
-                return stock(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        real = positions[None, :] < lengths[:, None]
-        keep = real.reshape(-1).nonzero().squeeze(1)
-        ids = input_ids.reshape(-1).index_select(0, keep)
-        types = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
-            else torch.zeros_like(ids)
-        # embeddings of real tokens only, each with its own position (BertEmbeddings' order of sums)
-        x = word_embeddings(ids) + emb.token_type_embeddings(types)
-        x = x + emb.position_embeddings(positions.expand(b, length).reshape(-1).index_select(0, keep))
-        x = _dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
-        lay = _layout(lengths)
-        for i, layer in enumerate(bert.encoder.layer):
-            x = _layer(layer, x, lay, first_only=i == len(bert.encoder.layer) - 1)
-        pooled = bert.pooler.activation(bert.pooler.dense(x))  # x is already position 0 of each example
-        return SequenceClassifierOutput(logits=model.classifier(_dropout(pooled, model.dropout.p, model.training)))
-
-    model.forward = forward
+    model._tunesmith_word_embeddings = _WordEmbeddingGrad(model.bert.embeddings.word_embeddings)
+    model.forward = types.MethodType(_fast_forward, model)
     return True
