@@ -37,7 +37,8 @@ def _fail(e: Exception) -> None:
 @app.command()
 def train(config: Path = typer.Argument(..., help="YAML config (sections task/model/data/train/eval/output_dir)."),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint.")) -> None:
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Continue from the run folder's last checkpoint.")) -> None:
     """Run the whole pipeline: data checks, tokenization, fine-tuning, test evaluation, run folder.
 
     On several GPUs or machines, launch the same command through Accelerate; batch_size stays the
@@ -61,7 +62,8 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
 @app.command("check-data")
 def check_data(config: Path = typer.Argument(..., help="YAML config."),
                set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-               report: Optional[Path] = typer.Option(None, "--report", help="Also write the report as JSON here.")) -> None:
+               report: Optional[Path] = typer.Option(None, "--report",
+                                                     help="Also write the report as JSON here.")) -> None:
     """Load, clean, split and tokenize the data and print the data report, without training."""
     _quiet_libraries()
     from .config import load_config
@@ -82,8 +84,10 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
 
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-             data: Optional[Path] = typer.Option(None, "--data", help="A labelled file; default: the run's test report."),
-             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the metrics as JSON here.")) -> None:
+             data: Optional[Path] = typer.Option(None, "--data",
+                                                 help="A labelled file; default: the run's test report."),
+             output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                   help="Write the metrics as JSON here.")) -> None:
     """Metrics of a run's model on a labelled file (same columns as in training)."""
     _quiet_libraries()
     from .evaluation.report import summary_lines

@@ -123,7 +123,8 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     metric: str | None = None
-    """Metric that picks the best checkpoint; default per task: accuracy, micro_f1 (multi-label), mse (regression, lower is better)."""
+    """Metric that picks the best checkpoint; default per task: accuracy, micro_f1 (multi-label),
+    mse (regression, lower is better)."""
     batch_size: int = Field(64, ge=1)
     """Examples per evaluation and prediction batch."""
 
@@ -243,7 +244,8 @@ def config_reference() -> str:
             default = f.default_factory() if f.default_factory is not None else f.default
             name = f"{section}.{key}" if key else section
             desc = " ".join((f.description or "").split()).replace("|", "\\|")
-            rows.append(f"| `{name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {desc} |")
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append(f"| `{name}` | `{shown}` | {desc} |")
     return "\n".join(rows)
 
 

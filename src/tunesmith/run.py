@@ -148,12 +148,12 @@ def _progress(accelerator: Any) -> tuple[Callback, Any]:
                 progress.start()
                 bar = progress.add_task("train", total=event.data["total_steps"], completed=s.step - 1,
                                         loss=event.data["loss"], speed=0.0)
-            speed = s.steady_samples / s.steady_seconds if s.steady_seconds else s.samples / max(s.train_seconds, 1e-9)
-            progress.update(bar, completed=s.step, loss=event.data["loss"], speed=speed)
+            progress.update(bar, completed=s.step, loss=event.data["loss"], speed=s.samples_per_second)
         elif event.kind == "eval":
             scalars = ", ".join(f"{k}={v:.4f}" for k, v in event.data["metrics"].items()
                                 if isinstance(v, float))
-            progress.console.print(f"step {s.step}: validation {scalars}" + (" (best)" if event.data["is_best"] else ""))
+            best = " (best)" if event.data["is_best"] else ""
+            progress.console.print(f"step {s.step}: validation {scalars}{best}")
         elif event.kind == "early_stop":
             progress.console.print(f"early stopping at step {s.step}: best step {event.data['best_step']}")
         elif event.kind == "end":
@@ -253,8 +253,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
         "test": {"loss": test.loss, **p.task.metrics(test.scores, test.labels)},
         "train": {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
                   "train_runtime_s": round(state.train_seconds, 3),
-                  "train_samples_per_second": (state.steady_samples / state.steady_seconds
-                                               if state.steady_seconds else state.samples / max(state.train_seconds, 1e-9)),
+                  "train_samples_per_second": state.samples_per_second,
                   "throughput_over": "steps after the first 10 (steady state)" if state.steady_seconds
                   else "all steps (the run was too short for a steady-state figure)",
                   "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,

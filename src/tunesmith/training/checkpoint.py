@@ -34,6 +34,13 @@ class LoopState:
     steady_seconds: float = 0.0
     steady_samples: int = 0
 
+    @property
+    def samples_per_second(self) -> float:
+        """Steady-state throughput (steps after the first few); all steps when the run is too short."""
+        if self.steady_seconds:
+            return self.steady_samples / self.steady_seconds
+        return self.samples / max(self.train_seconds, 1e-9)
+
 
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
