@@ -61,17 +61,21 @@ def _tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
 
 
 def test_fast_bert_training_steps_match_stock() -> None:
-    """Over steps with gradients reset (as the loop does), zeroed in place, and accumulated, the
-    reused word-embedding gradient buffer gives the stock model's gradients and weights."""
+    """Over steps with gradients reset (as the loop does), zeroed in place, and accumulated, with a
+    stock-forward fallback (left padding) inside a window, and after the input embeddings are
+    replaced, the reused word-embedding gradient buffer gives the stock model's gradients."""
     full = _tiny_bert()
     fast = copy.deepcopy(full)
     assert speed_up_bert_classifier(fast)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (full, fast)]
     g = torch.Generator().manual_seed(1)
-    for step, (backwards, reset) in enumerate([(1, True), (2, True), (1, False), (1, True), (1, True)]):
-        for _ in range(backwards):
+    plan = [(1, True, False), (2, True, True), (1, False, False), (1, True, False), (1, True, False)]
+    for step, (backwards, reset, left_padded_last) in enumerate(plan):
+        for k in range(backwards):
             x = torch.randint(5, 50, (6, 7), generator=g)  # new tokens every batch
             mask = (torch.arange(7)[None, :] < torch.randint(1, 8, (6, 1), generator=g)).long()
+            if left_padded_last and k == backwards - 1:
+                mask = mask.flip(1)  # the fast path hands this batch to the stock forward
             for m in (full, fast):
                 m(input_ids=x, attention_mask=mask).logits.square().sum().backward()
         for (name, p), q in zip(full.named_parameters(), fast.parameters()):
@@ -81,6 +85,12 @@ def test_fast_bert_training_steps_match_stock() -> None:
             opt.zero_grad(set_to_none=reset)
     for p, q in zip(full.parameters(), fast.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-5)
+    # new input embeddings: the fast path reads the model's current module
+    new = torch.nn.Embedding(50, 32, padding_idx=0)
+    full.set_input_embeddings(new)
+    fast.set_input_embeddings(copy.deepcopy(new))
+    x = torch.randint(5, 50, (3, 5))
+    torch.testing.assert_close(fast(input_ids=x).logits, full(input_ids=x).logits, rtol=0, atol=1e-6)
 
 
 def test_fast_bert_dropout_keeps_rate_and_expectation() -> None:
@@ -95,6 +105,9 @@ def test_fast_bert_dropout_keeps_rate_and_expectation() -> None:
     y.sum().backward()  # the gradient goes through the same mask and scale
     torch.testing.assert_close(x.grad, y.detach())
     assert _dropout(x, 0.1, training=False) is x
+    half = _dropout(torch.ones(1_000_000, dtype=torch.bfloat16), 0.1, training=True)  # under bf16 autocast
+    assert half.dtype == torch.bfloat16
+    assert abs(float((half == 0).float().mean()) - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5
     fast = _tiny_bert(dropout=0.1)
     speed_up_bert_classifier(fast)
     ids = torch.randint(5, 50, (4, 6))

@@ -98,9 +98,11 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Dropout with a mask from `torch.rand` on CPU (see the module docstring); CUDA's own is fused."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    return x * torch.rand(x.shape, dtype=x.dtype, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))
+    # float32 uniforms whatever x's dtype: a bf16 rand has 256 levels and would drop 0.1016, not 0.1
+    out = x * torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float,
@@ -123,28 +125,38 @@ class _WordEmbeddingGrad:
     mode, CUDA, multi-process runs) takes the ordinary dense lookup.
     """
 
-    def __init__(self, embedding: torch.nn.Embedding) -> None:
-        self.emb = embedding
+    def __init__(self, embeddings: torch.nn.Module) -> None:
+        self.embeddings = embeddings  # BertEmbeddings: its word_embeddings is looked up on every call
         self.buffer: torch.Tensor | None = None
-        self.written: list[torch.Tensor] = []
+        self.written: list[torch.Tensor] | None = []  # None: unknown rows were written, clear all
+
+    def stock_call(self) -> None:
+        """The stock forward is about to run: its dense gradient may land in the buffer anywhere."""
+        if torch.is_grad_enabled() and self.buffer is not None \
+                and self.embeddings.word_embeddings.weight.grad is self.buffer:
+            self.written = None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        e, w = self.emb, self.emb.weight
+        e = self.embeddings.word_embeddings
+        w = e.weight
         if not (torch.is_grad_enabled() and w.requires_grad and w.device.type == "cpu") \
                 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return e(ids)  # (in multi-process runs DDP's reducer expects autograd's own dense gradient)
         if w.grad is None:
-            if self.buffer is None or self.buffer.shape != w.shape or self.buffer.dtype != w.dtype:
+            if self.buffer is None or (self.buffer.shape, self.buffer.dtype) != (w.shape, w.dtype):
                 self.buffer = torch.zeros_like(w)
+            elif self.written is None:
+                self.buffer.zero_()
             elif self.written:
                 self.buffer.index_fill_(0, torch.cat(self.written), 0.0)
             self.written = []
             w.grad = self.buffer
         if w.grad is not self.buffer:
             return e(ids)
-        self.written.append(ids)
-        if len(self.written) > 64:  # gradients zeroed in place rather than reset: keep the list bounded
-            self.written = [torch.unique(torch.cat(self.written))]
+        if self.written is not None:
+            self.written.append(ids)
+            if len(self.written) > 64:  # gradients zeroed in place rather than reset: keep the list bounded
+                self.written = [torch.unique(torch.cat(self.written))]
         return F.embedding(ids, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse=True)
 
 
@@ -193,10 +205,13 @@ def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_m
                   token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    stock = type(model).forward
+    def stock(**inputs: Any) -> Any:
+        model._tunesmith_word_embeddings.stock_call()
+        return type(model).forward(model, input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids, **inputs)
+
     if input_ids is None or any(v is not None and v is not False for v in kwargs.values()):
-        return stock(model, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                     **kwargs)
+        return stock(**kwargs)
     b, length = input_ids.shape
     positions = torch.arange(length, device=input_ids.device)
     if attention_mask is None:
@@ -204,7 +219,7 @@ def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_m
     else:
         lengths = attention_mask.sum(1)
         if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
-            return stock(model, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return stock()
     bert = model.bert
     emb = bert.embeddings
     keep = (positions[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
@@ -236,6 +251,6 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
             or cfg._attn_implementation not in ("sdpa", "eager") or cfg.chunk_size_feed_forward \
             or getattr(cfg, "position_embedding_type", "absolute") != "absolute" or model.bert.pooler is None:
         return False
-    model._tunesmith_word_embeddings = _WordEmbeddingGrad(model.bert.embeddings.word_embeddings)
+    model._tunesmith_word_embeddings = _WordEmbeddingGrad(model.bert.embeddings)
     model.forward = types.MethodType(_fast_forward, model)
     return True

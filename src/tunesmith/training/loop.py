@@ -69,7 +69,7 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) ->
     if not grads:
         return 0.0
     accelerator.unscale_gradients()
-    flat = [g.reshape(-1) for g in grads]
+    flat = [g.reshape(-1).float() for g in grads]  # fp16 dot products overflow above a norm of 256
     norm = float(torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt())
     coef = max_norm / (norm + 1e-6)  # torch's formula, so clipping starts at the same point
     if not coef >= 1.0:  # also scales when the norm is not finite, as torch does
