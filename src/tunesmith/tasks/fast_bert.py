@@ -214,15 +214,14 @@ def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_m
         return stock(**kwargs)
     b, length = input_ids.shape
     positions = torch.arange(length, device=input_ids.device)
-    if attention_mask is None:
-        lengths = torch.full((b,), length, device=input_ids.device)
-    else:
-        lengths = attention_mask.sum(1)
-        if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
-            return stock()
+    lengths = torch.full((b,), length, device=input_ids.device) if attention_mask is None \
+        else attention_mask.sum(1)
+    real = positions[None, :] < lengths[:, None]
+    if attention_mask is not None and not torch.equal(attention_mask.bool(), real):
+        return stock()  # not right-padded
     bert = model.bert
     emb = bert.embeddings
-    keep = (positions[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
+    keep = real.reshape(-1).nonzero().squeeze(1)
     ids = input_ids.reshape(-1).index_select(0, keep)
     type_ids = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
         else torch.zeros_like(ids)
