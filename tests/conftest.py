@@ -90,7 +90,9 @@ def base_config(tiny_model_dir: str, sentiment_csv: Path, tmp_path: Path) -> dic
         "task": "text-classification",
         "model": {"name": tiny_model_dir, "max_length": 32},
         "data": {"train": str(sentiment_csv), "cache_dir": str(tmp_path / "cache")},
-        "train": {"epochs": 5, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1},
+        # fp32: exactness tests compare to 1e-6, and `auto` picks bf16 on CPUs with avx512_bf16
+        "train": {"epochs": 5, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1,
+                  "precision": "fp32"},
         "eval": {"batch_size": 32},
         "output_dir": str(tmp_path / "run"),
     }

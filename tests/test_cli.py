@@ -60,7 +60,8 @@ def config_file(workdir: Path, tiny_model_dir: str) -> Path:
         task="text-classification",
         model={"name": tiny_model_dir, "max_length": 32},
         data={"train": "data/train.csv", "cache_dir": str(workdir / "cache")},
-        train={"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1},
+        train={"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1,
+               "precision": "fp32"},
         eval={"batch_size": 32},
         output_dir=str(workdir / "unused"),
     )
