@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from typing import Any, Hashable
 
@@ -17,6 +18,8 @@ from ..evaluation.metrics import classification_metrics, multilabel_metrics, reg
 from .base import register_task
 from .fast_bert import speed_up_bert_classifier
 
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")  # no leading zeros: "007" is an identifier
 _HF_PROBLEM = {"single_label": "single_label_classification",
                "multi_label": "multi_label_classification", "regression": "regression"}
 
@@ -82,30 +85,42 @@ class TextClassification:
     def _label_error(self, t: Table, i: int, msg: str, hint: str | None = None) -> DataError:
         return DataError(msg, file=t.file[i], line=t.line[i], column=self.cfg.data.label_column, hint=hint)
 
-    def _single(self, t: Table, i: int) -> Hashable:
+    def _single(self, t: Table, i: int) -> str:
+        """The class name of row i. Strings stay strings ("01" and "1" are two classes); numbers become
+        their integer spelling, so CSV "1", JSON 1 and JSON 1.0 are the same class; a canonical decimal
+        string ("1.0", as pandas writes float columns) is read as the number it spells."""
         v = t.label[i]
         if isinstance(v, str):
             s = v.strip()
-            try:
-                return int(s)
-            except ValueError:
-                pass
-            try:
-                float(s)
-            except ValueError:
+            if not _DECIMAL.fullmatch(s):
                 return s
             v = float(s)
         if isinstance(v, bool):
             return str(v).lower()
         if isinstance(v, int):
-            return v
+            return str(v)
         if isinstance(v, float):
             if v.is_integer():
-                return int(v)
+                return str(int(v))
             raise self._label_error(t, i, f"label {v!r} is a float, but this is a classification task",
                                     "for a numeric target set task.problem_type: regression")
         raise self._label_error(t, i, f"label {v!r} ({type(v).__name__}) is not a class name",
                                 "for several labels per row set task.problem_type: multi_label")
+
+    def _single_all(self, t: Table) -> list[str]:
+        """Class names of every row; one file giving the same name as a number and as a string is an error:
+        JSON 1 and "1" in one column are usually a data bug, and merging or splitting them would hide it."""
+        names, kinds = [], {}
+        for i in range(len(t)):
+            name = self._single(t, i)
+            kind = "a string" if isinstance(t.label[i], str) else "a number"
+            first = kinds.setdefault((t.file[i], name), (kind, t.line[i]))
+            if first[0] != kind:
+                raise self._label_error(
+                    t, i, f"label {t.label[i]!r} is {kind} here but {first[0]} at line {first[1]} of the same file",
+                    "write every label of the column the same way (all numbers or all strings)")
+            names.append(name)
+        return names
 
     def _multi(self, t: Table, i: int) -> list[str]:
         v = t.label[i]
@@ -138,15 +153,12 @@ class TextClassification:
         if self.problem_type == "regression":
             self.labels = ["value"]
         else:
-            parse = self._single if self.problem_type == "single_label" else self._multi
-            seen: set = set()
-            for i in range(len(train)):
-                v = parse(train, i)
-                seen.update(v if isinstance(v, list) else [v])
-            if all(isinstance(x, int) for x in seen):
-                names = [str(x) for x in sorted(seen)]
+            if self.problem_type == "single_label":
+                seen = set(self._single_all(train))
             else:
-                names = sorted(str(x) for x in seen)
+                seen = {x for i in range(len(train)) for x in self._multi(train, i)}
+            # integers in their canonical spelling sort as numbers (2 before 10), anything else as text
+            names = sorted(seen, key=int) if all(_INTEGER.fullmatch(x) for x in seen) else sorted(seen)
             if len(names) < 2:
                 raise DataError(f"the training split has only {len(names)} distinct label(s): {names}",
                                 file=train.file[0], column=self.cfg.data.label_column,
@@ -161,10 +173,10 @@ class TextClassification:
             t.label = [self._regression(t, i) for i in range(len(t))]
             return
         index = {n: k for k, n in enumerate(self.labels)}
-        parse = self._single if self.problem_type == "single_label" else self._multi
+        parsed = self._single_all(t) if self.problem_type == "single_label" else \
+            [self._multi(t, i) for i in range(len(t))]
         encoded = []
-        for i in range(len(t)):
-            v = parse(t, i)
+        for i, v in enumerate(parsed):
             for x in (v if isinstance(v, list) else [v]):
                 if str(x) not in index:
                     raise self._label_error(
