@@ -64,12 +64,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     make_missing_splits(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model)
     tokenizer = load_tokenizer(model_name, cfg.model)
-    tokenized, hits = {}, {}
+    tokenized, hits, rebuilt = {}, {}, []
     for split, table in data.splits.items():
-        tokenized[split], hits[split] = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir)
+        tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir)
+        rebuilt += [why] if why else []
     n_tokens = {s: np.asarray(ds["n_tokens"]) for s, ds in tokenized.items()}
     report = build_report(data, task, n_tokens, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
+    report["warnings"] += rebuilt
     return Prepared(cfg, task, data, tokenized, report, tokenizer, model_name)
 
 

@@ -13,7 +13,8 @@ import datasets
 from ..io import atomic_dir
 from .prepare import Table
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding
+MANIFEST = "tunesmith_manifest.json"
 
 
 def cache_root(configured: str | None) -> Path:
@@ -23,29 +24,80 @@ def cache_root(configured: str | None) -> Path:
     return Path(base).expanduser() / ("" if os.environ.get("TUNESMITH_CACHE") else "tunesmith")
 
 
+def _tokenizer_state(tokenizer: Any) -> str:
+    """The tokenizer's serialized state minus `truncation`/`padding`: calling the tokenizer rewrites those
+    two (a tokenizer.json with truncation set loses it on first use), so keying on them made identical
+    runs miss the cache. Our own truncation settings are part of the task state instead."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)
+
+
 def fingerprint(table: Table, tokenizer: Any, task_state: dict) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "task": task_state}, sort_keys=True, default=str).encode())
-    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(_tokenizer_state(tokenizer).encode())
     for col in (table.text, table.text_pair or [], table.label):
         h.update(json.dumps(col, ensure_ascii=False, default=str).encode())
     return h.hexdigest()[:32]
 
 
-def cached_preprocess(task: Any, table: Table, tokenizer: Any, cache_dir: str | None) -> tuple[datasets.Dataset, bool]:
-    """(tokenized split, whether it came from the cache)."""
+def _sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str | None]:
+    """(dataset, None) when the cached folder is the one its key names and intact, else (None, why not).
+
+    A file cut at an Arrow record-batch boundary still loads (with fewer rows) and another split's folder
+    loads just as well, so the manifest's key, row count and file hashes are all checked.
+    """
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, "it has no readable manifest"
+    if manifest.get("fingerprint") != path.name:
+        return None, "it holds another table's tokens"
+    if manifest.get("rows") != rows:
+        return None, f"its manifest says {manifest.get('rows')} rows, the split has {rows}"
+    files = manifest.get("files") or {}
+    # only the files saved with it: later datasets operations may add their own cache files beside them
+    if not files or any(not (path / name).is_file() or _sha256(path / name) != digest
+                        for name, digest in files.items()):
+        return None, "its files do not match their recorded hashes (changed, truncated or missing)"
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception:  # a cache from another datasets version
+        return None, "it cannot be read by this version of datasets"
+    if len(ds) != rows:
+        return None, f"it holds {len(ds)} rows, the split has {rows}"
+    return ds, None
+
+
+def cached_preprocess(task: Any, table: Table, tokenizer: Any,
+                      cache_dir: str | None) -> tuple[datasets.Dataset, bool, str | None]:
+    """(tokenized split, whether it came from the cache, why an existing cache entry was rebuilt)."""
     path = cache_root(cache_dir) / "tokenized" / fingerprint(table, tokenizer, task.state())
     task.preprocess_setup(tokenizer)
-    if (path / "dataset_info.json").exists():
-        try:
-            return datasets.load_from_disk(str(path)), True
-        except Exception:  # a cache from another datasets version: rebuild it
-            pass
+    rebuilt = None
+    if path.exists():
+        ds, why = _load_verified(path, len(table))
+        if ds is not None:
+            return ds, True, None
+        rebuilt = f"the tokenization cache {path} was rebuilt: {why}"
     ds = task.preprocess(table, tokenizer)
     try:
         with atomic_dir(path) as tmp:
             ds.save_to_disk(str(tmp))
+            files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            manifest = {"fingerprint": path.name, "rows": len(ds), "files": files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         ds = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
     except OSError:
         pass  # a read-only cache folder must not stop training
-    return ds, False
+    return ds, False, rebuilt
