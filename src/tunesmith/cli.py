@@ -75,11 +75,15 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
         p = prepare(load_config(config, set_))
     except TunesmithError as e:
         _fail(e)
-    print_report(p.report, Console())
+    dropped = report.with_name("dropped_rows.jsonl") if report else None
     if report:
         atomic_write_json(report, p.report)
         if p.data.dropped:
-            atomic_write_jsonl(report.with_name("dropped_rows.jsonl"), p.data.dropped)
+            atomic_write_jsonl(dropped, p.data.dropped)
+    print_report(p.report, Console(), dropped_rows_file=dropped)
+    if p.data.dropped and not report:
+        Console().print("the dropped rows were not saved: pass --report FILE to write them to "
+                        "dropped_rows.jsonl beside FILE", soft_wrap=True)
 
 
 @app.command()

@@ -205,7 +205,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_run_files(run_dir, p)
-        print_report(p.report)
+        print_report(p.report, dropped_rows_file=run_dir / "dropped_rows.jsonl")
     metrics_path = run_dir / "metrics.jsonl"
     ckpt = CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
     if resume and accelerator.is_main_process:  # forget log lines written after the checkpoint we resume from

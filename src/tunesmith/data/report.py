@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..console import printable
 from .prepare import LoadedData, Table, text_keys
 
 MAX_EXAMPLES = 5
@@ -78,32 +80,46 @@ def build_report(data: LoadedData, task: Any, n_tokens: dict[str, np.ndarray], m
     for s, d in report["duplicates"].items():
         if d["groups_with_conflicting_labels"]:
             w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
-    if data.dropped:
-        w.append(f"{len(data.dropped)} rows dropped (policy on_missing={on_missing}); see dropped_rows.jsonl")
+    if data.dropped:  # where they are listed depends on the command: print_report says it
+        w.append(f"{len(data.dropped)} rows dropped (policy on_missing={on_missing})")
     return report
 
 
-def print_report(report: dict[str, Any], console: Any = None) -> None:
+MAX_LABELS_SHOWN = 20
+
+
+def _labels_line(dist: dict[str, Any]) -> str:
+    """Every count whole; beyond MAX_LABELS_SHOWN labels, how many more there are (the JSON report has all)."""
+    items = [f"{printable(k)}={v if isinstance(v, int) else round(v, 3)}" for k, v in dist.items()]
+    more = len(items) - MAX_LABELS_SHOWN
+    return "  ".join(items[:MAX_LABELS_SHOWN]) + (f"  (and {more} more labels)" if more > 0 else "")
+
+
+def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file: str | Path | None = None) -> None:
+    """The report as stacked lines per split, so an 80-column terminal or log cuts no number or path.
+
+    `dropped_rows_file`: where the command wrote the dropped rows, said beside their count.
+    """
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table as RichTable
 
     console = console or Console()
-    t = RichTable(title=f"Data report ({report['problem_type']}, {len(report['labels'])} labels)")
-    for col in ("split", "rows", "labels", "tokens p50/p95/max", "truncated", "dups", "source"):
-        t.add_column(col)
+    say = lambda text: console.print(text, soft_wrap=True, highlight=False)  # noqa: E731  never cut, never fold
+    say(f"[bold]Data report ({report['problem_type']}, {len(report['labels'])} labels)[/bold]")
     for s, info in report["splits"].items():
         lens = report["token_lengths"][s]
-        dist = report["label_distribution"][s]
-        dist_s = ", ".join(f"{k}:{v if isinstance(v, int) else round(v, 3)}" for k, v in list(dist.items())[:6])
-        t.add_row(s, str(info["rows"]), escape(dist_s), f"{lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}",
-                  f"{lens['truncated']} ({lens['truncated_pct']}%)", str(report["duplicates"][s]["duplicate_rows"]),
-                  escape((info["made"] or info["source"] or "")[-60:]))
-    console.print(t)
+        where = info["made"] or f"from {info['source'] or ''}"
+        say(f"[bold]{s}[/bold]: {info['rows']} rows, {escape(printable(where))}")
+        console.print(f"  labels: {escape(_labels_line(report['label_distribution'][s]))}", highlight=False)
+        say(f"  tokens p50/p95/max: {lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}, "
+            f"truncated: {lens['truncated']} ({lens['truncated_pct']}%), "
+            f"duplicate rows: {report['duplicates'][s]['duplicate_rows']}")
     miss = report["missing"]
-    console.print(f"missing values: policy={miss['policy']}, dropped rows={miss['dropped_rows']}, "
-                  f"per split={miss['per_split']}")
+    say(f"missing values: policy={miss['policy']}, dropped rows={miss['dropped_rows']}, "
+        f"per split={miss['per_split']}")
+    if miss["dropped_rows"] and dropped_rows_file is not None:
+        say(f"dropped rows are listed in {escape(printable(dropped_rows_file))}")
     for pair, leak in report["leakage"].items():
-        console.print(f"overlap {pair}: {leak['rows']} texts")
+        say(f"overlap {pair}: {leak['rows']} texts")
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+        say(f"[yellow]warning:[/yellow] {escape(printable(w))}")
