@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 class _Section(BaseModel):
@@ -43,7 +43,8 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     train: str | None = None
-    """Training file (CSV, TSV, JSON, JSONL, Parquet; .gz allowed); relative to the config file."""
+    """Training file (CSV, TSV, JSON, JSONL, Parquet; .gz allowed); relative to the config file's
+    folder (to the current folder when the config is a dict or RunConfig in Python)."""
     validation: str | None = None
     """Validation file; when absent, split off train (validation_ratio)."""
     test: str | None = None
@@ -57,6 +58,12 @@ class DataConfig(_Section):
     """Which Hub split to use for train/validation/test."""
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
     """File format; auto reads it from the extension."""
+    header: bool | Literal["auto"] = "auto"
+    """CSV/TSV: whether the first row names the columns. auto: it does, and when the configured
+    columns are missing and that row looks like data, the error says so. false: every row is data."""
+    column_names: list[str] | None = None
+    """Names of a headerless CSV/TSV's columns in file order (data.header: false); without them the
+    columns are named by position: "0", "1", ... (so text_column: 0 works)."""
     text_column: str = "text"
     """Column holding the text."""
     text_pair_column: str | None = None
@@ -65,6 +72,9 @@ class DataConfig(_Section):
     """Column holding the label (string, integer, list, delimited string or float)."""
     label_separator: str | None = None
     """Delimiter for multi-label strings such as "sports|politics"."""
+    join_text_lists: str | None = None
+    """A text cell holding a list of strings (JSON, Parquet) is joined with this separator (e.g. " ");
+    null: such a cell is an error, as is a nested object."""
     validation_ratio: float = Field(0.1, gt=0.0, lt=0.5)
     """Share of all training rows held out for validation when no validation file is given."""
     test_ratio: float = Field(0.1, gt=0.0, lt=0.5)
@@ -77,6 +87,23 @@ class DataConfig(_Section):
     """Text used for a missing text under on_missing: fill (a missing label is always dropped)."""
     cache_dir: str | None = None
     """Where tokenized splits are cached; default ~/.cache/tunesmith."""
+
+    @field_validator("text_column", "text_pair_column", "label_column", mode="before")
+    @classmethod
+    def _position(cls, v: Any) -> Any:
+        """A headerless file's columns are positions: text_column: 0 means column "0"."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _names_need_no_header(self) -> "DataConfig":
+        if self.column_names is not None:
+            if self.header is not False:
+                raise ValueError("data.column_names names the columns of a headerless file: "
+                                 "set data.header: false too")
+            dup = next((c for i, c in enumerate(self.column_names) if c in self.column_names[:i]), None)
+            if dup is not None:
+                raise ValueError(f"data.column_names lists '{dup}' twice")
+        return self
 
 
 class TrainConfig(_Section):
@@ -220,7 +247,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = None,
                  overrides: list[str] | None = None) -> RunConfig:
-    """Validate a raw mapping; data paths relative to the config file are made absolute."""
+    """Validate a raw mapping; data paths in a config file are relative to its folder (`base_dir`).
+
+    One rule, no fallback: a path that exists only relative to the current folder is not picked up
+    silently. Paths in a dict or RunConfig from Python stay relative to the current folder.
+    """
     raw = apply_overrides(copy.deepcopy(dict(raw or {})), overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
@@ -229,8 +260,13 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
     if base_dir is not None:
         for split in ("train", "validation", "test"):
             p = getattr(cfg.data, split)
-            if p and not Path(p).is_absolute() and (base_dir / p).exists():
-                setattr(cfg.data, split, str((base_dir / p).resolve()))
+            if not p or Path(p).expanduser().is_absolute():
+                continue
+            tried = (base_dir / p).resolve()
+            if not tried.exists():
+                raise DataError(f"data.{split} file not found: '{p}' (looked for {tried})", file=source,
+                                hint="relative data paths in a config file are relative to the config file's folder")
+            setattr(cfg.data, split, str(tried))
     return cfg
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .data.readers import is_missing, read_file
+from .data.readers import DELIMITED, detect_format, first_row_looks_like_data, is_missing, read_file
 from .errors import DataError
 
 LABEL_NAMES = ("label", "labels", "target", "class", "category", "sentiment", "y", "intent", "tag", "tags")
@@ -14,7 +14,17 @@ TEXT_NAMES = ("text", "sentence", "review", "content", "body", "document", "ques
 
 
 def guess_config(data: Path, output: Path) -> tuple[str, list[str]]:
-    rows = [r for _, r in read_file(data)[:2000]]
+    records = read_file(data)
+    notes = []
+    header = None  # JSON and Parquet name their fields; CSV/TSV may or may not have a header row
+    if detect_format(data) in DELIMITED:
+        header = not first_row_looks_like_data(records)
+        if header:
+            notes.append("header: detected")
+        else:
+            notes.append("header: no header detected (first row looks like data); columns are named by position")
+            records = read_file(data, header=False)
+    rows = [r for _, r in records[:2000]]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if len(columns) < 2:
         raise DataError(f"found {len(columns)} column(s) ({', '.join(columns)}); need a text and a label column",
@@ -27,7 +37,6 @@ def guess_config(data: Path, output: Path) -> tuple[str, list[str]]:
     def distinct(c: str) -> int:
         return len({repr(r.get(c)) for r in rows})
 
-    notes = []
     text = next((c for c in columns if c.lower() in TEXT_NAMES), None) or max(columns, key=avg_len)
     notes.append(f"text column: '{text}' (" + ("its name" if text.lower() in TEXT_NAMES else
                                                "the column with the longest values") + ")")
@@ -46,8 +55,10 @@ def guess_config(data: Path, output: Path) -> tuple[str, list[str]]:
     cfg = {
         "task": {"type": "text-classification", "problem_type": problem},
         "model": {"name": None, "max_length": 128},
-        "data": {"train": os.path.relpath(data.resolve(), output.resolve().parent), "text_column": text,
-                 "label_column": label},
+        "data": {"train": os.path.relpath(data.resolve(), output.resolve().parent),
+                 **({} if header is None else {"header": header}),
+                 "text_column": text if header is not False else int(text),
+                 "label_column": label if header is not False else int(label)},
         "train": {"epochs": 3, "batch_size": 32, "lr": 5e-5},
         "output_dir": f"runs/{data.stem}",
     }

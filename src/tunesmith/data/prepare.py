@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Hashable
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .readers import Record, is_missing, read_file, read_hub
+from .readers import DELIMITED, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
 
 SPLITS = ("train", "validation", "test")
 
@@ -66,7 +67,8 @@ def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
     for split in SPLITS:
         path = getattr(cfg, split)
         if path:
-            sources[split] = (str(path), read_file(path, cfg.format))
+            sources[split] = (str(path), read_file(path, cfg.format, header=cfg.header is not False,
+                                                  column_names=cfg.column_names))
     return sources
 
 
@@ -81,11 +83,30 @@ def _check_columns(name: str, records: list[Record], cfg: DataConfig, needs_labe
         wanted.append(("data.label_column", cfg.label_column))
     for key, col in wanted:
         if col not in present:
+            if (cfg.header == "auto" and not cfg.hub_dataset and detect_format(Path(name), cfg.format) in DELIMITED
+                    and first_row_looks_like_data(records)):
+                raise DataError(
+                    f"column '{col}' (set by {key}) is missing, and the first row looks like data, not column "
+                    f"names: {', '.join(present)}", file=name, line=1, column=col,
+                    hint='if the file has no header, set data.header: false and name the columns with '
+                         'data.column_names: [...] or use positions (data.text_column: 0)')
             close = difflib.get_close_matches(col, list(present), n=1)
             raise DataError(
                 f"column '{col}' (set by {key}) is missing; the file has columns: {', '.join(present)}",
                 file=name, column=col,
                 hint=f"did you mean '{close[0]}'? set {key}: {close[0]}" if close else f"set {key}")
+
+
+def _as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> object:
+    """A text cell as a string: numbers via str(); lists of strings only when joining is asked for."""
+    if isinstance(v, list) and cfg.join_text_lists is not None and all(isinstance(x, str) for x in v):
+        return cfg.join_text_lists.join(v)
+    if isinstance(v, (dict, list)):
+        kind = "an object" if isinstance(v, dict) else "a list"
+        raise DataError(f"the text is {kind}, not a string", file=name, line=line, column=col,
+                        hint="point the text column at a string field" + (
+                            "; for a list of strings set data.join_text_lists: ' '" if isinstance(v, list) else ""))
+    return v
 
 
 def load_splits(cfg: DataConfig) -> LoadedData:
@@ -107,6 +128,8 @@ def load_splits(cfg: DataConfig) -> LoadedData:
             reason = None
             for role, col in columns:
                 v = row.get(col)
+                if role != "label":
+                    v = _as_text(v, cfg, name, line, col)
                 if is_missing(v):
                     counts[role] += 1
                     if cfg.on_missing == "error":

@@ -10,13 +10,15 @@ import io
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import DataError
 
 Record = tuple[int, dict]
-READERS: dict[str, Callable[[Path], list[Record]]] = {}
+READERS: dict[str, Callable[..., list[Record]]] = {}
+DELIMITED = ("csv", "tsv")  # the formats whose readers take `header` and `column_names`
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -44,7 +46,16 @@ def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     if path.suffix == ".gz":
         import gzip
-        raw = gzip.decompress(raw)
+        import zlib
+
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:  # click would turn this into a bare "Aborted."
+            raise DataError("the gzip file is truncated (it ends before its end-of-stream marker)",
+                            file=str(path), hint="copy or download the file again") from None
+        except (OSError, zlib.error) as e:  # BadGzipFile is an OSError
+            raise DataError(f"not a valid gzip file ({e})", file=str(path),
+                            hint="decompress it or rename it without .gz if it is not compressed") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -56,40 +67,109 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[Record]:
+@contextmanager
+def _field_limit(n: int) -> Iterator[None]:
+    """Python's csv caps a field at 131,072 characters; no field can be longer than the whole text."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, n))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_delimited(path: Path, delimiter: str, header: bool = True,
+                    column_names: list[str] | None = None) -> list[Record]:
+    """Rows as dicts keyed by the header (or by `column_names` / positions "0", "1", ... without one)."""
     text = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError("the file is empty", file=str(path)) from None
-    header = [h.strip() for h in header]
     rows: list[Record] = []
-    line = reader.line_num
-    for values in reader:
-        start = line + 1
+    with _field_limit(len(text) + 1):
+        names = None
+        if header:
+            try:
+                names = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise DataError("the file is empty", file=str(path)) from None
+            dup = next((h for i, h in enumerate(names) if h in names[:i]), None)
+            if dup is not None:
+                raise DataError(f"the header names column '{dup}' more than once ({', '.join(names)})",
+                                file=str(path), line=1, hint="rename one of the columns (or, if the first row "
+                                                             "is data, not names, set data.header: false)")
+        elif column_names:
+            names = list(column_names)
         line = reader.line_num
-        if not values or (len(values) == 1 and not values[0].strip()):
-            continue  # blank line
-        if len(values) != len(header):
-            raise DataError(f"expected {len(header)} fields ({', '.join(header)}) but found {len(values)}",
-                            file=str(path), line=start,
-                            hint="check for an unquoted delimiter in the text, or a missing field")
-        rows.append((start, dict(zip(header, values))))
+        for values in reader:
+            start = line + 1
+            line = reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            if names is None:  # no header and no names: columns are positions, as wide as the first row
+                names = [str(i) for i in range(len(values))]
+            if len(values) != len(names):
+                raise DataError(f"expected {len(names)} fields ({', '.join(names)}) but found {len(values)}",
+                                file=str(path), line=start,
+                                hint="check for an unquoted delimiter in the text, or a missing field")
+            rows.append((start, dict(zip(names, values))))
     if not rows:
-        raise DataError("the file has a header but no rows", file=str(path))
+        raise DataError("the file has a header but no rows" if header else "the file has no rows", file=str(path))
     return rows
 
 
+def _is_number(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def first_row_looks_like_data(records: list[Record]) -> bool:
+    """Whether the header row read from a CSV/TSV looks like one more data row (csv.Sniffer's votes).
+
+    Per column: numeric in the body and numeric in row 1 votes data, text in row 1 votes header; in a
+    column of long texts, a row-1 cell that is itself sentence-like votes data, a short name votes header.
+    """
+    if not records:
+        return False
+    header = list(records[0][1])
+    body = [list(r.values()) for _, r in records[:200]]
+    votes = 0
+    for j, cell in enumerate(header):
+        col = [row[j].strip() for row in body if row[j].strip()]
+        if not col:
+            continue
+        if all(_is_number(v) for v in col):
+            votes += 1 if _is_number(cell) else -1
+            continue
+        median = sorted(len(v) for v in col)[len(col) // 2]
+        if median >= 20:
+            votes += 1 if len(cell) > 30 or (len(cell) >= median / 2 and cell.count(" ") >= 3) else -1
+    return votes > 0
+
+
 @register_reader("csv")
-def read_csv(path: Path) -> list[Record]:
-    return _read_delimited(path, ",")
+def read_csv(path: Path, header: bool = True, column_names: list[str] | None = None) -> list[Record]:
+    return _read_delimited(path, ",", header, column_names)
 
 
 @register_reader("tsv")
-def read_tsv(path: Path) -> list[Record]:
-    return _read_delimited(path, "\t")
+def read_tsv(path: Path, header: bool = True, column_names: list[str] | None = None) -> list[Record]:
+    return _read_delimited(path, "\t", header, column_names)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's default keeps the last of two equal keys; a duplicated key is a mistake in the file."""
+    obj: dict = {}
+    for k, v in pairs:
+        if k in obj:
+            raise _DuplicateKey(k)
+        obj[k] = v
+    return obj
 
 
 @register_reader("jsonl")
@@ -101,9 +181,12 @@ def read_jsonl(path: Path) -> list[Record]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON: {e.msg} (character {e.colno})", file=str(path), line=i) from None
+        except _DuplicateKey as e:
+            raise DataError(f"key '{e}' appears twice in one object", file=str(path), line=i,
+                            hint="remove or rename one of them") from None
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object per line, got {type(obj).__name__}", file=str(path), line=i)
         rows.append((i, obj))
@@ -117,9 +200,12 @@ def read_json(path: Path) -> list[Record]:
     if not text.lstrip().startswith("["):
         return read_jsonl(path)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON: {e.msg}", file=str(path), line=e.lineno) from None
+    except _DuplicateKey as e:
+        raise DataError(f"key '{e}' appears twice in one object", file=str(path),
+                        hint="remove or rename one of them") from None
     rows: list[Record] = []
     for i, obj in enumerate(data, start=1):
         if not isinstance(obj, dict):
@@ -143,13 +229,19 @@ def read_parquet(path: Path) -> list[Record]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def read_file(path: str | Path, fmt: str = "auto") -> list[Record]:
+def read_file(path: str | Path, fmt: str = "auto", header: bool = True,
+              column_names: list[str] | None = None) -> list[Record]:
+    """Records of a data file; `header`/`column_names` apply to CSV/TSV (JSON and Parquet name their fields)."""
     path = Path(path)
     if not path.exists():
-        raise DataError("file not found", file=str(path), hint="check the path in data.train/validation/test")
+        tried = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise DataError(f"file not found{tried}", file=str(path), hint="check the path in data.train/validation/test")
     if path.stat().st_size == 0:
         raise DataError("the file is empty", file=str(path))
-    return READERS[detect_format(path, fmt)](path)
+    fmt = detect_format(path, fmt)
+    if fmt in DELIMITED:
+        return READERS[fmt](path, header=header, column_names=column_names)
+    return READERS[fmt](path)
 
 
 def read_hub(name: str, config: str | None, split: str) -> list[Record]:

@@ -62,7 +62,7 @@ class Predictor:
 
     def _read_inputs(self, path: Path) -> tuple[list[int], list[dict]]:
         col, pair_col = self.cfg.data.text_column, self.cfg.data.text_pair_column
-        rows = read_file(path)
+        rows = read_file(path, header=self.cfg.data.header is not False, column_names=self.cfg.data.column_names)
         for line, row in rows:
             for c in (col, pair_col):
                 if c is None:
