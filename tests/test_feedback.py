@@ -147,14 +147,25 @@ def test_plain_progress_prints_the_last_step_before_its_validation_and_at_an_ear
     assert drive(100, {}, stop_at=7).splitlines()[-1] == "step 7/100 (epoch 1): loss 0.1429, 4.0 samples/s, ETA 0:01:33"
 
 
-def test_python_train_is_as_quiet_as_the_cli_and_says_how_many_processes_ran(
+def test_a_terminal_gets_the_live_bar_not_plain_lines() -> None:
+    out = io.StringIO()
+    reporter = ProgressReporter(Console(file=out, force_terminal=True, width=100))
+    state = LoopState(step=5, samples=20, train_seconds=5.0)
+    reporter(Event("step", state, {"loss": 0.5, "seconds": 1.0, "total_steps": 5}))
+    reporter(Event("end", state))
+    assert "5/5 loss 0.5000 4.0 samples/s" in out.getvalue()
+    assert "step 5/5" not in out.getvalue()
+
+
+def test_python_train_and_load_are_as_quiet_as_the_cli_and_say_how_many_processes_ran(
         base_config: dict, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     cfg = copy.deepcopy(base_config)
     cfg["train"]["epochs"] = 1
-    tunesmith.train(cfg)
+    run = tunesmith.train(cfg)
+    tunesmith.load(run.dir)
     out, err = capfd.readouterr()
     # the libraries' tqdm bars ("Map", "Saving the dataset", "Loading weights", "Writing model shards") and
     # transformers' load report (it lists MISSING / UNEXPECTED keys) were printed from Python before
