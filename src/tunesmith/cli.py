@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .console import quiet_libraries
 from .errors import ConfigError, DataError, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -129,7 +130,6 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
                 raise TunesmithError(f"{run_dir} has no report.json; pass --data FILE")
             metrics = json.loads(report_path.read_text())["test"]
         else:
-            from .console import quiet_libraries
             from .serving.predictor import Predictor
 
             with quiet_libraries():
@@ -152,7 +152,6 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     """Predict every row of a file: labels and probabilities per label."""
     try:
         _check_exists(run_dir, input)
-        from .console import quiet_libraries
         from .serving.predictor import Predictor
 
         with quiet_libraries():
