@@ -331,6 +331,7 @@ def test_evaluate_unknown_label_fails_cleanly(trained, tmp_path):
 
 
 def test_evaluate_a_folder_that_is_not_a_run(tmp_path):
+    write_csv(tmp_path / "x.csv", sentiment_rows(4, seed=0))  # a missing file would be reported first
     msg = assert_clean_failure(invoke("evaluate", tmp_path, "--data", tmp_path / "x.csv"))
     assert "not a tunesmith run folder" in msg
 

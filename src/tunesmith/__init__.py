@@ -17,6 +17,9 @@ def train(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> "Ru
 
 
 def load(run_dir: Any) -> "Predictor":
-    """A Predictor on a finished run folder (or its model/ subfolder)."""
+    """A Predictor on a finished run folder (or its model/ subfolder), loaded without the libraries' chatter."""
+    from .console import quiet_libraries
     from .serving.predictor import Predictor
-    return Predictor.load(run_dir)
+
+    with quiet_libraries():
+        return Predictor.load(run_dir)

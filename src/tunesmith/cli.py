@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import TunesmithError
+from . import __version__
+from .console import quiet_libraries
+from .errors import ConfigError, DataError, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained Transformer models on your own NLP task.")
@@ -19,14 +21,24 @@ console = Console(stderr=True)
 SET_HELP = "Override any config key, e.g. --set train.lr=3e-5 (repeatable)."
 
 
-def _quiet_libraries() -> None:
-    """Our own report says what matters; keep transformers' load chatter and shard bars out of it."""
-    import datasets
-    import transformers
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tunesmith {__version__}")
+        raise typer.Exit()
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                          help="Print the version and exit.")) -> None:
+    pass
+
+
+def _check_exists(run_dir: Path, file: Optional[Path] = None) -> None:
+    """Say that a path is missing before importing the model stack, which takes seconds on a busy machine."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder not found: {run_dir}")
+    if file is not None and not file.exists():
+        raise DataError("file not found", file=str(file))
 
 
 def _fail(e: Exception) -> None:
@@ -41,20 +53,36 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
                                       help="Continue from the run folder's last checkpoint.")) -> None:
     """Run the whole pipeline: data checks, tokenization, fine-tuning, test evaluation, run folder.
 
-    On several GPUs or machines, launch the same command through Accelerate; batch_size stays the
-    global batch (split across processes), so results match a one-process run:
+    On several GPUs, CPU processes or machines, run the same command through
+    `accelerate launch --multi_gpu` (without --multi_gpu a CPU machine gets
+    one process). batch_size stays the global batch, split across processes,
+    so results match a one-process run; the summary says how many ran.
 
-      accelerate launch --num_processes 4 -m tunesmith train cfg.yaml
+      # 4 GPUs
+      accelerate launch --multi_gpu --num_processes 4 \\
+        -m tunesmith train cfg.yaml
 
-      accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 \\
-        --num_processes 16 -m tunesmith train cfg.yaml   (run on each machine with its own --machine_rank;
-        output_dir must be on storage every machine can see)
+      # 2 CPU processes (gloo)
+      accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        --mixed_precision no --dynamo_backend no -m tunesmith train cfg.yaml
+
+      # 2 machines: run on each with its own --machine_rank; output_dir
+      # must be on storage that every machine can see
+      accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 \\
+        --main_process_ip HOST --main_process_port 29500 \\
+        --num_processes 16 -m tunesmith train cfg.yaml
     """
-    _quiet_libraries()
-    from .run import train as run_train
+    from .config import load_config
+    from .data.prepare import load_splits
 
     try:
-        run_train(config, set_, resume=resume)
+        cfg = load_config(config, set_)
+        # typos, missing files and columns are reported now, not after the training stack's slow import;
+        # Hub datasets are read in the run, where the main process downloads first
+        data = None if cfg.data.hub_dataset else load_splits(cfg.data)
+        from .run import train as run_train
+
+        run_train(cfg, resume=resume, data=data)
     except TunesmithError as e:
         _fail(e)
 
@@ -65,14 +93,17 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
                report: Optional[Path] = typer.Option(None, "--report",
                                                      help="Also write the report as JSON here.")) -> None:
     """Load, clean, split and tokenize the data and print the data report, without training."""
-    _quiet_libraries()
     from .config import load_config
+    from .data.prepare import load_splits
     from .data.report import print_report
     from .io import atomic_write_json, atomic_write_jsonl
-    from .run import prepare
 
     try:
-        p = prepare(load_config(config, set_))
+        cfg = load_config(config, set_)
+        data = load_splits(cfg.data)  # mistakes in the config or the files show before the slow imports
+        from .run import prepare
+
+        p = prepare(cfg, data)
     except TunesmithError as e:
         _fail(e)
     dropped = report.with_name("dropped_rows.jsonl") if report else None
@@ -93,21 +124,24 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
              output: Optional[Path] = typer.Option(None, "-o", "--output",
                                                    help="Write the metrics as JSON here.")) -> None:
     """Metrics of a run's model on a labelled file (same columns as in training)."""
-    _quiet_libraries()
-    from .evaluation.report import summary_lines
     from .io import atomic_write_json
-    from .serving.predictor import Predictor
 
     try:
+        _check_exists(run_dir, data)
         if data is None:
             report_path = run_dir / "report.json"
             if not report_path.exists():
                 raise TunesmithError(f"{run_dir} has no report.json; pass --data FILE")
             metrics = json.loads(report_path.read_text())["test"]
         else:
-            metrics = Predictor.load(run_dir).evaluate(data)
+            from .serving.predictor import Predictor
+
+            with quiet_libraries():
+                metrics = Predictor.load(run_dir).evaluate(data)
     except TunesmithError as e:
         _fail(e)
+    from .evaluation.report import summary_lines
+
     for line in summary_lines({"test": metrics}):
         Console().print(line)
     if output:
@@ -120,11 +154,12 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             output: Path = typer.Option(..., "-o", "--output", help="Output .jsonl (or .csv/.tsv)."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size.")) -> None:
     """Predict every row of a file: labels and probabilities per label."""
-    _quiet_libraries()
-    from .serving.predictor import Predictor
-
     try:
-        n = Predictor.load(run_dir).predict_file(input, output, batch_size)
+        _check_exists(run_dir, input)
+        from .serving.predictor import Predictor
+
+        with quiet_libraries():
+            n = Predictor.load(run_dir).predict_file(input, output, batch_size)
     except TunesmithError as e:
         _fail(e)
     console.print(f"wrote {n} predictions to {escape(str(output))}")

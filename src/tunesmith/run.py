@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig, load_config
+from .console import quiet_libraries
 from .data.cache import cached_preprocess
 from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report
@@ -25,6 +26,7 @@ from .models import DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, load_model, load_t
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
+from .training.progress import ProgressReporter
 
 STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
 
@@ -56,9 +58,14 @@ class Run:
         return Predictor.load(self.dir)
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Data and tokens, checked: everything `check-data` shows and `train` needs before the model."""
-    data = load_splits(cfg.data)
+@quiet_libraries()
+def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
+    """Data and tokens, checked: everything `check-data` shows and `train` needs before the model.
+
+    `data`: `load_splits(cfg.data)` already read by the caller (the CLI checks files and columns
+    before it imports the training stack), so the files are not read twice.
+    """
+    data = data if data is not None else load_splits(cfg.data)
     task = get_task(cfg)
     task.fit_labels(data.splits)
     make_missing_splits(data, cfg.data, task.stratify_keys)
@@ -133,38 +140,6 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
     return log
 
 
-def _progress(accelerator: Any) -> tuple[Callback, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} samples/s"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        disable=not accelerator.is_main_process)
-    bar = None
-
-    def update(event: Event) -> None:
-        nonlocal bar
-        s = event.state
-        if event.kind == "step":
-            if bar is None:
-                progress.start()
-                bar = progress.add_task("train", total=event.data["total_steps"], completed=s.step - 1,
-                                        loss=event.data["loss"], speed=0.0)
-            progress.update(bar, completed=s.step, loss=event.data["loss"], speed=s.samples_per_second)
-        elif event.kind == "eval":
-            scalars = ", ".join(f"{k}={v:.4f}" for k, v in event.data["metrics"].items()
-                                if isinstance(v, float))
-            best = " (best)" if event.data["is_best"] else ""
-            progress.console.print(f"step {s.step}: validation {scalars}{best}")
-        elif event.kind == "early_stop":
-            progress.console.print(f"early stopping at step {s.step}: best step {event.data['best_step']}")
-        elif event.kind == "end":
-            progress.stop()
-        return None
-
-    return update, progress
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -180,9 +155,13 @@ def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunCon
             (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
 
 
+@quiet_libraries()
 def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, *, resume: bool = False,
-          callbacks: list[Callback] | None = None) -> Run:
-    """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`)."""
+          callbacks: list[Callback] | None = None, data: LoadedData | None = None) -> Run:
+    """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`).
+
+    `data`: the config's `load_splits(cfg.data)`, when the caller has read it already (see `prepare`).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -201,7 +180,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     set_seed(cfg.train.seed)
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
-        p = prepare(cfg)
+        p = prepare(cfg, data)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_run_files(run_dir, p)
@@ -231,11 +210,11 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
         out = infer("validation")
         return {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
 
-    on_step, progress = _progress(accelerator)
+    progress = ProgressReporter(enabled=accelerator.is_main_process)
     loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
                         lengths=np.asarray(p.tokenized["train"]["length"]), cfg=cfg.train,
                         accelerator=accelerator, evaluate=evaluate, metric=metric, checkpoints=ckpt,
-                        callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), on_step,
+                        callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
                                    *(callbacks or [])], pad_to_multiple_of=pad8)
     try:
         state = loop.run(resume=resume)

@@ -69,4 +69,6 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         basis = "steady" if "steady" in t.get("throughput_over", "") else "all steps"
         out.append(f"train: {t.get('steps')} steps, {t.get('train_samples_per_second', 0):.1f} samples/s "
                    f"({basis}), best step {t.get('best_step')} ({t.get('metric')}={t.get('best_metric')})")
+        if "processes" in t:  # a launch that meant N processes but ran one shows here, not only in speed
+            out.append(f"processes: {t['processes']} (device {t.get('device')}, precision {t.get('precision')})")
     return out
