@@ -59,7 +59,7 @@ def mistakes(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("command", ["train", "check-data"])
 @pytest.mark.parametrize("config, first_line", [
     ("typo.yaml", "error: invalid configuration in typo.yaml:"),
-    ("nofile.yaml", "error: file nope.csv: file not found"),
+    ("nofile.yaml", "error: file nofile.yaml: data.train file not found: 'nope.csv' (looked for {dir}/nope.csv)"),
     ("nocol.yaml", "error: file {dir}/d.csv, column 'labl': column 'labl' (set by data.label_column) is missing; "
                    "the file has columns: text, label"),
 ], ids=["typo", "missing-file", "missing-column"])
