@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .console import printable
 from .errors import TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,7 +31,7 @@ def _quiet_libraries() -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
+    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}")
     raise typer.Exit(2)
 
 
@@ -51,10 +52,11 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
         output_dir must be on storage every machine can see)
     """
     _quiet_libraries()
+    from .config import load_config
     from .run import train as run_train
 
     try:
-        run_train(config, set_, resume=resume)
+        run_train(load_config(config, set_, flag="--set"), resume=resume)
     except TunesmithError as e:
         _fail(e)
 
@@ -72,7 +74,7 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
     from .run import prepare
 
     try:
-        p = prepare(load_config(config, set_))
+        p = prepare(load_config(config, set_, flag="--set"))
     except TunesmithError as e:
         _fail(e)
     print_report(p.report, Console())
@@ -105,7 +107,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     except TunesmithError as e:
         _fail(e)
     for line in summary_lines({"test": metrics}):
-        Console().print(line)
+        Console().print(escape(line))
     if output:
         atomic_write_json(output, metrics)
 
@@ -115,7 +117,12 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             input: Path = typer.Argument(..., help="CSV/TSV/JSON/JSONL/Parquet with the training text column(s)."),
             output: Path = typer.Option(..., "-o", "--output", help="Output .jsonl (or .csv/.tsv)."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size.")) -> None:
-    """Predict every row of a file: labels and probabilities per label."""
+    """Predict every row of a file: the input row unchanged plus label, score and probability per label.
+
+    JSONL output adds one key, `tunesmith` ({line, label, score, probs}); CSV/TSV adds `input_line`,
+    `pred_label`, `pred_score` and one `pred_prob:<label>` column per label. A name the input already
+    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '.
+    """
     _quiet_libraries()
     from .serving.predictor import Predictor
 
@@ -123,7 +130,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         n = Predictor.load(run_dir).predict_file(input, output, batch_size)
     except TunesmithError as e:
         _fail(e)
-    console.print(f"wrote {n} predictions to {escape(str(output))}")
+    console.print(f"wrote {n} predictions to {escape(printable(output))}")
 
 
 @app.command()
