@@ -346,8 +346,9 @@ def test_predict_to_jsonl(trained, new_texts, tmp_path):
     inputs = list(csv.DictReader(new_texts.open()))
     assert len(rows) == len(inputs) == 13
     for row, inp, line in zip(rows, inputs, range(2, 15)):
-        assert row["id"] == inp["id"] and row["text"] == inp["text"] and row["line"] == line
-        pred = row["prediction"]
+        assert list(row) == ["id", "text", "tunesmith"]
+        assert row["id"] == inp["id"] and row["text"] == inp["text"] and row["tunesmith"]["line"] == line
+        pred = row["tunesmith"]
         assert pred["label"] in ("neg", "pos")
         assert set(pred["probs"]) == {"neg", "pos"}
         assert sum(pred["probs"].values()) == pytest.approx(1, abs=1e-5)
@@ -362,11 +363,14 @@ def test_predict_to_csv_matches_jsonl(trained, new_texts, tmp_path):
     rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
     ref = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 13
-    assert list(rows[0]) == ["line", "id", "text", "label", "score", "probs"]
+    assert list(rows[0]) == ["id", "text", "input_line", "pred_label", "pred_score", "pred_prob:neg",
+                             "pred_prob:pos"]
     for row, r in zip(rows, ref):
-        assert row["id"] == r["id"] and row["label"] == r["prediction"]["label"]
-        probs = json.loads(row["probs"])
-        assert probs == pytest.approx(r["prediction"]["probs"], abs=1e-6)
+        pred = r["tunesmith"]
+        assert row["id"] == r["id"] and row["pred_label"] == pred["label"]
+        assert int(row["input_line"]) == pred["line"]
+        probs = {k.removeprefix("pred_prob:"): float(v) for k, v in row.items() if k.startswith("pred_prob:")}
+        assert probs == pytest.approx(pred["probs"], abs=1e-6)
 
 
 def test_predict_to_csv_keeps_an_input_label_column(trained, new_texts, tmp_path):
@@ -376,7 +380,8 @@ def test_predict_to_csv_keeps_an_input_label_column(trained, new_texts, tmp_path
     assert invoke("predict", run_dir, labelled, "-o", tmp_path / "p.csv").exit_code == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
     assert [r["label"] for r in rows] == gold  # the input's own column, as in the JSONL output
-    assert len(rows[0]) == 2 + 1 + 3  # text, label, line + the three prediction fields
+    assert list(rows[0]) == ["text", "label", "input_line", "pred_label", "pred_score", "pred_prob:neg",
+                             "pred_prob:pos"]
 
 
 def test_predict_input_without_the_text_column(trained, tmp_path):

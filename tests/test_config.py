@@ -176,7 +176,7 @@ def test_override_without_equals_is_a_config_error():
 
 
 def test_override_through_a_non_section_is_an_error():
-    with pytest.raises(ConfigError, match="--set output_dir.x=1: 'output_dir' is not a section"):
+    with pytest.raises(ConfigError, match="override output_dir.x=1: 'output_dir' is not a section"):
         load_config(minimal(output_dir="runs/a"), ["output_dir.x=1"])
     # when the key is absent the section is created and validation names it
     with pytest.raises(ConfigError, match=r"- output_dir: "):

@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from .serving.predictor import Predictor
 
 
-def train(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> "Run":
-    """Fine-tune from a YAML path, dict or RunConfig; see `tunesmith.run.train`."""
+def train(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any) -> "Run":
+    """Fine-tune from a YAML path, dict or RunConfig; overrides: ["train.lr=3e-5"] or {"train.lr": 3e-5}."""
     from .run import train as _train
     return _train(config, overrides, **kwargs)
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .console import quiet_libraries
+from .console import printable, quiet_libraries
 from .errors import ConfigError, DataError, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,7 +42,7 @@ def _check_exists(run_dir: Path, file: Optional[Path] = None) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
+    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}")
     raise typer.Exit(2)
 
 
@@ -76,7 +76,7 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
     from .data.prepare import load_splits
 
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_, flag="--set")
         # typos, missing files and columns are reported now, not after the training stack's slow import;
         # Hub datasets are read in the run, where the main process downloads first
         data = None if cfg.data.hub_dataset else load_splits(cfg.data)
@@ -99,7 +99,7 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
     from .io import atomic_write_json, atomic_write_jsonl
 
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_, flag="--set")
         data = load_splits(cfg.data)  # mistakes in the config or the files show before the slow imports
         from .run import prepare
 
@@ -143,7 +143,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     from .evaluation.report import summary_lines
 
     for line in summary_lines({"test": metrics}):
-        Console().print(line)
+        Console().print(escape(line))
     if output:
         atomic_write_json(output, metrics)
 
@@ -153,7 +153,12 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             input: Path = typer.Argument(..., help="CSV/TSV/JSON/JSONL/Parquet with the training text column(s)."),
             output: Path = typer.Option(..., "-o", "--output", help="Output .jsonl (or .csv/.tsv)."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size.")) -> None:
-    """Predict every row of a file: labels and probabilities per label."""
+    """Predict every row of a file: the input row unchanged plus label, score and probability per label.
+
+    JSONL output adds one key, `tunesmith` ({line, label, score, probs}); CSV/TSV adds `input_line`,
+    `pred_label`, `pred_score` and one `pred_prob:<label>` column per label. A name the input already
+    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '.
+    """
     try:
         _check_exists(run_dir, input)
         from .serving.predictor import Predictor
@@ -162,7 +167,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             n = Predictor.load(run_dir).predict_file(input, output, batch_size)
     except TunesmithError as e:
         _fail(e)
-    console.print(f"wrote {n} predictions to {escape(str(output))}")
+    console.print(f"wrote {n} predictions to {escape(printable(output))}")
 
 
 @app.command()

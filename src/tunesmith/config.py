@@ -125,6 +125,13 @@ class TrainConfig(_Section):
     """Learning-rate decay after warmup."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping norm; null turns clipping off."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """A step whose loss or gradient norm is NaN or infinite is skipped: no weight update, gradients
+    zeroed, the step counted (nonfinite_steps in report.json; its loss is null in metrics.jsonl). After
+    this many such steps in a row training stops with an error (exit code 2) and no model is exported:
+    lower train.lr or keep max_grad_norm on. With fp16, a non-finite gradient with a finite loss is the
+    grad scaler's overflow, which the scaler handles itself; it is not counted. A validation result
+    whose metric or loss is not finite is never the best checkpoint."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
     batching: Literal["bucket", "random"] = "random"
@@ -209,10 +216,17 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.lr=3e-5` -> (['train', 'lr'], 3e-05); values are parsed as YAML scalars."""
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got '{item}' (for example --set train.lr=3e-5)")
+_OVERRIDE_EXAMPLE = {"--set": "--set train.lr=3e-5", "override": "\"train.lr=3e-5\" or {\"train.lr\": 3e-5}"}
+
+
+def parse_override(item: str, flag: str = "override") -> tuple[list[str], Any]:
+    """`train.lr=3e-5` -> (['train', 'lr'], 3e-05); values are parsed as YAML scalars.
+
+    `flag` is how the user gave it, for messages: "--set" on the command line, "override" from Python.
+    """
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"{flag} expects key=value, got {item!r} (for example "
+                          f"{_OVERRIDE_EXAMPLE.get(flag, _OVERRIDE_EXAMPLE['override'])})")
     key, raw = item.split("=", 1)
     text = raw.strip()
     try:
@@ -231,28 +245,52 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        keys, value = parse_override(item)
+def _override_items(overrides: Any, flag: str) -> list[tuple[list[str], Any, str]]:
+    """(dotted key, value, as the user wrote it) from a list of "key=value" or a dict {"train.lr": 3e-5}.
+
+    A dict's values are taken as they are (not parsed as YAML); nested dicts merge key by key. A bare
+    string is refused rather than split into characters.
+    """
+    if isinstance(overrides, dict):
+        out: list[tuple[list[str], Any, str]] = []
+
+        def walk(prefix: list[str], node: dict) -> None:
+            for k, v in node.items():
+                keys = prefix + str(k).split(".")
+                if isinstance(v, dict) and v:
+                    walk(keys, v)
+                else:
+                    out.append((keys, v, f"{'.'.join(keys)}={v!r}"))
+        walk([], overrides)
+        return out
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)):
+        raise ConfigError(f"overrides must be a list of \"key=value\" strings or a dict such as "
+                          f"{{\"train.lr\": 3e-5}}, not {type(overrides).__name__} {overrides!r}")
+    return [(*parse_override(item, flag), item) for item in overrides]
+
+
+def apply_overrides(raw: dict, overrides: Any, flag: str = "override") -> dict:
+    """Apply dotted overrides (see `_override_items`) to a raw config mapping in place."""
+    for keys, value, item in _override_items(overrides, flag):
         node = raw
         for k in keys[:-1]:
             if isinstance(node.get(k), str) and k == "task":
                 node[k] = {"type": node[k]}
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: '{k}' is not a section")
+                raise ConfigError(f"{flag} {item}: '{k}' is not a section")
         node[keys[-1]] = value
     return raw
 
 
 def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = None,
-                 overrides: list[str] | None = None) -> RunConfig:
+                 overrides: list[str] | dict | None = None, flag: str = "override") -> RunConfig:
     """Validate a raw mapping; data paths in a config file are relative to its folder (`base_dir`).
 
     One rule, no fallback: a path that exists only relative to the current folder is not picked up
     silently. Paths in a dict or RunConfig from Python stay relative to the current folder.
     """
-    raw = apply_overrides(copy.deepcopy(dict(raw or {})), overrides or [])
+    raw = apply_overrides(copy.deepcopy(dict(raw or {})), overrides if overrides is not None else [], flag)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -285,12 +323,17 @@ def config_reference() -> str:
     return "\n".join(rows)
 
 
-def load_config(path: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML file (or accept a dict / RunConfig) and apply dotted overrides."""
+def load_config(path: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None,
+                flag: str = "override") -> RunConfig:
+    """Load a YAML file (or accept a dict / RunConfig) and apply dotted overrides.
+
+    overrides: a list of "key=value" (values parsed as YAML) or a dict {"train.lr": 3e-5}; `flag`
+    names them in messages ("--set" from the command line).
+    """
     if isinstance(path, RunConfig):
-        return build_config(path.model_dump(mode="json"), overrides=overrides) if overrides else path
+        return build_config(path.model_dump(mode="json"), overrides=overrides, flag=flag) if overrides else path
     if isinstance(path, dict):
-        return build_config(path, overrides=overrides)
+        return build_config(path, overrides=overrides, flag=flag)
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -300,4 +343,4 @@ def load_config(path: str | Path | dict | RunConfig, overrides: list[str] | None
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections task/model/data/train/eval")
-    return build_config(raw, source=str(path), base_dir=path.parent, overrides=overrides)
+    return build_config(raw, source=str(path), base_dir=path.parent, overrides=overrides, flag=flag)

@@ -29,3 +29,7 @@ class DataError(TunesmithError):
 
 class ModelError(TunesmithError):
     """The model cannot be loaded (offline, unverified weights, wrong architecture)."""
+
+
+class TrainingDiverged(TunesmithError):
+    """The loss or gradients stayed non-finite (NaN/inf): the weights are no longer worth exporting."""

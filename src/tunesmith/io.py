@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,12 +39,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities replaced by None: strict JSON readers reject the bare `NaN` token."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Valid JSON for every file tunesmith writes: non-finite floats become null (never `NaN`)."""
+    return json.dumps(_finite(obj), indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 @contextmanager
@@ -74,7 +91,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def append_jsonl(path: str | Path, row: dict) -> None:
     """Append one record; a torn last line from a kill is dropped by `read_jsonl`."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        f.write(json_text(row) + "\n")
         f.flush()
 
 

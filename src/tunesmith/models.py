@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -47,8 +47,23 @@ def default_model_path() -> str:
     return str(path)
 
 
+def is_path_like(name: str) -> bool:
+    """A name that can only mean a local folder: Hub ids are `name` or `org/name`, never more."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1)
+
+
 def resolve_model_name(cfg: ModelConfig) -> str:
-    return cfg.name if cfg.name else default_model_path()
+    """The model to load; a path-like name must be an existing folder (it is never looked up on the Hub)."""
+    if not cfg.name:
+        return default_model_path()
+    if is_path_like(cfg.name):
+        path = Path(cfg.name).expanduser()
+        if not path.is_dir():
+            full = str(path.resolve())
+            raise ModelError(f"model folder not found: '{cfg.name}'" + (f" ({full})" if full != cfg.name else "")
+                             + "; check model.name (a local folder, or a Hub name such as org/name)")
+        return str(path)
+    return cfg.name
 
 
 def _hub_error(name: str, e: Exception) -> ModelError:
@@ -56,9 +71,10 @@ def _hub_error(name: str, e: Exception) -> ModelError:
     if local:
         hint = " Check that the folder holds a Transformers model (config.json and weights)."
     elif os.environ.get("HF_HUB_OFFLINE") == "1":
-        hint = " The Hub is unreachable (HF_HUB_OFFLINE=1): use a local folder or a model already in the cache."
+        hint = (" The Hub is unreachable (HF_HUB_OFFLINE=1) and no local folder of that name exists: use a local "
+                "folder or a model already in the cache.")
     else:
-        hint = " Check the name and your network."
+        hint = " No local folder of that name exists either. Check the name and your network."
     where = "a local folder" if local else "a Hub name"
     return ModelError(f"cannot load model '{name}' ({where}): {type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}.{hint}")
@@ -77,6 +93,39 @@ def load_tokenizer(name: str, cfg: ModelConfig) -> Any:
     if tok.pad_token is None:  # decoder-only models often lack one
         tok.pad_token = tok.eos_token
     return tok
+
+
+# RoBERTa-style embeddings number positions from padding_idx + 1, so that many positions are never usable
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text",
+                          "roberta-prelayernorm", "xmod", "ibert", "luke", "mpnet", "esm"}
+
+
+def max_tokens(name: str, cfg: ModelConfig, tokenizer: Any) -> tuple[int, str] | None:
+    """The longest input the model accepts and where that limit comes from; None when it has none."""
+    from transformers import AutoConfig
+
+    try:
+        mcfg = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise _hub_error(name, e) from None
+    limits = []
+    positions = getattr(mcfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(mcfg, "position_embedding_type", "absolute") == "absolute":
+        offset = (mcfg.pad_token_id or 0) + 1 if mcfg.model_type in _POSITION_OFFSET_TYPES else 0
+        limits.append((positions - offset, f"max_position_embeddings {positions}"
+                       + (f" minus the padding offset {offset}" if offset else "")))
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 1_000_000:  # transformers uses 1e30 for "not set"
+        limits.append((tok_max, f"the tokenizer's model_max_length {tok_max}"))
+    return min(limits) if limits else None
+
+
+def check_max_length(name: str, cfg: ModelConfig, tokenizer: Any) -> None:
+    """Fail before training when model.max_length needs positions the model has no embeddings for."""
+    limit = max_tokens(name, cfg, tokenizer)
+    if limit is not None and cfg.max_length > limit[0]:
+        raise ConfigError(f"model.max_length {cfg.max_length} is more than model '{name}' accepts: "
+                          f"{limit[0]} tokens ({limit[1]}); set model.max_length to {limit[0]} or less")
 
 
 def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:

@@ -14,15 +14,17 @@ import numpy as np
 import torch
 
 from .config import RunConfig, load_config
-from .console import quiet_libraries
+from .console import printable, quiet_libraries
 from .data.cache import cached_preprocess
 from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report
 from .errors import ConfigError
 from .evaluation.inference import run_inference
-from .evaluation.report import plot_confusion_matrix, plot_learning_curves, summary_lines
-from .io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from .models import DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, load_model, load_tokenizer, resolve_model_name
+from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
+from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, json_text,
+                 read_jsonl)
+from .models import (DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, check_max_length, load_model, load_tokenizer,
+                     resolve_model_name, sha256_file)
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
@@ -71,6 +73,7 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     make_missing_splits(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model)
     tokenizer = load_tokenizer(model_name, cfg.model)
+    check_max_length(model_name, cfg.model, tokenizer)
     tokenized, hits, rebuilt = {}, {}, []
     for split, table in data.splits.items():
         tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir)
@@ -144,19 +147,43 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def portable_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as the exported model keeps it: no absolute paths of the training machine.
+
+    Data files and a local base model keep only their names (informative, not a path to anything
+    on another machine); the cache and run folders are dropped (defaults on load).
+    """
+    raw = cfg.model_dump(mode="json")
+    for split in ("train", "validation", "test"):
+        if raw["data"][split]:
+            raw["data"][split] = Path(raw["data"][split]).name
+    raw["data"]["cache_dir"] = None
+    raw.pop("output_dir")
+    name = raw["model"]["name"]
+    if name and Path(name).expanduser().exists():
+        raw["model"]["name"] = Path(name).expanduser().resolve().name
+    return raw
+
+
 def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunConfig, path: Path) -> None:
-    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state."""
+    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state.
+
+    The state file records the sha256 of every file beside it, so that `Predictor.load` can refuse a
+    folder whose weights, config or tokenizer went missing or changed (a lost tokenizer.json still
+    loads a 5-token vocabulary and silently predicts wrong).
+    """
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps({"task": task.state(), "config": cfg.model_dump(mode="json")},
-                                                 indent=2))
         if not cfg.model.name:
             (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
+        files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / STATE_FILE).write_text(json_text({"task": task.state(), "config": portable_config(cfg),
+                                                 "files": files}, indent=2))
 
 
 @quiet_libraries()
-def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = None, *, resume: bool = False,
+def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None, *, resume: bool = False,
           callbacks: list[Callback] | None = None, data: LoadedData | None = None) -> Run:
     """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`).
 
@@ -238,6 +265,7 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
                   "throughput_over": "steps after the first 10 (steady state)" if state.steady_seconds
                   else "all steps (the run was too short for a steady-state figure)",
                   "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
+                  "nonfinite_steps": state.nonfinite_steps,
                   "precision": precision, "processes": accelerator.num_processes,
                   "device": str(accelerator.device),
                   "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
@@ -252,9 +280,11 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | None = N
 
 def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, model: torch.nn.Module,
                        metric: str) -> None:
+    """The model and report first; plots are optional extras whose failure is only a warning in the report."""
     from rich.console import Console
     from rich.markup import escape
 
+    export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
     test_table = p.data.splits["test"]
     preds = p.task.postprocess(test.scores)
     gold = p.task.postprocess_labels(test.labels)
@@ -263,14 +293,31 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
          **({"text_pair": test_table.text_pair[i]} if test_table.text_pair is not None else {}),
          "gold": gold[i], **preds[i]} for i in range(len(test_table))))
     atomic_write_json(run_dir / "report.json", report)
-    plot_learning_curves(read_jsonl(run_dir / "metrics.jsonl"), metric, run_dir / "plots" / "learning_curves.png")
-    cm = report["test"].get("confusion_matrix")
-    if cm:
-        atomic_write_json(run_dir / "confusion_matrix.json", cm)
-        plot_confusion_matrix(cm["matrix"], cm["labels"], run_dir / "plots" / "confusion_matrix.png")
-    export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
+
+    test_metrics = report["test"]
+    extras = [("plots/learning_curves.png", lambda path: plot_learning_curves(
+        read_jsonl(run_dir / "metrics.jsonl"), metric, path))]
+    if test_metrics.get("confusion_matrix"):
+        cm = test_metrics["confusion_matrix"]
+        extras += [("confusion_matrix.json", lambda path: atomic_write_json(path, cm)),
+                   ("plots/confusion_matrix.png", lambda path: plot_confusion_matrix(cm["matrix"], cm["labels"],
+                                                                                     path))]
+    if test_metrics.get("top_confusions"):
+        extras.append(("plots/top_confusions.png",
+                       lambda path: plot_top_confusions(test_metrics["top_confusions"], path)))
     console = Console()
-    console.print(f"[bold]run folder:[/bold] {escape(str(run_dir))}")
+    warnings = []
+    for rel, write in extras:
+        try:
+            write(run_dir / rel)
+        except Exception as e:  # noqa: BLE001 - an optional artefact never fails a finished run
+            warnings.append(f"{rel} was not written: {type(e).__name__}: {e}")
+    if warnings:
+        report["warnings"] = warnings
+        atomic_write_json(run_dir / "report.json", report)
+    console.print(f"[bold]run folder:[/bold] {escape(printable(run_dir))}")
     for line in summary_lines(report):
         console.print(escape(line))
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(printable(w))}")
     return None

@@ -21,16 +21,38 @@ def _per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict
             for k, n in enumerate(names)}
 
 
+FULL_CONFUSION_MAX = 50  # labels up to which the whole confusion matrix is reported and drawn
+TOP_CONFUSIONS = 50  # (true, predicted) pairs reported above that
+
+
+def top_confusions(pred: np.ndarray, y: np.ndarray, names: list[str], k: int = TOP_CONFUSIONS) -> list[dict]:
+    """The k most frequent errors as (true, predicted, count), most frequent first, ties by label order.
+
+    Counted from the error pairs alone: a dense matrix grows with the square of the label count
+    (1,200 labels: 1.4 million cells, hundreds of MB as indented JSON).
+    """
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    wrong = y != pred
+    codes, counts = np.unique(y[wrong] * len(names) + pred[wrong], return_counts=True)
+    order = np.lexsort((codes, -counts))[:k]  # np.unique sorts codes, so ties keep (true, predicted) order
+    return [{"true": names[int(c) // len(names)], "predicted": names[int(c) % len(names)], "count": int(n)}
+            for c, n in zip(codes[order], counts[order])]
+
+
 def classification_metrics(pred: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Scalars, per-class scores, and the confusion matrix (its most frequent cells for many labels)."""
     labels = list(range(len(names)))
-    return {
+    out = {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
         "weighted_f1": float(f1_score(y, pred, average="weighted", labels=labels, zero_division=0)),
         "per_class": _per_class(y, pred, names),
-        "confusion_matrix": {"labels": names,
-                             "matrix": confusion_matrix(y, pred, labels=labels).tolist()},
     }
+    if len(names) <= FULL_CONFUSION_MAX:
+        out["confusion_matrix"] = {"labels": names, "matrix": confusion_matrix(y, pred, labels=labels).tolist()}
+    else:
+        out["top_confusions"] = top_confusions(pred, y, names)
+    return out
 
 
 def multilabel_metrics(pred: np.ndarray, y: np.ndarray, names: list[str], threshold: float) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..console import printable  # noqa: E402
+
 
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,18 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
     _save(fig, path)
 
 
+def plot_top_confusions(confusions: list[dict], path: Path) -> None:
+    """The most frequent (true -> predicted) errors as bars: readable for any number of labels."""
+    n = len(confusions)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * n + 1)))
+    names = [f"{c['true']} -> {c['predicted']}" for c in confusions]
+    ax.barh(range(n), [c["count"] for c in confusions], color="tab:red")
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("test rows"), ax.set_title(f"most frequent confusions (test, top {n})")
+    _save(fig, path)
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of report.json."""
     out = []
@@ -61,8 +75,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if scalars:
             out.append(f"{split}: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
                                                 for k, v in scalars.items()))
-        for name, pc in list((m.get("per_class") or {}).items())[:20]:
-            out.append(f"    {name:>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
+        for name, pc in list((m.get("per_class") or {}).items())[:20]:  # label names come from users' data
+            out.append(f"    {printable(name):>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
                        f"f1={pc['f1']:.3f} support={pc['support']}")
     t = report.get("train") or {}
     if t:

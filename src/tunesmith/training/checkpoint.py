@@ -33,6 +33,9 @@ class LoopState:
     train_seconds: float = 0.0
     steady_seconds: float = 0.0
     steady_samples: int = 0
+    nonfinite_steps: int = 0
+    """Steps skipped because their loss or gradient norm was NaN or infinite (train.max_nonfinite_steps)."""
+    nonfinite_streak: int = 0
 
     @property
     def samples_per_second(self) -> float:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
+from ..errors import TrainingDiverged
 from ..evaluation.metrics import greater_is_better
 from .batching import batch_plan, shard
 from .checkpoint import CheckpointManager, LoopState
@@ -72,7 +73,9 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) ->
     flat = [g.reshape(-1).float() for g in grads]  # fp16 dot products overflow above a norm of 256
     norm = float(torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt())
     coef = max_norm / (norm + 1e-6)  # torch's formula, so clipping starts at the same point
-    if not coef >= 1.0:  # also scales when the norm is not finite, as torch does
+    # unlike torch, a non-finite norm scales nothing: the loop skips that step, and NaN must not spread
+    # from the rows of this batch into gradient storage kept across steps (fast_bert's embedding buffer)
+    if math.isfinite(norm) and coef < 1.0:
         for g in grads:
             g.mul_(coef)
     return norm
@@ -119,8 +122,14 @@ class TrainingLoop:
         return DataLoader(self.data, batch_sampler=mine, collate_fn=self.collate,
                           num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda")
 
-    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float | None]:
-        """One optimizer step over an accumulation window; returns (mean loss, grad norm)."""
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
+        """One optimizer step over an accumulation window; returns (mean loss, grad norm, diverging).
+
+        A window whose loss or gradient norm is not finite updates nothing (`diverging` is then True).
+        Every process decides alike: the loss is summed over processes and the norm is of the global
+        gradient. With fp16 the grad scaler skips such an update itself and lowers its scale; a
+        non-finite norm with a finite loss is its routine overflow, not divergence.
+        """
         device = self.acc.device
         items = torch.tensor(float(sum(self.task.count_items(b) for b in micro)), device=device)
         if self.world > 1:
@@ -135,21 +144,27 @@ class TrainingLoop:
                 # DDP averages gradients over processes, so scale by world size to get a global mean
                 self.acc.backward(loss_sum * self.world / items)
             loss_total += loss_sum.detach()
-        grad_norm = None
-        if self.cfg.max_grad_norm:
-            grad_norm = clip_gradients(self.model, self.cfg.max_grad_norm, self.acc)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # without clipping the norm is still measured (an infinite limit scales nothing): NaN gradients
+        # must not reach the weights
+        grad_norm = clip_gradients(self.model, self.cfg.max_grad_norm or math.inf, self.acc)
         if self.world > 1:
             loss_total = self.acc.reduce(loss_total, reduction="sum")
-        return float(loss_total / items), grad_norm
+        loss = float(loss_total / items)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        scaler = getattr(self.acc, "scaler", None)
+        if finite or scaler is not None:
+            self.optimizer.step()
+        self.scheduler.step()  # a skipped step still counts: the schedule stays aligned with total_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, not math.isfinite(loss) or (not finite and scaler is None)
 
     def _eval_and_save(self, state: LoopState) -> bool:
         """Evaluate, track the best, checkpoint; True when early stopping triggers."""
         metrics = self.evaluate()
         value = metrics[self.metric]  # None when undefined (e.g. correlation of constant predictions)
-        better = value is not None and (state.best_metric is None or (
+        # NaN compares false with everything: without this check the first NaN evaluation stays "best"
+        finite = all(v is None or math.isfinite(v) for v in (value, metrics.get("loss")))
+        better = value is not None and finite and (state.best_metric is None or (
             value > state.best_metric if self.higher_better else value < state.best_metric))
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
@@ -180,7 +195,10 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 micro = [next(loader) for _ in window]
                 n = int(sum(len(b) for b in window))
-                loss, grad_norm = self._step(micro)
+                step_lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+                loss, grad_norm, diverging = self._step(micro)
+                state.nonfinite_streak = state.nonfinite_streak + 1 if diverging else 0
+                state.nonfinite_steps += diverging
                 dt = time.perf_counter() - t0
                 state.step += 1
                 state.samples += n
@@ -194,6 +212,16 @@ class TrainingLoop:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, seconds=dt,
                                   lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps)
+                if state.nonfinite_streak >= cfg.max_nonfinite_steps:
+                    self._emit("end", state)
+                    raise TrainingDiverged(
+                        f"training diverged: the loss or gradient norm was NaN or infinite for "
+                        f"{state.nonfinite_streak} steps in a row (steps {state.step - state.nonfinite_streak + 1}"
+                        f"-{state.step}, learning rate {step_lr:.3g} at step {state.step}); no model was exported. "
+                        f"Lower train.lr (it is {cfg.lr:g}), keep train.max_grad_norm on"
+                        + (f" (it is {cfg.max_grad_norm:g})" if cfg.max_grad_norm else " (it is off)")
+                        + (", or train in bf16 or fp32 rather than fp16" if self.acc.mixed_precision == "fp16"
+                           else ""))
                 last = state.step >= self.total_steps
                 due = (cfg.eval_every == "epoch" and epoch_done) or \
                       (isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0)
