@@ -29,3 +29,7 @@ class DataError(TunesmithError):
 
 class ModelError(TunesmithError):
     """The model cannot be loaded (offline, unverified weights, wrong architecture)."""
+
+
+class CheckpointError(TunesmithError):
+    """A checkpoint file is missing or is not plain tensors/JSON; it is refused, never unpickled."""
