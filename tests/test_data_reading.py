@@ -137,7 +137,8 @@ def test_predict_reads_a_headerless_file_like_training_did(tmp_path, tiny_model_
     f = tmp_path / "news.csv"
     f.write_text(NEWS, encoding="utf-8")
     assert predictor.predict_file(f, tmp_path / "out.jsonl") == 4
-    assert [json.loads(x)["tunesmith"]["line"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(x)["tunesmith"]["line"] for x in lines] == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------- item 11: duplicated names

@@ -115,38 +115,48 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(base_conf
 
 
 def _complete_checkpoint(folder: Path) -> None:
-    """Every file a resume reads is there and loads."""
+    """Every file a resume reads is there and loads (as a resume loads it: tensors and JSON only)."""
     from safetensors.torch import load_file
 
     assert load_file(folder / "model.safetensors")
-    for name in ("optimizer.pt", "scheduler.pt", "rng-0.pt"):
-        torch.load(folder / name, weights_only=False)
-    json.loads((folder / "loop_state.json").read_text())
+    for name in ("optimizer.pt", "rng-0.pt"):
+        torch.load(folder / name, weights_only=True)
+    for name in ("scheduler.json", "rng-0.json", "loop_state.json"):
+        json.loads((folder / name).read_text())
 
 
 def test_sigkill_at_random_moments_never_corrupts_checkpoints(base_config: dict, tmp_path: Path) -> None:
     """A real `kill -9` (no cleanup code runs), twice, at random moments of a run that checkpoints
-    every step: the index always points at complete checkpoints and the run resumes to the end."""
+    every step: the index always points at complete checkpoints, and the run resumed from them, with
+    dropout on and mid-epoch, has the uninterrupted run's losses and leaves no temp or lock behind."""
     import random
     import signal
     import time
 
-    cfg = _cfg(base_config, tmp_path, "killed", epochs=3, eval_every=1)
+    base = copy.deepcopy(base_config)
+    base["model"]["dropout"] = 0.1
+    # 24 batches per epoch and 23 steps: every checkpoint a kill can leave is mid-epoch
+    settings = dict(epochs=0.95, batch_size=8, eval_every=1)
+    whole = tunesmith.train(_cfg(base, tmp_path, "whole", **settings))
+    cfg = _cfg(base, tmp_path, "killed", **settings)
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(cfg))
     root = tmp_path / "killed" / "checkpoints"
     rng = random.Random(0)
-    for attempt in range(2):
+    # kill soon after a randomly chosen checkpoint, early enough that at least 7 steps remain: the run
+    # can never have finished before the kill, however fast the machine
+    targets = [rng.randint(2, 8), rng.randint(10, 16)]
+    for attempt, target in enumerate(targets):
         args = [sys.executable, "-m", "tunesmith", "train", str(path)] + (["--resume"] if attempt else [])
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        before = json.loads((root / "index.json").read_text())["latest"] if attempt else None
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # wait for a new checkpoint
-            if (root / "index.json").exists() and json.loads((root / "index.json").read_text())["latest"] != before:
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for the target checkpoint
+            latest = json.loads((root / "index.json").read_text())["latest"] if (root / "index.json").exists() else None
+            if latest and int(latest.removeprefix("step-")) >= target:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(0.0, 0.05))  # somewhere inside the next step or checkpoint write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         index = json.loads((root / "index.json").read_text())
@@ -156,7 +166,9 @@ def test_sigkill_at_random_moments_never_corrupts_checkpoints(base_config: dict,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "killed" / "report.json").read_text())
-    assert report["train"]["epochs_completed"] == 3
+    assert report["train"]["steps"] == whole.summary["steps"] == 23
+    np.testing.assert_allclose(_train_losses(tmp_path / "killed"), _train_losses(whole.dir), rtol=0, atol=1e-7)
+    assert [p.name for p in (tmp_path / "killed").rglob(".*")] == []
 
 
 def test_callback_can_stop_training(base_config: dict, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from rich.markup import escape
 
 from . import __version__
 from .console import printable, quiet_libraries
-from .errors import ConfigError, DataError, TunesmithError
+from .errors import ConfigError, DataError, TrainingInterrupted, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained Transformer models on your own NLP task.")
@@ -50,7 +51,13 @@ def _fail(e: Exception) -> None:
 def train(config: Path = typer.Argument(..., help="YAML config (sections task/model/data/train/eval/output_dir)."),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP),
           resume: bool = typer.Option(False, "--resume",
-                                      help="Continue from the run folder's last checkpoint.")) -> None:
+                                      help="Continue from the run folder's last checkpoint."),
+          overwrite: bool = typer.Option(False, "--overwrite",
+                                         help="Delete everything in output_dir first (each entry is listed)."),
+          allow_config_change: bool = typer.Option(
+              False, "--allow-config-change",
+              help="With --resume: continue with config values that change the run's results "
+                   "(recorded in config_changes.jsonl).")) -> None:
     """Run the whole pipeline: data checks, tokenization, fine-tuning, test evaluation, run folder.
 
     On several GPUs, CPU processes or machines, run the same command through
@@ -82,9 +89,27 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
         data = None if cfg.data.hub_dataset else load_splits(cfg.data)
         from .run import train as run_train
 
-        run_train(cfg, resume=resume, data=data)
+        run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data)
     except TunesmithError as e:
         _fail(e)
+    except TrainingInterrupted as e:
+        if e.main:
+            _interrupted(e, config, set_)
+        raise typer.Exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted before training started: there is nothing to resume")
+        raise typer.Exit(130)
+
+
+def _interrupted(e: TrainingInterrupted, config: Path, set_: list[str]) -> None:
+    """Say where the run can continue from, as the user's own command plus --resume."""
+    again = ["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)]]
+    if e.checkpoint is None:
+        console.print(escape(printable(f"interrupted before the first checkpoint of {e.run_dir}; to start "
+                                       f"again: {shlex.join(again + ['--overwrite'])}")), soft_wrap=True)
+        return
+    console.print(escape(printable(f"interrupted; the last complete checkpoint is {e.checkpoint} (step {e.step}). "
+                                   f"To continue from it: {shlex.join(again + ['--resume'])}")), soft_wrap=True)
 
 
 @app.command("check-data")

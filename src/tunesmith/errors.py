@@ -1,6 +1,8 @@
 """Errors a user can act on: each names what was wrong, where, and what to do."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class TunesmithError(Exception):
     """Base class: the CLI prints these as one clear message instead of a traceback."""
@@ -33,3 +35,16 @@ class ModelError(TunesmithError):
 
 class TrainingDiverged(TunesmithError):
     """The loss or gradients stayed non-finite (NaN/inf): the weights are no longer worth exporting."""
+
+
+class CheckpointError(TunesmithError):
+    """A checkpoint file is missing or is not plain tensors/JSON; it is refused, never unpickled."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C after training started: the run folder and its latest complete checkpoint (None before
+    the first), so the caller can say how to resume."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path | None, step: int | None, main: bool) -> None:
+        super().__init__(f"interrupted; latest checkpoint: {checkpoint}")
+        self.run_dir, self.checkpoint, self.step, self.main = run_dir, checkpoint, step, main

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +24,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, a race
+    with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def host_tag() -> str:
+    """This host's name as it appears in temp names: no '-', so `HOST-PID` splits unambiguously."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def owner_tag() -> str:
+    """`HOST-PID` for temp names in shared folders, so a sweep can tell a dead writer's leftovers from
+    those of a process writing right now (see `rundir.remove_dead_temps`)."""
+    return f"{host_tag()}-{os.getpid()}"
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path`.
+
+    mkstemp creates the file 0600; it gets the mode an ordinary file gets under the umask before
+    it takes the final name, so run files are as readable as anything else the user writes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -65,19 +97,30 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `path` (the old one is removed only after)."""
+    """Yield a temp folder; on success it replaces `path` (the old one is removed only after).
+
+    Temp names carry host and pid (`owner_tag`); the folder and all it holds get the modes the umask
+    gives ordinary files and folders (mkdtemp makes it 0700).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tag = owner_tag()
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{tag}-"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700
         yield tmp
+        mask = umask()
         for f in tmp.rglob("*"):
+            if f.is_symlink():
+                continue
+            # libraries may write 0600 files (safetensors does): everything gets the umask's ordinary mode
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         old = None
         if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            old = path.parent / f".{path.name}.old-{tag}"
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -4,21 +4,21 @@ Everything a run does reads top to bottom here; each stage lives in its own modu
 """
 from __future__ import annotations
 
-import json
 import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from . import rundir
 from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
-from .data.cache import cached_preprocess
+from .data.cache import cache_root, cached_preprocess
 from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report
-from .errors import ConfigError
+from .errors import ConfigError, TrainingInterrupted, TunesmithError
 from .evaluation.inference import run_inference
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
 from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, json_text,
@@ -31,6 +31,24 @@ from .training.loop import Callback, Event, TrainingLoop
 from .training.progress import ProgressReporter
 
 STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
+
+
+@dataclass
+class _Owned:
+    """What a run has taken of its folder, so that train() gives it back however the run ends."""
+
+    run_dir: Path | None = None
+    claim: rundir.Claim | None = None
+    ckpt: CheckpointManager | None = None
+    started: bool = False
+    main: bool = True
+
+    def latest(self) -> tuple[Path | None, int | None]:
+        try:
+            latest = self.ckpt.latest() if self.ckpt else None
+        except TunesmithError:
+            latest = None
+        return (latest[0], latest[1].step) if latest else (None, None)
 
 
 @dataclass
@@ -143,6 +161,33 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
     return log
 
 
+def _say(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    # soft_wrap: paths and commands stay on one line, so they can be copied
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]note:[/yellow] {escape(printable(message))}")
+
+
+def _on_main(accelerator: Any, fn: Callable[[], Any]) -> Any:
+    """fn() on the main process only; its error is raised on every process (the others would wait forever)."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except TunesmithError as e:
+            error = e
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([str(error) if error else None])[0]
+        if message and error is None:
+            raise ConfigError(message)
+    if error is not None:
+        raise error
+    return result
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -184,49 +229,79 @@ def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunCon
 
 @quiet_libraries()
 def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None, *, resume: bool = False,
+          overwrite: bool = False, allow_config_change: bool = False,
           callbacks: list[Callback] | None = None, data: LoadedData | None = None) -> Run:
     """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`).
 
+    output_dir must be empty (or absent) unless `resume` continues the run in it (a config that changes
+    its results also needs `allow_config_change`) or `overwrite` deletes what it holds. One run at a
+    time holds the folder's lock; a run that fails before training starts leaves no folder behind.
+    Ctrl-C after training started raises TrainingInterrupted, which says where to resume from.
     `data`: the config's `load_splits(cfg.data)`, when the caller has read it already (see `prepare`).
     """
+    owned = _Owned()
+    try:
+        return _train(config, overrides, resume=resume, overwrite=overwrite,
+                      allow_config_change=allow_config_change, callbacks=callbacks, data=data, owned=owned)
+    except KeyboardInterrupt as e:
+        if owned.started and not isinstance(e, TrainingInterrupted):
+            raise TrainingInterrupted(owned.run_dir, *owned.latest(), owned.main) from e
+        raise
+    finally:
+        if owned.claim is not None:
+            (owned.claim.release if owned.started else owned.claim.abandon)()
+
+
+def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None, *, resume: bool,
+           overwrite: bool, allow_config_change: bool, callbacks: list[Callback] | None, data: LoadedData | None,
+           owned: _Owned) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.output_dir).expanduser().resolve()
     ckpt_root = run_dir / "checkpoints"
-    if not resume and (ckpt_root / "index.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
-                          "or choose a new output_dir (--set output_dir=...)")
-    if resume and not (ckpt_root / "index.json").exists():
-        raise ConfigError(f"--resume: no checkpoint in {ckpt_root} to resume from")
+    inputs = [Path(f).expanduser().resolve() for f in (cfg.data.train, cfg.data.validation, cfg.data.test) if f]
+    if isinstance(config, (str, Path)):
+        inputs.append(Path(config).resolve())
+    owner = dict(resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, protected=inputs)
+    # read-only, before any data or model work: a refused run costs seconds and writes nothing
+    changes = rundir.check(run_dir, cfg, **owner)
 
     # cpu=True on machines without CUDA lets a multi-process launch use gloo (MULTI_CPU)
     use_cpu = not torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
+    owned.main = accelerator.is_main_process
     set_seed(cfg.train.seed)
+    if accelerator.is_main_process:  # temps of killed runs in the shared cache (live writers' are kept)
+        rundir.remove_dead_temps(cache_root(cfg.data.cache_dir) / "tokenized")
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
         p = prepare(cfg, data)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, p)
-        print_report(p.report, dropped_rows_file=run_dir / "dropped_rows.jsonl")
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt = CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
-    if resume and accelerator.is_main_process:  # forget log lines written after the checkpoint we resume from
-        latest = ckpt.index()["latest"]
-        step = json.loads((ckpt.path(latest) / "loop_state.json").read_text())["step"]
-        atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step])
-    elif accelerator.is_main_process:
-        metrics_path.unlink(missing_ok=True)
-
     metric = cfg.eval.metric or p.task.default_metric
     if metric not in p.task.metric_names:
         raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
                           f"choose one of {', '.join(p.task.metric_names)}")
     set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
     model = load_model(p.task, p.model_name, cfg.model)
+
+    # the folder is taken only now, when config, data and model are known to work
+    owned.run_dir = run_dir
+    owned.claim = _on_main(accelerator, lambda: rundir.claim(run_dir, cfg, say=_say, **owner))
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = owned.ckpt = CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
+    latest = ckpt.latest() if resume else None
+    if accelerator.is_main_process:
+        _write_run_files(run_dir, p)
+        if changes:
+            _say(f"resuming with config changes: {rundir.describe_changes(changes)}")
+            append_jsonl(run_dir / rundir.CHANGES_FILE, {"resumed_from_step": latest[1].step if latest else 0,
+                                                         "changes": {k: list(v) for k, v in changes.items()}})
+        print_report(p.report, dropped_rows_file=run_dir / "dropped_rows.jsonl")
+        if latest:  # forget log lines written after the checkpoint we resume from
+            atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= latest[1].step])
+        else:
+            metrics_path.unlink(missing_ok=True)
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
     def infer(split: str) -> Any:
@@ -243,6 +318,10 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
                         accelerator=accelerator, evaluate=evaluate, metric=metric, checkpoints=ckpt,
                         callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
                                    *(callbacks or [])], pad_to_multiple_of=pad8)
+    if latest and accelerator.is_main_process:
+        _say(f"resuming from {latest[0]}: step {latest[1].step} of {loop.total_steps} done, "
+             f"continuing with step {latest[1].step + 1}")
+    owned.started = True
     try:
         state = loop.run(resume=resume)
     finally:

@@ -4,19 +4,25 @@ A checkpoint is a folder `checkpoints/step-N` (weights, optimizer, scheduler, RN
 process, loop state) written under a temporary name and renamed into place; `checkpoints/index.json`
 (latest and best) is replaced atomically after it. A kill at any moment leaves the previous index
 pointing at complete folders.
+
+Nothing in a checkpoint is unpickled: weights are safetensors, optimizer and torch RNG states are
+loaded with `torch.load(weights_only=True)` (tensors, numbers, lists and dicts only), scheduler,
+Python/numpy RNG and loop state are JSON. A file planted in a run folder can therefore never run code on `--resume`.
 """
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..io import atomic_dir, atomic_write_json
 
 
@@ -45,19 +51,52 @@ class LoopState:
         return self.samples / max(self.train_seconds, 1e-9)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def save_rng_state(folder: Path, rank: int) -> None:
+    """Python and numpy generator states as JSON, torch's (CPU and CUDA) as tensors (`rng-N.pt`: a
+    `.safetensors` name would be read as model weights)."""
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
+    (folder / f"rng-{rank}.json").write_text(json.dumps({
+        "python": [version, list(keys), gauss],
+        "numpy": [kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, folder / f"rng-{rank}.pt")
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _checked(path: Path, use: Callable[[Path], Any]) -> Any:
+    """`use(path)`, with anything that goes wrong turned into an error naming the file."""
+    if not path.exists():
+        hint = (" (it was written by an older tunesmith that stored pickles, which are not loaded)"
+                if path.name == "scheduler.json" and path.with_suffix(".pt").exists() else "")
+        raise CheckpointError(f"checkpoint file {path} is missing{hint}; this checkpoint cannot be resumed")
+    try:
+        return use(path)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path}: refused: a checkpoint holds only tensors and JSON, and this file does not load as "
+            f"such ({type(e).__name__}: {detail}). It was not unpickled. If you did not put it there, the run "
+            "folder has been tampered with; otherwise start a new run.") from None
+
+
+def _load_rng_state(folder: Path, rank: int) -> None:
+    def python_numpy(path: Path) -> None:
+        st = json.loads(path.read_text())
+        version, keys, gauss = st["python"]
+        random.setstate((version, tuple(keys), gauss))
+        kind, np_keys, pos, has_gauss, cached = st["numpy"]
+        np.random.set_state((kind, np.asarray(np_keys, dtype=np.uint32), pos, has_gauss, cached))
+
+    def torch_states(path: Path) -> None:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        torch.set_rng_state(st["torch"])
+        if st["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+    _checked(folder / f"rng-{rank}.json", python_numpy)
+    _checked(folder / f"rng-{rank}.pt", torch_states)
 
 
 class CheckpointManager:
@@ -81,13 +120,13 @@ class CheckpointManager:
         rng_dir = self.root / f".rng-{name}"
         # every process saves its own RNG state first; the main process assembles the folder
         rng_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), rng_dir / f"rng-{acc.process_index}.pt")
+        save_rng_state(rng_dir, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
             with atomic_dir(final) as tmp:
                 acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
                 for f in rng_dir.iterdir():
                     shutil.copy2(f, tmp / f.name)
                 (tmp / "loop_state.json").write_text(json.dumps(asdict(state), indent=2))
@@ -104,19 +143,29 @@ class CheckpointManager:
         acc.wait_for_everyone()
         return final
 
+    def latest(self) -> tuple[Path, LoopState] | None:
+        """The latest checkpoint's folder and loop state; None when there is none."""
+        name = self.index()["latest"]
+        if name is None:
+            return None
+        if not re.fullmatch(r"step-\d+", str(name)):
+            raise CheckpointError(f"{self.index_path}: 'latest' is {name!r}, not a checkpoint name (step-N)")
+        ckpt = self.root / name
+        return ckpt, _checked(ckpt / "loop_state.json", lambda p: LoopState(**json.loads(p.read_text())))
+
     def load(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> LoopState | None:
         """Restore the latest checkpoint into the given objects; None when there is none."""
-        latest = self.index()["latest"]
+        latest = self.latest()
         if latest is None:
             return None
-        ckpt = self.root / latest
+        ckpt, state = latest
         load_weights(self.acc.unwrap_model(model), ckpt)
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        rng_file = ckpt / f"rng-{self.acc.process_index}.pt"
-        if rng_file.exists():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        return LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        _checked(ckpt / "optimizer.pt",
+                 lambda p: optimizer.load_state_dict(torch.load(p, map_location="cpu", weights_only=True)))
+        _checked(ckpt / "scheduler.json", lambda p: scheduler.load_state_dict(json.loads(p.read_text())))
+        if (ckpt / f"rng-{self.acc.process_index}.json").exists():  # absent when resumed on more processes
+            _load_rng_state(ckpt, self.acc.process_index)
+        return state
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:

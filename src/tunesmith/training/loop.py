@@ -117,10 +117,13 @@ class TrainingLoop:
             stop = stop or bool(ctl and ctl.stop)
         return stop
 
-    def _epoch_loader(self, batches: list[np.ndarray]) -> DataLoader:
+    def _epoch_loader(self, batches: list[np.ndarray], epoch: int) -> DataLoader:
+        """The epoch's loader. Its own seeded generator: iterating a DataLoader draws a base seed, which
+        from torch's global generator would shift every later dropout mask of a run resumed mid-epoch."""
         mine = [shard(b, self.acc.process_index, self.world).tolist() for b in batches]
         return DataLoader(self.data, batch_sampler=mine, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda")
+                          num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
         """One optimizer step over an accumulation window; returns (mean loss, grad norm, diverging).
@@ -190,7 +193,7 @@ class TrainingLoop:
                                  cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world)
             windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             done = state.batch_in_epoch
-            loader = iter(self._epoch_loader(batches[done:]))
+            loader = iter(self._epoch_loader(batches[done:], state.epoch))
             for window in windows[done // cfg.grad_accum:]:
                 t0 = time.perf_counter()
                 micro = [next(loader) for _ in window]

@@ -1,0 +1,416 @@
+"""The run folder is the user's: checkpoints never run code, a folder is never written over without
+being asked, one run holds it at a time, its files follow the umask, kills leave no lasting litter,
+resume is exact (dropout on, mid-epoch) and says what it does, and Ctrl-C says how to continue."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import tunesmith
+from tunesmith.cli import app
+from tunesmith.errors import CheckpointError, ConfigError, ModelError
+from tunesmith.io import host_tag, read_jsonl
+from tunesmith.training.loop import Control
+
+ENV = {"COLUMNS": "1000"}  # rich wraps at the terminal width; keep messages on one line
+
+
+def _cfg(base: dict, tmp_path: Path, name: str, **train: object) -> dict:
+    cfg = copy.deepcopy(base)
+    cfg["train"].update(train)
+    cfg["output_dir"] = str(tmp_path / name)
+    return cfg
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def _invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---------------------------------------------------------------- 1. no code runs from a checkpoint
+
+class _Planted:
+    """Unpickling this creates the marker file: what an attacker's payload would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng-0.pt"])
+def test_resume_refuses_a_planted_pickle_without_running_it(base_config: dict, tmp_path: Path, name: str) -> None:
+    cfg = _cfg(base_config, tmp_path, "planted", max_steps=4, eval_every=2)
+    tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == 2
+                                    else None])
+    marker = tmp_path / "payload-ran"
+    planted = tmp_path / "planted" / "checkpoints" / "step-2" / name
+    torch.save({"state": _Planted(marker)}, planted)
+    with pytest.raises(CheckpointError) as err:
+        tunesmith.train(cfg, resume=True)
+    assert not marker.exists()
+    assert str(err.value).startswith(f"{planted}: refused: a checkpoint holds only tensors and JSON")
+    assert "It was not unpickled" in str(err.value)
+
+
+def test_checkpoint_state_is_tensors_and_json(base_config: dict, tmp_path: Path) -> None:
+    run = tunesmith.train(_cfg(base_config, tmp_path, "ckpt", max_steps=2, eval_every=2))
+    folder = run.dir / "checkpoints" / "step-2"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "loop_state.json", "model.safetensors", "optimizer.pt", "rng-0.json", "rng-0.pt",
+        "scheduler.json"]
+    for name in ("optimizer.pt", "rng-0.pt"):
+        torch.load(folder / name, weights_only=True)
+    assert json.loads((folder / "scheduler.json").read_text())["last_epoch"] == 2
+
+
+# ---------------------------------------------------------------- 2. never over the user's files
+
+def test_a_folder_with_user_files_is_refused_and_left_alone(base_config: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "mine"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "important.txt").write_text("keep me")
+    (run_dir / "config.yaml").write_text("mine: true\n")
+    with pytest.raises(ConfigError) as err:
+        tunesmith.train(_cfg(base_config, tmp_path, "mine"))
+    assert str(err.value) == (
+        f"output_dir {run_dir} is not empty (config.yaml, model/) and tunesmith never writes over files it did "
+        "not create in this run. Choose a new output_dir (--set output_dir=...), continue the run there with "
+        "--resume, or delete what it holds with --overwrite")
+    assert (run_dir / "model" / "important.txt").read_text() == "keep me"
+    assert (run_dir / "config.yaml").read_text() == "mine: true\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "model"]
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten(base_config: dict, tmp_path: Path) -> None:
+    import shutil
+
+    cfg = _cfg(base_config, tmp_path, "done", max_steps=2)
+    run = tunesmith.train(cfg)
+    shutil.rmtree(run.dir / "checkpoints")
+    report = (run.dir / "report.json").read_bytes()
+    weights = (run.dir / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="is not empty"):
+        tunesmith.train(cfg)
+    with pytest.raises(ConfigError, match="has no checkpoint to resume from .* start the run again with --overwrite"):
+        tunesmith.train(cfg, resume=True)
+    assert (run.dir / "report.json").read_bytes() == report
+    assert (run.dir / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_overwrite_says_what_it_removes(base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "old"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "important.txt").write_text("old")
+    (run_dir / "notes.txt").write_text("old")
+    run = tunesmith.train(_cfg(base_config, tmp_path, "old", max_steps=2), overwrite=True)
+    err = capsys.readouterr().err
+    assert f"note: --overwrite: removing {run_dir / 'model'}/" in err
+    assert f"note: --overwrite: removing {run_dir / 'notes.txt'}" in err
+    assert not (run.dir / "notes.txt").exists() and not (run.dir / "model" / "important.txt").exists()
+    assert (run.dir / "report.json").exists()
+
+
+def test_overwrite_refuses_the_current_folder_its_parents_and_home(base_config: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = tmp_path / "work" / "inner"
+    inner.mkdir(parents=True)
+    (inner / "keep.txt").write_text("x")
+    monkeypatch.chdir(inner)
+    for target in (inner, tmp_path / "work"):
+        cfg = copy.deepcopy(base_config)
+        cfg["output_dir"] = str(target)
+        with pytest.raises(ConfigError, match=f"--overwrite refuses to empty {target}: it is the current folder"):
+            tunesmith.train(cfg, overwrite=True)
+    home = tmp_path / "home"
+    (home / "stuff").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    cfg = copy.deepcopy(base_config)
+    cfg["output_dir"] = "~"
+    with pytest.raises(ConfigError, match="or your home folder"):
+        tunesmith.train(cfg, overwrite=True)
+    assert (inner / "keep.txt").exists() and (home / "stuff").is_dir()
+
+
+def test_overwrite_refuses_a_folder_holding_the_training_data(base_config: dict, tmp_path: Path) -> None:
+    cfg = copy.deepcopy(base_config)
+    cfg["output_dir"] = str(tmp_path)  # sentiment.csv lives here
+    with pytest.raises(ConfigError, match=f"it holds this run's input {tmp_path / 'sentiment.csv'}"):
+        tunesmith.train(cfg, overwrite=True)
+
+
+def test_resume_and_overwrite_together_is_a_clean_cli_error(base_config: dict, tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(base_config))
+    result = _invoke("train", path, "--resume", "--overwrite")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--resume continues the run in output_dir and --overwrite deletes it: pass only one" in \
+        _one_line(result.output)
+
+
+def _fail_building_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**kwargs: object) -> None:
+        raise ModelError("simulated: the model does not fit the task")
+
+    monkeypatch.setattr(tunesmith.run, "TrainingLoop", broken)
+
+
+@pytest.mark.parametrize("failure", ["metric", "model"])
+def test_a_run_that_fails_before_training_leaves_no_folder(base_config: dict, tmp_path: Path, failure: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = copy.deepcopy(base_config)
+    cfg["output_dir"] = str(tmp_path / "new" / "deeper" / "run")
+    if failure == "metric":
+        cfg["eval"]["metric"] = "bleu"
+    else:
+        _fail_building_the_loop(monkeypatch)
+    with pytest.raises((ConfigError, ModelError)):
+        tunesmith.train(cfg)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_resume_that_fails_before_training_keeps_the_run(base_config: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(base_config, tmp_path, "kept", max_steps=2)
+    run = tunesmith.train(cfg)
+    _fail_building_the_loop(monkeypatch)
+    with pytest.raises(ModelError):
+        tunesmith.train(cfg, resume=True)
+    assert (run.dir / "report.json").exists() and not (run.dir / ".tunesmith.lock").exists()
+
+
+# ---------------------------------------------------------------- 3. one run per folder
+
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from tunesmith.rundir import RunLock
+lock = RunLock(Path(sys.argv[1]))
+lock.acquire(print)
+print("locked", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+def test_a_folder_locked_by_a_live_run_is_refused(base_config: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        started = json.loads((run_dir / ".tunesmith.lock").read_text())["started"]
+        cfg = _cfg(base_config, tmp_path, "busy")
+        for kwargs in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(ConfigError) as err:
+                tunesmith.train(cfg, **kwargs)
+            assert str(err.value) == (
+                f"{run_dir} is in use by another tunesmith run (pid {holder.pid} on this host, started {started}); "
+                "wait for it to finish, or choose another output_dir (--set output_dir=...)")
+        assert sorted(p.name for p in run_dir.iterdir()) == [".tunesmith.lock"]
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not (run_dir / ".tunesmith.lock").exists()
+
+
+def test_a_lock_held_on_another_host_is_refused_naming_the_file(base_config: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "remote"
+    run_dir.mkdir()
+    lock = run_dir / ".tunesmith.lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "started": "2024-05-01T10:00:00+00:00"}))
+    with pytest.raises(ConfigError) as err:
+        tunesmith.train(_cfg(base_config, tmp_path, "remote"))
+    assert str(err.value) == (
+        f"{run_dir} is locked by a tunesmith run on host gpu-node-7 (pid 4242, started 2024-05-01T10:00:00+00:00); "
+        f"if that run is no longer running, delete {lock} and try again")
+
+
+def test_a_stale_lock_is_taken_over_with_a_note(base_config: dict, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "stale"
+    run_dir.mkdir()
+    pid = _dead_pid()
+    lock = run_dir / ".tunesmith.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2024-05-01T10:00:00+00:00"}))
+    run = tunesmith.train(_cfg(base_config, tmp_path, "stale", max_steps=2))  # the lock is not user content
+    assert (f"note: taking over the lock of a run that is no longer running (pid {pid}, started "
+            f"2024-05-01T10:00:00+00:00): {lock}") in _one_line(capsys.readouterr().err)
+    assert run.summary["steps"] == 2 and not lock.exists()
+
+
+# ---------------------------------------------------------------- 7. files follow the umask
+
+def test_run_files_get_the_umask_mode(base_config: dict, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        run = tunesmith.train(_cfg(base_config, tmp_path, "modes", max_steps=2, eval_every=1))
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(run.dir)): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*")}
+    assert "model/model.safetensors" in modes and "config.yaml" in modes and "checkpoints/step-2" in modes
+    wrong = {k: oct(m) for k, m in modes.items() if m != (0o755 if (run.dir / k).is_dir() else 0o644)}
+    assert wrong == {}
+    assert stat.S_IMODE(run.dir.stat().st_mode) == 0o755
+
+
+# ---------------------------------------------------------------- 9. leftovers of killed runs
+
+def test_resume_removes_temps_left_by_a_killed_run(base_config: dict, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    cfg = _cfg(base_config, tmp_path, "litter", max_steps=4, eval_every=2)
+    run = tunesmith.train(cfg)
+    ckpts = run.dir / "checkpoints"
+    litter = [ckpts / ".step-6.tmp-host-123-abcd1234", ckpts / ".rng-step-6", run.dir / ".model.tmp-host-1-x_y2",
+              run.dir / ".model.old-host-99"]
+    for d in litter:
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "weights.bin").write_bytes(b"0" * 100)
+    files = [run.dir / ".config.yaml.k2j4.tmp", ckpts / ".index.json.abc.tmp",
+             run.dir / "plots" / ".learning_curves.png.tmp.png"]
+    for f in files:
+        f.write_text("half")
+    capsys.readouterr()
+    tunesmith.train(cfg, resume=True)
+    assert [p for p in litter + files if p.exists()] == []
+    assert f"note: removed 7 temporary file(s) left in {run.dir} by an interrupted run" in \
+        _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["index.json", "step-2", "step-4"]
+
+
+def test_cache_temps_are_removed_only_when_their_writer_is_dead(base_config: dict, tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "tokenized"
+    root.mkdir(parents=True)
+    dead, me = _dead_pid(), os.getpid()
+    gone = [root / f".{'a' * 32}.tmp-{host_tag()}-{dead}-abcd1234", root / f".{'b' * 32}.old-{host_tag()}-{dead}"]
+    kept = [root / f".{'c' * 32}.tmp-{host_tag()}-{me}-abcd1234",  # a live writer (this process)
+            root / f".{'d' * 32}.tmp-othernode-{dead}-abcd1234"]  # another host: its pids mean nothing here
+    for d in gone + kept:
+        d.mkdir()
+    tunesmith.train(_cfg(base_config, tmp_path, "cached", max_steps=1))
+    assert [d.exists() for d in gone] == [False, False]
+    assert [d.exists() for d in kept] == [True, True]
+    assert all(f".tmp-{host_tag()}-" not in p.name for p in root.iterdir() if p not in kept)
+
+
+# ---------------------------------------------------------------- 5. exact resume, dropout on
+
+def test_resume_mid_epoch_with_dropout_equals_the_uninterrupted_run(base_config: dict, tmp_path: Path) -> None:
+    base = copy.deepcopy(base_config)
+    base["model"]["dropout"] = 0.1
+    settings = dict(epochs=2, eval_every=3)  # 12 steps per epoch: step 6 is mid-epoch
+    whole = tunesmith.train(_cfg(base, tmp_path, "whole", **settings))
+
+    cfg = _cfg(base, tmp_path, "stopped", **settings)
+    tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == 6
+                                    else None])
+    state = json.loads((tmp_path / "stopped" / "checkpoints" / "step-6" / "loop_state.json").read_text())
+    assert (state["epoch"], state["batch_in_epoch"]) == (0, 6)
+    resumed = tunesmith.train(cfg, resume=True)
+    assert len(_train_losses(resumed.dir)) == 24
+    assert _train_losses(resumed.dir) == _train_losses(whole.dir)
+    a = load_file(whole.dir / "checkpoints" / "step-24" / "model.safetensors")
+    b = load_file(resumed.dir / "checkpoints" / "step-24" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- resume and Ctrl-C feedback
+
+def test_resume_with_a_changed_config_is_refused_listing_the_changes(base_config: dict, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    cfg = _cfg(base_config, tmp_path, "changed", max_steps=4, eval_every=2)
+    run = tunesmith.train(cfg)
+    with pytest.raises(ConfigError) as err:
+        tunesmith.train(cfg, ["train.max_steps=6", "train.lr=0.001", "eval.batch_size=8"], resume=True)
+    assert str(err.value) == (
+        f"--resume with a config that differs from the run's ({run.dir / 'config.yaml'}): train.lr: 0.005 -> 0.001; "
+        "train.max_steps: 4 -> 6. These change what the run computes; resume with the run's config, or pass "
+        "--allow-config-change to continue with the new values (recorded in config_changes.jsonl)")
+
+    capsys.readouterr()
+    tunesmith.train(cfg, ["eval.batch_size=8", "train.log_every=2"], resume=True)  # results unchanged: a note
+    assert "note: resuming with config changes: eval.batch_size: 32 -> 8; train.log_every: 1 -> 2" in \
+        _one_line(capsys.readouterr().err)
+
+    more = tunesmith.train(cfg, ["train.max_steps=6", "eval.batch_size=8", "train.log_every=2"], resume=True,
+                           allow_config_change=True)
+    assert more.summary["steps"] == 6
+    assert read_jsonl(run.dir / "config_changes.jsonl") == [
+        {"resumed_from_step": 4, "changes": {"eval.batch_size": [32, 8], "train.log_every": [1, 2]}},
+        {"resumed_from_step": 4, "changes": {"train.max_steps": [4, 6]}}]
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["train"]["max_steps"] == 6
+
+
+def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C during the n-th optimizer step (a KeyboardInterrupt raised where SIGINT would land)."""
+    from tunesmith.training.loop import TrainingLoop
+
+    real, calls = TrainingLoop._step, {"n": 0}
+
+    def step(self: TrainingLoop, micro: list) -> tuple:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, micro)
+
+    monkeypatch.setattr(TrainingLoop, "_step", step)
+
+
+def test_ctrl_c_says_where_to_resume_and_the_command_resumes(base_config: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "my config.yaml"
+    path.write_text(yaml.safe_dump(_cfg(base_config, tmp_path, "ctrlc", max_steps=6)))
+    _interrupt_at_step(monkeypatch, 5)
+    result = _invoke("train", path, "--set", "train.eval_every=2", "--set", "eval.batch_size=16")
+    assert result.exit_code == 130, result.output
+    ckpt = tmp_path / "ctrlc" / "checkpoints" / "step-4"
+    command = f"tunesmith train '{path}' --set train.eval_every=2 --set eval.batch_size=16 --resume"
+    assert _one_line(result.output).endswith(
+        f"interrupted; the last complete checkpoint is {ckpt} (step 4). To continue from it: {command}")
+    assert not (tmp_path / "ctrlc" / ".tunesmith.lock").exists()
+
+    monkeypatch.undo()
+    resumed = _invoke(*shlex.split(command)[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"note: resuming from {ckpt}: step 4 of 6 done, continuing with step 5" in _one_line(resumed.output)
+    assert json.loads((tmp_path / "ctrlc" / "report.json").read_text())["train"]["steps"] == 6
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(base_config: dict, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(_cfg(base_config, tmp_path, "early", max_steps=6, eval_every=3)))
+    _interrupt_at_step(monkeypatch, 2)
+    result = _invoke("train", path)
+    assert result.exit_code == 130, result.output
+    assert _one_line(result.output).endswith(
+        f"interrupted before the first checkpoint of {tmp_path / 'early'}; to start again: "
+        f"tunesmith train {path} --overwrite")
