@@ -5,6 +5,7 @@ folder, the way the Hugging Face test suites build tiny models.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -96,3 +97,18 @@ def base_config(tiny_model_dir: str, sentiment_csv: Path, tmp_path: Path) -> dic
         "eval": {"batch_size": 32},
         "output_dir": str(tmp_path / "run"),
     }
+
+
+def run_config(base: dict, tmp_path: Path, name: str, **train: object) -> dict:
+    """`base` with train-section changes and its own output_dir `tmp_path/name`."""
+    cfg = copy.deepcopy(base)
+    cfg["train"].update(train)
+    cfg["output_dir"] = str(tmp_path / name)
+    return cfg
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    """The per-step train losses a run logged in metrics.jsonl."""
+    from tunesmith.io import read_jsonl
+
+    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]

@@ -159,7 +159,7 @@ def test_predictions_of_nan_weights_are_valid_json(run_dir: Path, model_copy: Pa
 # ---------------------------------------------------------------- item 6 and 18: damaged model folders
 
 def test_the_export_records_the_hash_of_every_file(run_dir: Path) -> None:
-    from tunesmith.models import sha256_file
+    from tunesmith.io import sha256_file
 
     model = run_dir / "model"
     files = json.loads((model / "tunesmith.json").read_text())["files"]

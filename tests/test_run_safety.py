@@ -20,23 +20,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import tunesmith
+from conftest import run_config, train_losses
 from tunesmith.cli import app
 from tunesmith.errors import CheckpointError, ConfigError, ModelError
 from tunesmith.io import host_tag, read_jsonl
 from tunesmith.training.loop import Control
 
 ENV = {"COLUMNS": "1000"}  # rich wraps at the terminal width; keep messages on one line
-
-
-def _cfg(base: dict, tmp_path: Path, name: str, **train: object) -> dict:
-    cfg = copy.deepcopy(base)
-    cfg["train"].update(train)
-    cfg["output_dir"] = str(tmp_path / name)
-    return cfg
-
-
-def _train_losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def _invoke(*args: object):
@@ -68,7 +58,7 @@ class _Planted:
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "rng-0.pt"])
 def test_resume_refuses_a_planted_pickle_without_running_it(base_config: dict, tmp_path: Path, name: str) -> None:
-    cfg = _cfg(base_config, tmp_path, "planted", max_steps=4, eval_every=2)
+    cfg = run_config(base_config, tmp_path, "planted", max_steps=4, eval_every=2)
     tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == 2
                                     else None])
     marker = tmp_path / "payload-ran"
@@ -82,7 +72,7 @@ def test_resume_refuses_a_planted_pickle_without_running_it(base_config: dict, t
 
 
 def test_checkpoint_state_is_tensors_and_json(base_config: dict, tmp_path: Path) -> None:
-    run = tunesmith.train(_cfg(base_config, tmp_path, "ckpt", max_steps=2, eval_every=2))
+    run = tunesmith.train(run_config(base_config, tmp_path, "ckpt", max_steps=2, eval_every=2))
     folder = run.dir / "checkpoints" / "step-2"
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "loop_state.json", "model.safetensors", "optimizer.pt", "rng-0.json", "rng-0.pt",
@@ -100,7 +90,7 @@ def test_a_folder_with_user_files_is_refused_and_left_alone(base_config: dict, t
     (run_dir / "model" / "important.txt").write_text("keep me")
     (run_dir / "config.yaml").write_text("mine: true\n")
     with pytest.raises(ConfigError) as err:
-        tunesmith.train(_cfg(base_config, tmp_path, "mine"))
+        tunesmith.train(run_config(base_config, tmp_path, "mine"))
     assert str(err.value) == (
         f"output_dir {run_dir} is not empty (config.yaml, model/) and tunesmith never writes over files it did "
         "not create in this run. Choose a new output_dir (--set output_dir=...), continue the run there with "
@@ -113,7 +103,7 @@ def test_a_folder_with_user_files_is_refused_and_left_alone(base_config: dict, t
 def test_a_finished_run_without_checkpoints_is_not_overwritten(base_config: dict, tmp_path: Path) -> None:
     import shutil
 
-    cfg = _cfg(base_config, tmp_path, "done", max_steps=2)
+    cfg = run_config(base_config, tmp_path, "done", max_steps=2)
     run = tunesmith.train(cfg)
     shutil.rmtree(run.dir / "checkpoints")
     report = (run.dir / "report.json").read_bytes()
@@ -131,7 +121,7 @@ def test_overwrite_says_what_it_removes(base_config: dict, tmp_path: Path, capsy
     (run_dir / "model").mkdir(parents=True)
     (run_dir / "model" / "important.txt").write_text("old")
     (run_dir / "notes.txt").write_text("old")
-    run = tunesmith.train(_cfg(base_config, tmp_path, "old", max_steps=2), overwrite=True)
+    run = tunesmith.train(run_config(base_config, tmp_path, "old", max_steps=2), overwrite=True)
     err = capsys.readouterr().err
     assert f"note: --overwrite: removing {run_dir / 'model'}/" in err
     assert f"note: --overwrite: removing {run_dir / 'notes.txt'}" in err
@@ -199,7 +189,7 @@ def test_a_run_that_fails_before_training_leaves_no_folder(base_config: dict, tm
 
 def test_a_resume_that_fails_before_training_keeps_the_run(base_config: dict, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _cfg(base_config, tmp_path, "kept", max_steps=2)
+    cfg = run_config(base_config, tmp_path, "kept", max_steps=2)
     run = tunesmith.train(cfg)
     _fail_building_the_loop(monkeypatch)
     with pytest.raises(ModelError):
@@ -229,7 +219,7 @@ def test_a_folder_locked_by_a_live_run_is_refused(base_config: dict, tmp_path: P
     try:
         assert holder.stdout.readline() == "locked\n"
         started = json.loads((run_dir / ".tunesmith.lock").read_text())["started"]
-        cfg = _cfg(base_config, tmp_path, "busy")
+        cfg = run_config(base_config, tmp_path, "busy")
         for kwargs in ({}, {"resume": True}, {"overwrite": True}):
             with pytest.raises(ConfigError) as err:
                 tunesmith.train(cfg, **kwargs)
@@ -248,7 +238,7 @@ def test_a_lock_held_on_another_host_is_refused_naming_the_file(base_config: dic
     lock = run_dir / ".tunesmith.lock"
     lock.write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "started": "2024-05-01T10:00:00+00:00"}))
     with pytest.raises(ConfigError) as err:
-        tunesmith.train(_cfg(base_config, tmp_path, "remote"))
+        tunesmith.train(run_config(base_config, tmp_path, "remote"))
     assert str(err.value) == (
         f"{run_dir} is locked by a tunesmith run on host gpu-node-7 (pid 4242, started 2024-05-01T10:00:00+00:00); "
         f"if that run is no longer running, delete {lock} and try again")
@@ -261,7 +251,7 @@ def test_a_stale_lock_is_taken_over_with_a_note(base_config: dict, tmp_path: Pat
     pid = _dead_pid()
     lock = run_dir / ".tunesmith.lock"
     lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2024-05-01T10:00:00+00:00"}))
-    run = tunesmith.train(_cfg(base_config, tmp_path, "stale", max_steps=2))  # the lock is not user content
+    run = tunesmith.train(run_config(base_config, tmp_path, "stale", max_steps=2))  # the lock is not user content
     assert (f"note: taking over the lock of a run that is no longer running (pid {pid}, started "
             f"2024-05-01T10:00:00+00:00): {lock}") in _one_line(capsys.readouterr().err)
     assert run.summary["steps"] == 2 and not lock.exists()
@@ -272,7 +262,7 @@ def test_a_stale_lock_is_taken_over_with_a_note(base_config: dict, tmp_path: Pat
 def test_run_files_get_the_umask_mode(base_config: dict, tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        run = tunesmith.train(_cfg(base_config, tmp_path, "modes", max_steps=2, eval_every=1))
+        run = tunesmith.train(run_config(base_config, tmp_path, "modes", max_steps=2, eval_every=1))
     finally:
         os.umask(old)
     modes = {str(p.relative_to(run.dir)): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*")}
@@ -286,7 +276,7 @@ def test_run_files_get_the_umask_mode(base_config: dict, tmp_path: Path) -> None
 
 def test_resume_removes_temps_left_by_a_killed_run(base_config: dict, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    cfg = _cfg(base_config, tmp_path, "litter", max_steps=4, eval_every=2)
+    cfg = run_config(base_config, tmp_path, "litter", max_steps=4, eval_every=2)
     run = tunesmith.train(cfg)
     ckpts = run.dir / "checkpoints"
     litter = [ckpts / ".step-6.tmp-host-123-abcd1234", ckpts / ".rng-step-6", run.dir / ".model.tmp-host-1-x_y2",
@@ -315,7 +305,7 @@ def test_cache_temps_are_removed_only_when_their_writer_is_dead(base_config: dic
             root / f".{'d' * 32}.tmp-othernode-{dead}-abcd1234"]  # another host: its pids mean nothing here
     for d in gone + kept:
         d.mkdir()
-    tunesmith.train(_cfg(base_config, tmp_path, "cached", max_steps=1))
+    tunesmith.train(run_config(base_config, tmp_path, "cached", max_steps=1))
     assert [d.exists() for d in gone] == [False, False]
     assert [d.exists() for d in kept] == [True, True]
     assert all(f".tmp-{host_tag()}-" not in p.name for p in root.iterdir() if p not in kept)
@@ -327,16 +317,16 @@ def test_resume_mid_epoch_with_dropout_equals_the_uninterrupted_run(base_config:
     base = copy.deepcopy(base_config)
     base["model"]["dropout"] = 0.1
     settings = dict(epochs=2, eval_every=3)  # 12 steps per epoch: step 6 is mid-epoch
-    whole = tunesmith.train(_cfg(base, tmp_path, "whole", **settings))
+    whole = tunesmith.train(run_config(base, tmp_path, "whole", **settings))
 
-    cfg = _cfg(base, tmp_path, "stopped", **settings)
+    cfg = run_config(base, tmp_path, "stopped", **settings)
     tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == 6
                                     else None])
     state = json.loads((tmp_path / "stopped" / "checkpoints" / "step-6" / "loop_state.json").read_text())
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 6)
     resumed = tunesmith.train(cfg, resume=True)
-    assert len(_train_losses(resumed.dir)) == 24
-    assert _train_losses(resumed.dir) == _train_losses(whole.dir)
+    assert len(train_losses(resumed.dir)) == 24
+    assert train_losses(resumed.dir) == train_losses(whole.dir)
     a = load_file(whole.dir / "checkpoints" / "step-24" / "model.safetensors")
     b = load_file(resumed.dir / "checkpoints" / "step-24" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -346,7 +336,7 @@ def test_resume_mid_epoch_with_dropout_equals_the_uninterrupted_run(base_config:
 
 def test_resume_with_a_changed_config_is_refused_listing_the_changes(base_config: dict, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
-    cfg = _cfg(base_config, tmp_path, "changed", max_steps=4, eval_every=2)
+    cfg = run_config(base_config, tmp_path, "changed", max_steps=4, eval_every=2)
     run = tunesmith.train(cfg)
     with pytest.raises(ConfigError) as err:
         tunesmith.train(cfg, ["train.max_steps=6", "train.lr=0.001", "eval.batch_size=8"], resume=True)
@@ -387,7 +377,7 @@ def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 def test_ctrl_c_says_where_to_resume_and_the_command_resumes(base_config: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "my config.yaml"
-    path.write_text(yaml.safe_dump(_cfg(base_config, tmp_path, "ctrlc", max_steps=6)))
+    path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "ctrlc", max_steps=6)))
     _interrupt_at_step(monkeypatch, 5)
     result = _invoke("train", path, "--set", "train.eval_every=2", "--set", "eval.batch_size=16")
     assert result.exit_code == 130, result.output
@@ -407,7 +397,7 @@ def test_ctrl_c_says_where_to_resume_and_the_command_resumes(base_config: dict, 
 def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(base_config: dict, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(_cfg(base_config, tmp_path, "early", max_steps=6, eval_every=3)))
+    path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "early", max_steps=6, eval_every=3)))
     _interrupt_at_step(monkeypatch, 2)
     result = _invoke("train", path)
     assert result.exit_code == 130, result.output

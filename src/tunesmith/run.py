@@ -22,9 +22,9 @@ from .errors import ConfigError, TrainingInterrupted, TunesmithError
 from .evaluation.inference import run_inference
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
 from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, json_text,
-                 read_jsonl)
+                 read_jsonl, sha256_file)
 from .models import (DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, check_max_length, load_model, load_tokenizer,
-                     resolve_model_name, sha256_file)
+                     resolve_model_name)
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop

@@ -10,7 +10,7 @@ from typing import Any
 
 import datasets
 
-from ..io import atomic_dir
+from ..io import atomic_dir, sha256_file
 from .prepare import Table
 
 CACHE_VERSION = 2  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding
@@ -43,14 +43,6 @@ def fingerprint(table: Table, tokenizer: Any, task_state: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def _sha256(f: Path) -> str:
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str | None]:
     """(dataset, None) when the cached folder is the one its key names and intact, else (None, why not).
 
@@ -67,7 +59,7 @@ def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str 
         return None, f"its manifest says {manifest.get('rows')} rows, the split has {rows}"
     files = manifest.get("files") or {}
     # only the files saved with it: later datasets operations may add their own cache files beside them
-    if not files or any(not (path / name).is_file() or _sha256(path / name) != digest
+    if not files or any(not (path / name).is_file() or sha256_file(path / name) != digest
                         for name, digest in files.items()):
         return None, "its files do not match their recorded hashes (changed, truncated or missing)"
     try:
@@ -94,7 +86,7 @@ def cached_preprocess(task: Any, table: Table, tokenizer: Any,
     try:
         with atomic_dir(path) as tmp:
             ds.save_to_disk(str(tmp))
-            files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
             manifest = {"fingerprint": path.name, "rows": len(ds), "files": files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         ds = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM

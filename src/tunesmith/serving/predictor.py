@@ -131,7 +131,7 @@ class Predictor:
 
 def check_model_files(model_dir: Path, files: Any) -> None:
     """Every file recorded at export is present and unchanged (folders exported before hashes: not checked)."""
-    from ..models import sha256_file
+    from ..io import sha256_file
     from ..run import STATE_FILE
 
     if files is None:
