@@ -390,3 +390,12 @@ def test_predict_input_without_the_text_column(trained, tmp_path):
     msg = assert_clean_failure(invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl"))
     assert str(f) in msg and "column 'text'" in msg
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_init_escapes_control_characters_from_the_file(tmp_path):
+    f = tmp_path / "esc.csv"
+    f.write_text("te\x1b[31mxt,lab\x1b]0;pwned\x07el\nsome long review text here,pos\nanother one,neg\n")
+    result = invoke("init", "--data", f, "-o", tmp_path / "cfg.yaml")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "text column: 'te\\x1b[31mxt'" in result.output

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import socket
 import stat
 import subprocess
@@ -67,8 +68,30 @@ def test_resume_refuses_a_planted_pickle_without_running_it(base_config: dict, t
     with pytest.raises(CheckpointError) as err:
         tunesmith.train(cfg, resume=True)
     assert not marker.exists()
-    assert str(err.value).startswith(f"{planted}: refused: a checkpoint holds only tensors and JSON")
-    assert "It was not unpickled" in str(err.value)
+    assert str(err.value).startswith(f"{planted}: refused: it holds pickled Python objects, and a checkpoint "
+                                     "holds only tensors and JSON. It was not unpickled.")
+    assert "weights_only" not in str(err.value)  # torch's advice to load it unsafely is not passed on
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "missing weights", "truncated index"])
+def test_a_damaged_checkpoint_is_a_clear_error_naming_the_file(base_config: dict, tmp_path: Path,
+                                                               damage: str) -> None:
+    cfg = run_config(base_config, tmp_path, "damaged", max_steps=4, eval_every=2)
+    tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == 2
+                                    else None])
+    ckpts = tmp_path / "damaged" / "checkpoints"
+    weights, index = ckpts / "step-2" / "model.safetensors", ckpts / "index.json"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "missing weights":
+        weights.unlink()
+    else:
+        index.write_text(index.read_text()[:10])
+    with pytest.raises(CheckpointError) as err:
+        tunesmith.train(cfg, resume=True)
+    where = index if damage == "truncated index" else ckpts / "step-2"
+    assert str(err.value).startswith(f"{where}: cannot be loaded as checkpoint state (")
+    assert str(err.value).endswith("the checkpoint is damaged. Resume from an intact checkpoint or start a new run.")
 
 
 def test_checkpoint_state_is_tensors_and_json(base_config: dict, tmp_path: Path) -> None:
@@ -148,6 +171,66 @@ def test_overwrite_refuses_the_current_folder_its_parents_and_home(base_config: 
     with pytest.raises(ConfigError, match="or your home folder"):
         tunesmith.train(cfg, overwrite=True)
     assert (inner / "keep.txt").exists() and (home / "stuff").is_dir()
+
+
+def test_overwrite_from_the_cli_refuses_a_folder_holding_the_config_or_the_base_model(
+        base_config: dict, tmp_path: Path, tiny_model_dir: str) -> None:
+    """The CLI hands the run a loaded config: the YAML file it came from is protected all the same."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg_file = out / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({**base_config, "output_dir": str(out)}))
+    r = _invoke("train", cfg_file, "--overwrite")
+    assert r.exit_code == 2
+    assert f"--overwrite refuses to empty {out}: it holds this run's input {cfg_file}" in r.output
+    assert cfg_file.exists()
+    model = tmp_path / "models" / "base"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = {**base_config, "model": {**base_config["model"], "name": str(model)}, "output_dir": str(model.parent)}
+    with pytest.raises(ConfigError, match="it holds this run's input"):
+        tunesmith.train(cfg, overwrite=True)
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in Path(tiny_model_dir).iterdir())
+
+
+@pytest.mark.parametrize("where", ["under a file", "not writable"])
+def test_an_output_dir_that_cannot_be_made_is_a_config_error_before_any_work(
+        base_config: dict, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    if where == "under a file":
+        out, expected = blocker / "sub" / "run", f"cannot be created: {blocker} is a file, not a folder"
+    else:
+        out, expected = tmp_path / "ro" / "run", f"cannot be written: {tmp_path / 'ro'} is not writable for this user"
+        (tmp_path / "ro").mkdir()
+        real_access = os.access  # root may write anywhere: the check asks os.access, which we answer
+        monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == tmp_path / "ro" else real_access(p, m))
+    prepared = []
+    monkeypatch.setattr("tunesmith.run.prepare", lambda *a, **k: prepared.append(1))
+    with pytest.raises(ConfigError) as err:
+        tunesmith.train({**base_config, "output_dir": str(out)})
+    assert str(err.value) == f"output_dir {out} {expected}"
+    assert prepared == []
+
+
+def test_a_claim_that_lost_the_lock_deletes_nothing(base_config: dict, tmp_path: Path) -> None:
+    """Two runs that both saw the folder missing: the loser must not remove the winner's folder."""
+    from tunesmith.config import load_config
+    from tunesmith.rundir import claim
+
+    run_dir = tmp_path / "new" / "run"
+    cfg = load_config({**base_config, "output_dir": str(run_dir)})
+    args = dict(resume=False, overwrite=False, allow_config_change=False, config_file=None, say=lambda m: None)
+    winner = claim(run_dir, cfg, **args)
+    from tunesmith import rundir
+
+    loser = rundir.Claim(tmp_path / "new" / "run")
+    loser.created = tmp_path / "new"  # what it saw before the winner created the folder
+    with pytest.raises(ConfigError, match="is in use by another tunesmith run"):
+        loser.lock.acquire(lambda m: None)
+    loser.abandon()
+    assert (run_dir / ".tunesmith.lock").exists()
+    winner.abandon()
+    assert not (tmp_path / "new").exists()
 
 
 def test_overwrite_refuses_a_folder_holding_the_training_data(base_config: dict, tmp_path: Path) -> None:
@@ -404,3 +487,27 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(base_config: dic
     assert _one_line(result.output).endswith(
         f"interrupted before the first checkpoint of {tmp_path / 'early'}; to start again: "
         f"tunesmith train {path} --overwrite")
+
+
+def test_ctrl_c_while_a_resume_prepares_keeps_the_resume_command_and_a_finished_run_says_so(
+        base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "done", max_steps=4, eval_every=2)))
+    assert _invoke("train", path).exit_code == 0
+
+    def interrupted_prepare(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("tunesmith.run.prepare", interrupted_prepare)
+        result = _invoke("train", path, "--resume")
+    assert result.exit_code == 130, result.output
+    assert _one_line(result.output).endswith(
+        f"interrupted before training started; the run folder still holds its checkpoints. "
+        f"To continue: tunesmith train {path} --resume")
+    assert (tmp_path / "done" / "checkpoints" / "step-4").is_dir()
+
+    again = _invoke("train", path, "--resume")
+    assert again.exit_code == 0, again.output
+    assert (f"note: resuming from {tmp_path / 'done' / 'checkpoints' / 'step-4'}: the run had finished all 4 "
+            "steps; testing and exporting its best checkpoint again") in _one_line(again.output)

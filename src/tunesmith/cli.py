@@ -81,15 +81,20 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
     """
     from .config import load_config
     from .data.prepare import load_splits
+    from .rundir import check
 
     try:
         cfg = load_config(config, set_, flag="--set")
-        # typos, missing files and columns are reported now, not after the training stack's slow import;
-        # Hub datasets are read in the run, where the main process downloads first
+        # typos, a folder that may not be written, missing files and columns are reported now, not after
+        # the training stack's slow import; Hub datasets are read in the run, where the main process
+        # downloads first
+        check(Path(cfg.output_dir).expanduser().resolve(), cfg, resume=resume, overwrite=overwrite,
+              allow_config_change=allow_config_change, config_file=config)
         data = None if cfg.data.hub_dataset else load_splits(cfg.data)
         from .run import train as run_train
 
-        run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data)
+        run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data,
+                  config_file=config)
     except TunesmithError as e:
         _fail(e)
     except TrainingInterrupted as e:
@@ -97,7 +102,10 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
             _interrupted(e, config, set_)
         raise typer.Exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted before training started: there is nothing to resume")
+        again = ["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)], "--resume"]
+        console.print("interrupted before training started" + (
+            f"; the run folder still holds its checkpoints. To continue: {shlex.join(again)}" if resume else ""),
+            soft_wrap=True, markup=False)
         raise typer.Exit(130)
 
 
@@ -211,8 +219,8 @@ def init(data: Path = typer.Option(..., "--data", help="A training data file to 
         _fail(e)
     atomic_write_text(output, text)
     for n in notes:
-        console.print(f"- {escape(n)}")
-    console.print(escape(f"wrote {output}; check it, then run: tunesmith train {output}"))
+        console.print(f"- {escape(printable(n))}")
+    console.print(escape(printable(f"wrote {output}; check it, then run: tunesmith train {output}")))
 
 
 def main() -> None:

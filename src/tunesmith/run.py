@@ -230,7 +230,8 @@ def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunCon
 @quiet_libraries()
 def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None, *, resume: bool = False,
           overwrite: bool = False, allow_config_change: bool = False,
-          callbacks: list[Callback] | None = None, data: LoadedData | None = None) -> Run:
+          callbacks: list[Callback] | None = None, data: LoadedData | None = None,
+          config_file: str | Path | None = None) -> Run:
     """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`).
 
     output_dir must be empty (or absent) unless `resume` continues the run in it (a config that changes
@@ -238,11 +239,13 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
     time holds the folder's lock; a run that fails before training starts leaves no folder behind.
     Ctrl-C after training started raises TrainingInterrupted, which says where to resume from.
     `data`: the config's `load_splits(cfg.data)`, when the caller has read it already (see `prepare`).
+    `config_file`: the YAML file a RunConfig came from (protected from --overwrite like the data).
     """
     owned = _Owned()
     try:
         return _train(config, overrides, resume=resume, overwrite=overwrite,
-                      allow_config_change=allow_config_change, callbacks=callbacks, data=data, owned=owned)
+                      allow_config_change=allow_config_change, callbacks=callbacks, data=data,
+                      config_file=config_file, owned=owned)
     except KeyboardInterrupt as e:
         if owned.started and not isinstance(e, TrainingInterrupted):
             raise TrainingInterrupted(owned.run_dir, *owned.latest(), owned.main) from e
@@ -254,17 +257,16 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
 
 def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None, *, resume: bool,
            overwrite: bool, allow_config_change: bool, callbacks: list[Callback] | None, data: LoadedData | None,
-           owned: _Owned) -> Run:
+           config_file: str | Path | None, owned: _Owned) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.output_dir).expanduser().resolve()
     ckpt_root = run_dir / "checkpoints"
-    inputs = [Path(f).expanduser().resolve() for f in (cfg.data.train, cfg.data.validation, cfg.data.test) if f]
-    if isinstance(config, (str, Path)):
-        inputs.append(Path(config).resolve())
-    owner = dict(resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, protected=inputs)
+    if config_file is None and isinstance(config, (str, Path)):
+        config_file = Path(config)
+    owner = dict(resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, config_file=config_file)
     # read-only, before any data or model work: a refused run costs seconds and writes nothing
     changes = rundir.check(run_dir, cfg, **owner)
 
@@ -319,7 +321,9 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
                         callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
                                    *(callbacks or [])], pad_to_multiple_of=pad8)
     if latest and accelerator.is_main_process:
-        _say(f"resuming from {latest[0]}: step {latest[1].step} of {loop.total_steps} done, "
+        _say(f"resuming from {latest[0]}: the run had finished all {loop.total_steps} steps; testing and "
+             "exporting its best checkpoint again" if latest[1].step >= loop.total_steps else
+             f"resuming from {latest[0]}: step {latest[1].step} of {loop.total_steps} done, "
              f"continuing with step {latest[1].step + 1}")
     owned.started = True
     try:

@@ -173,33 +173,54 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: {json.dumps(old)} -> {json.dumps(new)}" for k, (old, new) in changes.items())
 
 
+def protected_inputs(cfg: RunConfig, config_file: Path | None) -> list[Path]:
+    """What this run reads and --overwrite must never delete: data files, the config file, a local base
+    model and the tokenization cache."""
+    paths = [cfg.data.train, cfg.data.validation, cfg.data.test, cfg.data.cache_dir, config_file]
+    if cfg.model.name and Path(cfg.model.name).expanduser().exists():
+        paths.append(cfg.model.name)
+    return [Path(p).expanduser().resolve() for p in paths if p]
+
+
+def _creatable(run_dir: Path) -> None:
+    """An output_dir that cannot be made is a config mistake, said before any work (not an OSError later)."""
+    top = run_dir
+    while not top.exists() and top != top.parent:
+        top = top.parent
+    if top == run_dir and not top.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
+    if not top.is_dir():
+        raise ConfigError(f"output_dir {run_dir} cannot be created: {top} is a file, not a folder")
+    if not os.access(top, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {run_dir} cannot be written: {top} is not writable for this user")
+
+
 def check(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_change: bool,
-          protected: list[Path]) -> dict[str, tuple[Any, Any]]:
+          config_file: Path | None) -> dict[str, tuple[Any, Any]]:
     """Refuse, before any work, a run that would write where it must not. Read-only.
 
     Returns the config changes a resume brings (all of them allowed by now).
     """
     if resume and overwrite:
         raise ConfigError("--resume continues the run in output_dir and --overwrite deletes it: pass only one")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
+    _creatable(run_dir)
     lock = run_dir / LOCK_NAME
     holder = _read_lock(lock) if lock.exists() else None
     error = _holder_error(run_dir, lock, holder) if holder else None
     if error is not None:
         raise error
     return _check_contents(run_dir, cfg, resume=resume, overwrite=overwrite,
-                           allow_config_change=allow_config_change, protected=protected)
+                           allow_config_change=allow_config_change, config_file=config_file)
 
 
 def _check_contents(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_change: bool,
-                    protected: list[Path]) -> dict[str, tuple[Any, Any]]:
+                    config_file: Path | None) -> dict[str, tuple[Any, Any]]:
     if overwrite:
         cwd, home = Path.cwd().resolve(), Path.home().resolve()
         if run_dir == cwd or run_dir in cwd.parents or run_dir == home or run_dir in home.parents:
             raise ConfigError(f"--overwrite refuses to empty {run_dir}: it is the current folder, one of its "
                               "parents, or your home folder; choose a dedicated output_dir")
-        inside = [p for p in protected if p == run_dir or run_dir in p.parents]
+        inside = [p for p in protected_inputs(cfg, config_file) if p == run_dir or run_dir in p.parents]
         if inside:
             raise ConfigError(f"--overwrite refuses to empty {run_dir}: it holds this run's input {inside[0]}")
         return {}
@@ -229,7 +250,7 @@ class Claim:
     """The folder taken for this run: locked, emptied if asked, stale temps gone."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self.lock = run_dir, RunLock(run_dir)
+        self.run_dir, self.lock, self.locked = run_dir, RunLock(run_dir), False
         top = run_dir
         while not top.parent.exists():
             top = top.parent
@@ -239,22 +260,32 @@ class Claim:
         self.lock.release()
 
     def abandon(self) -> None:
-        """Undo the claim of a run that failed before training: release the lock, remove what it created."""
-        self.release()
+        """Undo the claim of a run that failed before training: remove what it created, then unlock.
+
+        Only a claim that got the lock removes anything: two runs may both have seen the folder
+        missing, and the one that lost the lock must not delete the winner's folder.
+        """
+        if not self.locked:
+            return
         if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
+            shutil.rmtree(self.created, ignore_errors=True)  # the lock goes with it
+        self.release()
 
 
 def claim(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_change: bool,
-          protected: list[Path], say: Say) -> Claim:
+          config_file: Path | None, say: Say) -> Claim:
     """Create and lock output_dir, check it again under the lock, then apply --overwrite and remove
     leftovers of killed runs (every temp in a locked run folder is stale)."""
     c = Claim(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir {run_dir} cannot be created: {e.strerror or e}") from None
     try:
         c.lock.acquire(say)  # then check again: the folder may have changed since `check`
+        c.locked = True
         _check_contents(run_dir, cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
-                        protected=protected)
+                        config_file=config_file)
         if overwrite:
             for p in _entries(run_dir):
                 say(f"--overwrite: removing {p}" + ("/" if p.is_dir() and not p.is_symlink() else ""))

@@ -12,6 +12,7 @@ Python/numpy RNG and loop state are JSON. A file planted in a run folder can the
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -73,12 +74,16 @@ def _checked(path: Path, use: Callable[[Path], Any]) -> Any:
         return use(path)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError:  # torch's weights_only refusal: its advice to retry unsafely is not ours
+        raise CheckpointError(
+            f"{path}: refused: it holds pickled Python objects, and a checkpoint holds only tensors and JSON. "
+            "It was not unpickled. If you did not put it there, the run folder has been tampered with; "
+            "otherwise start a new run.") from None
     except Exception as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(
-            f"{path}: refused: a checkpoint holds only tensors and JSON, and this file does not load as "
-            f"such ({type(e).__name__}: {detail}). It was not unpickled. If you did not put it there, the run "
-            "folder has been tampered with; otherwise start a new run.") from None
+            f"{path}: cannot be loaded as checkpoint state ({type(e).__name__}: {detail}); the checkpoint is "
+            "damaged. Resume from an intact checkpoint or start a new run.") from None
 
 
 def _load_rng_state(folder: Path, rank: int) -> None:
@@ -99,6 +104,13 @@ def _load_rng_state(folder: Path, rank: int) -> None:
     _checked(folder / f"rng-{rank}.pt", torch_states)
 
 
+def _index(obj: Any) -> dict:
+    """index.json as written by `save`; anything else is a damaged file."""
+    if not (isinstance(obj, dict) and {"latest", "best", "all"} <= set(obj)):
+        raise ValueError("expected an object with latest, best and all")
+    return obj
+
+
 class CheckpointManager:
     def __init__(self, root: Path, keep: int, accelerator: Any) -> None:
         self.root, self.keep, self.acc = Path(root), keep, accelerator
@@ -106,7 +118,7 @@ class CheckpointManager:
 
     def index(self) -> dict:
         if self.index_path.exists():
-            return json.loads(self.index_path.read_text())
+            return _checked(self.index_path, lambda p: _index(json.loads(p.read_text())))
         return {"latest": None, "best": None, "all": []}
 
     def path(self, name: str) -> Path:
@@ -159,7 +171,7 @@ class CheckpointManager:
         if latest is None:
             return None
         ckpt, state = latest
-        load_weights(self.acc.unwrap_model(model), ckpt)
+        _checked(ckpt, lambda p: load_weights(self.acc.unwrap_model(model), p))
         _checked(ckpt / "optimizer.pt",
                  lambda p: optimizer.load_state_dict(torch.load(p, map_location="cpu", weights_only=True)))
         _checked(ckpt / "scheduler.json", lambda p: scheduler.load_state_dict(json.loads(p.read_text())))
