@@ -40,15 +40,21 @@ def cases(d: Path) -> list[tuple[str, list[str]]]:
         w.writerow(["text", "label"])
         w.writerows([f"row {i} was {'good' if i % 2 else 'bad'}", "pos" if i % 2 else "neg"] for i in range(100))
 
-    def config(name: str, train: Path = data, label: str = "label", epochs_key: str = "epochs") -> str:
+    def config(name: str, train: Path = data, label: str = "label", epochs_key: str = "epochs",
+               out: Path = d / "run") -> str:
         path = d / f"{name}.yaml"
-        path.write_text(CONFIG.format(train=train, label=label, epochs_key=epochs_key, out=d / "run"))
+        path.write_text(CONFIG.format(train=train, label=label, epochs_key=epochs_key, out=out))
         return str(path)
+
+    used = d / "used_run"  # a folder holding a file the user made: a run must not write there
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
 
     return [
         ("config typo (train.epocs)", ["train", config("typo", epochs_key="epocs")]),
         ("missing data file", ["train", config("missing_file", train=d / "nope.csv")]),
         ("missing column (labl)", ["train", config("missing_column", label="labl")]),
+        ("output_dir not empty", ["train", config("used_output", out=used)]),
         ("--version", ["--version"]),
     ]
 
