@@ -422,3 +422,29 @@ def test_check_data_says_truly_where_the_dropped_rows_are(tmp_path, tiny_model_d
     dropped = tmp_path / "out" / "dropped_rows.jsonl"
     assert f"dropped rows are listed in {dropped}" in " ".join(result.output.split())
     assert [json.loads(x)["line"] for x in dropped.read_text().splitlines()] == [6]
+
+
+def test_predict_takes_list_and_object_cells_as_training_did(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.serving.predictor import Predictor
+    from tunesmith.tasks.base import get_task
+
+    def predictor(join: str | None) -> Predictor:
+        cfg = load_config({"model": {"name": tiny_model_dir}, "data": {"train": "x.jsonl", "join_text_lists": join}})
+        task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
+        return Predictor(task.load_model(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), task, cfg,
+                         device="cpu")
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": ["a", "good", "day"]}\n{"text": "a good day"}\n', encoding="utf-8")
+    joined = predictor(" ")
+    joined.predict_file(f, tmp_path / "out.jsonl")
+    first, second = [json.loads(x)["tunesmith"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert (first.pop("line"), second.pop("line")) == (1, 2)
+    assert first == second  # the list was joined into the very text of the second row
+    with pytest.raises(DataError, match="the text is a list, not a string"):
+        predictor(None).predict_file(f, tmp_path / "out2.jsonl")
+    f.write_text('{"text": {"title": "a good day"}}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="the text is an object, not a string"):
+        joined.predict_file(f, tmp_path / "out3.jsonl")

@@ -78,14 +78,16 @@ def test_typo_message_names_the_key_and_the_fix(mistakes: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["predict", "nope", "d.csv", "-o", "out.jsonl"], "error: run folder not found: nope"),
-    (["predict", ".", "missing.csv", "-o", "out.jsonl"], "error: file missing.csv: file not found"),
+    (["predict", ".", "missing.csv", "-o", "out.jsonl"], "error: file missing.csv: file not found (looked for "
+                                                         "{dir}/missing.csv)\n  -> check the input file's path"),
     (["evaluate", "nope"], "error: run folder not found: nope"),
-    (["evaluate", ".", "--data", "missing.csv"], "error: file missing.csv: file not found"),
+    (["evaluate", ".", "--data", "missing.csv"], "error: file missing.csv: file not found (looked for "
+                                                 "{dir}/missing.csv)\n  -> check the input file's path"),
 ])
 def test_predict_and_evaluate_check_paths_before_the_heavy_imports(mistakes: Path, args: list[str],
                                                                    message: str) -> None:
     r = probe(*args, cwd=mistakes)
-    assert (r["code"], r["output"], r["heavy"]) == (2, message + "\n", [])
+    assert (r["code"], r["output"], r["heavy"]) == (2, message.format(dir=mistakes) + "\n", [])
 
 
 def test_version(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_a_damaged_model_folder_fails_cleanly_in_predict(model_copy: Path, tmp_p
     data = write_csv(tmp_path / "in.csv", [{"text": "good"}])
     msg = clean_failure(invoke("predict", model_copy, data, "-o", tmp_path / "out.jsonl"))
     if damage == "truncated weights":
-        assert f"error: {weights} has changed since training (sha256 " in msg
+        assert f"error: {weights} has changed since training (its sha256 is not the one recorded in " in msg
     elif damage == "missing weights":
         assert f"error: the model folder {model_copy} is incomplete: model.safetensors is missing" in msg
     elif damage == "missing config.json":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,31 @@ def test_clipping_matches_torch(max_norm: float, dtype: torch.dtype) -> None:
     coef = min(1.0, max_norm / (float(torch.sqrt(sum(g.square().sum() for g in before))) + 1e-6))
     for g0, q in zip(before, b.parameters()):
         torch.testing.assert_close(q.grad, (g0 * coef).to(dtype), rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("max_norm", [math.inf, 1e-3])
+def test_clipping_on_an_accelerator_device_measures_without_scaling_when_off(max_norm: float) -> None:
+    """Off CPU an infinite limit (clipping off) measures the norm without torch's scaling pass (which
+    multiplies every gradient, by NaN when the norm is NaN); a finite one goes through Accelerate."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from tunesmith.training.loop import clip_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    model(torch.randn(4, 8)).square().sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    expected = float(torch.sqrt(sum(g.square().sum() for g in before)))
+    clipped = []
+    fake = SimpleNamespace(device=torch.device("cuda"), distributed_type=DistributedType.NO,
+                           unscale_gradients=lambda: None,
+                           clip_grad_norm_=lambda params, limit: clipped.append(limit) or torch.tensor(expected))
+    assert clip_gradients(model, max_norm, fake) == pytest.approx(expected, rel=1e-6)
+    assert clipped == ([] if math.isinf(max_norm) else [max_norm])
+    for g0, p in zip(before, model.parameters()):
+        assert torch.equal(p.grad, g0)  # measuring touches nothing
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,6 @@ def train(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any)
 
 def load(run_dir: Any) -> "Predictor":
     """A Predictor on a finished run folder (or its model/ subfolder), loaded without the libraries' chatter."""
-    from .console import quiet_libraries
     from .serving.predictor import Predictor
 
-    with quiet_libraries():
-        return Predictor.load(run_dir)
+    return Predictor.load(run_dir)

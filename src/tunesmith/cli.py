@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .console import printable, quiet_libraries
-from .errors import ConfigError, DataError, TrainingInterrupted, TunesmithError
+from .console import printable
+from .data.readers import require_file
+from .errors import ConfigError, TrainingInterrupted, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained Transformer models on your own NLP task.")
@@ -38,8 +39,8 @@ def _check_exists(run_dir: Path, file: Optional[Path] = None) -> None:
     """Say that a path is missing before importing the model stack, which takes seconds on a busy machine."""
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
-    if file is not None and not file.exists():
-        raise DataError("file not found", file=str(file))
+    if file is not None:
+        require_file(file, hint="check the input file's path")
 
 
 def _fail(e: Exception) -> None:
@@ -102,22 +103,30 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
             _interrupted(e, config, set_)
         raise typer.Exit(130)
     except KeyboardInterrupt:
-        again = ["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)], "--resume"]
-        console.print("interrupted before training started" + (
-            f"; the run folder still holds its checkpoints. To continue: {shlex.join(again)}" if resume else ""),
-            soft_wrap=True, markup=False)
+        _say("interrupted before training started" + (
+            f"; the run folder still holds its checkpoints. To continue: {_command(config, set_, '--resume')}"
+            if resume else ""))
         raise typer.Exit(130)
+
+
+def _command(config: Path, set_: list[str], flag: str) -> str:
+    """The user's own train command with one more flag, quoted for a shell."""
+    return shlex.join(["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)], flag])
+
+
+def _say(message: str) -> None:
+    """One line a user may copy (paths, commands): never wrapped, control characters escaped."""
+    console.print(escape(printable(message)), soft_wrap=True)
 
 
 def _interrupted(e: TrainingInterrupted, config: Path, set_: list[str]) -> None:
     """Say where the run can continue from, as the user's own command plus --resume."""
-    again = ["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)]]
     if e.checkpoint is None:
-        console.print(escape(printable(f"interrupted before the first checkpoint of {e.run_dir}; to start "
-                                       f"again: {shlex.join(again + ['--overwrite'])}")), soft_wrap=True)
+        _say(f"interrupted before the first checkpoint of {e.run_dir}; to start again: "
+             f"{_command(config, set_, '--overwrite')}")
         return
-    console.print(escape(printable(f"interrupted; the last complete checkpoint is {e.checkpoint} (step {e.step}). "
-                                   f"To continue from it: {shlex.join(again + ['--resume'])}")), soft_wrap=True)
+    _say(f"interrupted; the last complete checkpoint is {e.checkpoint} (step {e.step}). "
+         f"To continue from it: {_command(config, set_, '--resume')}")
 
 
 @app.command("check-data")
@@ -169,8 +178,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         else:
             from .serving.predictor import Predictor
 
-            with quiet_libraries():
-                metrics = Predictor.load(run_dir).evaluate(data)
+            metrics = Predictor.load(run_dir).evaluate(data)
     except TunesmithError as e:
         _fail(e)
     from .evaluation.report import summary_lines
@@ -196,8 +204,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         _check_exists(run_dir, input)
         from .serving.predictor import Predictor
 
-        with quiet_libraries():
-            n = Predictor.load(run_dir).predict_file(input, output, batch_size)
+        n = Predictor.load(run_dir).predict_file(input, output, batch_size)
     except TunesmithError as e:
         _fail(e)
     console.print(f"wrote {n} predictions to {escape(printable(output))}")

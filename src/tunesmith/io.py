@@ -159,3 +159,20 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder`: the manifest an export or a cache entry keeps."""
+    return {f.relative_to(folder).as_posix(): sha256_file(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def mismatched_files(folder: Path, recorded: dict[str, str]) -> list[str]:
+    """The names in a `hash_files` manifest that are missing under `folder` or whose content changed."""
+    return [n for n, digest in recorded.items() if not (folder / n).is_file() or sha256_file(folder / n) != digest]
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: where a folder to be created would be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

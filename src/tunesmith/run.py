@@ -15,14 +15,15 @@ import torch
 from . import rundir
 from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
-from .data.cache import cache_root, cached_preprocess
+from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report
 from .errors import ConfigError, TrainingInterrupted, TunesmithError
 from .evaluation.inference import run_inference
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
-from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, json_text,
-                 read_jsonl, sha256_file)
+from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_files,
+                 json_text,
+                 read_jsonl)
 from .models import (DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, check_max_length, load_model, load_tokenizer,
                      resolve_model_name)
 from .tasks.base import Task, get_task
@@ -92,9 +93,9 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     model_name = resolve_model_name(cfg.model)
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)
-    tokenized, hits, rebuilt = {}, {}, []
+    tokenized, hits, rebuilt, tok_key = {}, {}, [], tokenizer_state(tokenizer)
     for split, table in data.splits.items():
-        tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir)
+        tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir, tok_key)
         rebuilt += [why] if why else []
     n_tokens = {s: np.asarray(ds["n_tokens"]) for s, ds in tokenized.items()}
     report = build_report(data, task, n_tokens, cfg.model.max_length, cfg.data.on_missing)
@@ -222,7 +223,7 @@ def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunCon
         tokenizer.save_pretrained(tmp)
         if not cfg.model.name:
             (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
-        files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        files = hash_files(tmp)
         (tmp / STATE_FILE).write_text(json_text({"task": task.state(), "config": portable_config(cfg),
                                                  "files": files}, indent=2))
 

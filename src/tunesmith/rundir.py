@@ -22,7 +22,7 @@ import yaml
 
 from .config import RunConfig
 from .errors import ConfigError
-from .io import host_tag
+from .io import host_tag, nearest_existing
 
 LOCK_NAME = ".tunesmith.lock"
 # what tunesmith's atomic writes leave behind when killed: atomic_dir (.NAME.tmp-*, .NAME.old-*),
@@ -184,9 +184,7 @@ def protected_inputs(cfg: RunConfig, config_file: Path | None) -> list[Path]:
 
 def _creatable(run_dir: Path) -> None:
     """An output_dir that cannot be made is a config mistake, said before any work (not an OSError later)."""
-    top = run_dir
-    while not top.exists() and top != top.parent:
-        top = top.parent
+    top = nearest_existing(run_dir)
     if top == run_dir and not top.is_dir():
         raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
     if not top.is_dir():
@@ -251,10 +249,10 @@ class Claim:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.lock, self.locked = run_dir, RunLock(run_dir), False
-        top = run_dir
-        while not top.parent.exists():
-            top = top.parent
-        self.created = None if run_dir.exists() else top  # the first folder this run creates
+        existing = nearest_existing(run_dir)
+        # the first folder this run creates
+        self.created = None if existing == run_dir else next(p for p in [run_dir, *run_dir.parents]
+                                                             if p.parent == existing)
 
     def release(self) -> None:
         self.lock.release()

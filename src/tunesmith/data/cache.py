@@ -10,7 +10,7 @@ from typing import Any
 
 import datasets
 
-from ..io import atomic_dir, sha256_file
+from ..io import atomic_dir, hash_files, json_text, mismatched_files
 from .prepare import Table
 
 CACHE_VERSION = 2  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding
@@ -24,7 +24,7 @@ def cache_root(configured: str | None) -> Path:
     return Path(base).expanduser() / ("" if os.environ.get("TUNESMITH_CACHE") else "tunesmith")
 
 
-def _tokenizer_state(tokenizer: Any) -> str:
+def tokenizer_state(tokenizer: Any) -> str:
     """The tokenizer's serialized state minus `truncation`/`padding`: calling the tokenizer rewrites those
     two (a tokenizer.json with truncation set loses it on first use), so keying on them made identical
     runs miss the cache. Our own truncation settings are part of the task state instead."""
@@ -34,10 +34,10 @@ def _tokenizer_state(tokenizer: Any) -> str:
     return json.dumps(state, sort_keys=True)
 
 
-def fingerprint(table: Table, tokenizer: Any, task_state: dict) -> str:
+def fingerprint(table: Table, tokenizer_key: str, task_state: dict) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "task": task_state}, sort_keys=True, default=str).encode())
-    h.update(_tokenizer_state(tokenizer).encode())
+    h.update(tokenizer_key.encode())
     for col in (table.text, table.text_pair or [], table.label):
         h.update(json.dumps(col, ensure_ascii=False, default=str).encode())
     return h.hexdigest()[:32]
@@ -59,8 +59,7 @@ def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str 
         return None, f"its manifest says {manifest.get('rows')} rows, the split has {rows}"
     files = manifest.get("files") or {}
     # only the files saved with it: later datasets operations may add their own cache files beside them
-    if not files or any(not (path / name).is_file() or sha256_file(path / name) != digest
-                        for name, digest in files.items()):
+    if not files or mismatched_files(path, files):
         return None, "its files do not match their recorded hashes (changed, truncated or missing)"
     try:
         ds = datasets.load_from_disk(str(path))
@@ -71,10 +70,13 @@ def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str 
     return ds, None
 
 
-def cached_preprocess(task: Any, table: Table, tokenizer: Any,
-                      cache_dir: str | None) -> tuple[datasets.Dataset, bool, str | None]:
-    """(tokenized split, whether it came from the cache, why an existing cache entry was rebuilt)."""
-    path = cache_root(cache_dir) / "tokenized" / fingerprint(table, tokenizer, task.state())
+def cached_preprocess(task: Any, table: Table, tokenizer: Any, cache_dir: str | None,
+                      tokenizer_key: str) -> tuple[datasets.Dataset, bool, str | None]:
+    """(tokenized split, whether it came from the cache, why an existing cache entry was rebuilt).
+
+    `tokenizer_key`: `tokenizer_state(tokenizer)`, computed once for all splits (it serialises the whole
+    vocabulary)."""
+    path = cache_root(cache_dir) / "tokenized" / fingerprint(table, tokenizer_key, task.state())
     task.preprocess_setup(tokenizer)
     rebuilt = None
     if path.exists():
@@ -86,9 +88,8 @@ def cached_preprocess(task: Any, table: Table, tokenizer: Any,
     try:
         with atomic_dir(path) as tmp:
             ds.save_to_disk(str(tmp))
-            files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-            manifest = {"fingerprint": path.name, "rows": len(ds), "files": files}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            manifest = {"fingerprint": path.name, "rows": len(ds), "files": hash_files(tmp)}
+            (tmp / MANIFEST).write_text(json_text(manifest, indent=2), encoding="utf-8")
         ds = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
     except OSError:
         pass  # a read-only cache folder must not stop training

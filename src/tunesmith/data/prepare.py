@@ -67,8 +67,7 @@ def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
     for split in SPLITS:
         path = getattr(cfg, split)
         if path:
-            sources[split] = (str(path), read_file(path, cfg.format, header=cfg.header is not False,
-                                                  column_names=cfg.column_names))
+            sources[split] = (str(path), read_configured(path, cfg))
     return sources
 
 
@@ -97,7 +96,13 @@ def _check_columns(name: str, records: list[Record], cfg: DataConfig, needs_labe
                 hint=f"did you mean '{close[0]}'? set {key}: {close[0]}" if close else f"set {key}")
 
 
-def _as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> object:
+def read_configured(path: str | Path, cfg: DataConfig) -> list[Record]:
+    """A data file's records read as the data section says (format, header, column names): training,
+    evaluation and prediction read files one way."""
+    return read_file(path, cfg.format, header=cfg.header is not False, column_names=cfg.column_names)
+
+
+def as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> object:
     """A text cell as a string: numbers via str(); lists of strings only when joining is asked for."""
     if isinstance(v, list) and cfg.join_text_lists is not None and all(isinstance(x, str) for x in v):
         return cfg.join_text_lists.join(v)
@@ -129,7 +134,7 @@ def load_splits(cfg: DataConfig) -> LoadedData:
             for role, col in columns:
                 v = row.get(col)
                 if role != "label":
-                    v = _as_text(v, cfg, name, line, col)
+                    v = as_text(v, cfg, name, line, col)
                 if is_missing(v):
                     counts[role] += 1
                     if cfg.on_missing == "error":

@@ -229,13 +229,18 @@ def read_parquet(path: Path) -> list[Record]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
+def require_file(path: Path, hint: str = "check the path in data.train/validation/test") -> None:
+    """A missing input file is a DataError naming the path as given and, when relative, the one tried."""
+    if not path.exists():
+        tried = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise DataError(f"file not found{tried}", file=str(path), hint=hint)
+
+
 def read_file(path: str | Path, fmt: str = "auto", header: bool = True,
               column_names: list[str] | None = None) -> list[Record]:
     """Records of a data file; `header`/`column_names` apply to CSV/TSV (JSON and Parquet name their fields)."""
     path = Path(path)
-    if not path.exists():
-        tried = "" if path.is_absolute() else f" (looked for {path.resolve()})"
-        raise DataError(f"file not found{tried}", file=str(path), hint="check the path in data.train/validation/test")
+    require_file(path)
     if path.stat().st_size == 0:
         raise DataError("the file is empty", file=str(path))
     fmt = detect_format(path, fmt)

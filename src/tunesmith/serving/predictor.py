@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import torch
 
 from ..config import RunConfig
-from ..data.prepare import Table, load_splits
-from ..data.readers import is_missing, read_file
+from ..console import quiet_libraries
+from ..data.prepare import Table, as_text, load_splits, read_configured
+from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
 from ..evaluation.inference import run_inference
-from ..io import atomic_write_jsonl, atomic_write_text
+from ..io import atomic_write_jsonl, atomic_write_text, mismatched_files, nearest_existing
 from ..tasks.base import Task, get_task
 
 
@@ -29,6 +30,7 @@ class Predictor:
         self.task.preprocess_setup(tokenizer)
 
     @classmethod
+    @quiet_libraries()
     def load(cls, run_dir: str | Path, device: str | None = None) -> "Predictor":
         """Load from a run folder or its `model/` folder (both hold everything prediction needs).
 
@@ -81,7 +83,7 @@ class Predictor:
 
     def _read_inputs(self, path: Path) -> tuple[list[int], list[dict]]:
         col, pair_col = self.cfg.data.text_column, self.cfg.data.text_pair_column
-        rows = read_file(path, header=self.cfg.data.header is not False, column_names=self.cfg.data.column_names)
+        rows = read_configured(path, self.cfg.data)
         for line, row in rows:
             for c in (col, pair_col):
                 if c is None:
@@ -104,7 +106,10 @@ class Predictor:
         check_writable(output)  # before the predictions, which may take long
         lines, rows = self._read_inputs(path)
         col, pair_col = self.cfg.data.text_column, self.cfg.data.text_pair_column
-        preds = self.predict([r[col] for r in rows], [r[pair_col] for r in rows] if pair_col else None, batch_size)
+        # text cells as training took them (lists joined or refused, objects refused)
+        texts = [[as_text(r[c], self.cfg.data, str(path), ln, c) for ln, r in zip(lines, rows)]
+                 for c in (col, pair_col) if c]
+        preds = self.predict(texts[0], texts[1] if pair_col else None, batch_size)
         suffix = output.suffix.lower()
         try:
             if suffix in (".csv", ".tsv"):
@@ -131,23 +136,19 @@ class Predictor:
 
 def check_model_files(model_dir: Path, files: Any) -> None:
     """Every file recorded at export is present and unchanged (folders exported before hashes: not checked)."""
-    from ..io import sha256_file
     from ..run import STATE_FILE
 
     if files is None:
         return
     if not isinstance(files, dict):
         raise ModelError(f"{model_dir / STATE_FILE} is damaged: its 'files' entry is not a mapping")
-    for name, recorded in files.items():
-        f = model_dir / name
-        if not f.is_file():
+    for name in mismatched_files(model_dir, files)[:1]:
+        if not (model_dir / name).is_file():
             raise ModelError(f"the model folder {model_dir} is incomplete: {name} is missing; "
                              "copy the whole model folder again from the run")
-        digest = sha256_file(f)
-        if digest != recorded:
-            raise ModelError(f"{f} has changed since training (sha256 {digest[:16]}..., recorded "
-                             f"{str(recorded)[:16]}...): the file is damaged or was replaced; copy the "
-                             "model folder again from the run")
+        raise ModelError(f"{model_dir / name} has changed since training (its sha256 is not the one recorded in "
+                         f"{STATE_FILE}): the file is damaged or was replaced; copy the model folder again from "
+                         "the run")
 
 
 def check_writable(output: Path) -> None:
@@ -155,9 +156,7 @@ def check_writable(output: Path) -> None:
     if output.is_dir():
         raise ConfigError(f"cannot write predictions to {output}: it is a folder; name a file such as "
                           f"{output / 'predictions.jsonl'}")
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(output.parent)
     if not parent.is_dir():
         raise ConfigError(f"cannot write predictions to {output}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json, json_text
 
 
 @dataclass
@@ -57,7 +57,7 @@ def save_rng_state(folder: Path, rank: int) -> None:
     `.safetensors` name would be read as model weights)."""
     version, keys, gauss = random.getstate()
     kind, np_keys, pos, has_gauss, cached = np.random.get_state()
-    (folder / f"rng-{rank}.json").write_text(json.dumps({
+    (folder / f"rng-{rank}.json").write_text(json_text({
         "python": [version, list(keys), gauss],
         "numpy": [kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -138,10 +138,10 @@ class CheckpointManager:
             with atomic_dir(final) as tmp:
                 acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-                (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+                (tmp / "scheduler.json").write_text(json_text(scheduler.state_dict()))
                 for f in rng_dir.iterdir():
                     shutil.copy2(f, tmp / f.name)
-                (tmp / "loop_state.json").write_text(json.dumps(asdict(state), indent=2))
+                (tmp / "loop_state.json").write_text(json_text(asdict(state), indent=2))
             shutil.rmtree(rng_dir, ignore_errors=True)
             idx = self.index()
             names = [n for n in idx["all"] if n != name] + [name]

@@ -59,22 +59,29 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) ->
     With whole (unsharded) gradients on CPU the norm is summed from BLAS dot products, 2-4x faster
     than `vector_norm` there, and gradients are scaled only when the norm is over the limit (the
     unconditional scaling in torch avoids a device sync, which CPU tensors do not need). The result
-    is torch's clip_grad_norm_ to float rounding. Sharded or accelerator runs go through Accelerate.
+    is torch's clip_grad_norm_ to float rounding. Sharded or accelerator runs go through Accelerate,
+    except that an infinite max_norm (clipping off: the loop only needs the norm to catch NaN) on whole
+    gradients measures without torch's scaling pass.
     """
     from accelerate.utils import DistributedType
 
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if accelerator.device.type != "cpu" or accelerator.distributed_type not in (
-            DistributedType.NO, DistributedType.MULTI_CPU) or any(g.is_sparse for g in grads):
-        return float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
     if not grads:
         return 0.0
+    whole = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                             DistributedType.MULTI_GPU) and not any(g.is_sparse for g in grads)
+    if accelerator.device.type != "cpu" or not whole:
+        if whole and math.isinf(max_norm):
+            accelerator.unscale_gradients()
+            return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        return float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
     accelerator.unscale_gradients()
     flat = [g.reshape(-1).float() for g in grads]  # fp16 dot products overflow above a norm of 256
     norm = float(torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt())
     coef = max_norm / (norm + 1e-6)  # torch's formula, so clipping starts at the same point
     # unlike torch, a non-finite norm scales nothing: the loop skips that step, and NaN must not spread
-    # from the rows of this batch into gradient storage kept across steps (fast_bert's embedding buffer)
+    # from the rows of this batch into gradient storage kept across steps (fast_bert's embedding buffer,
+    # which exists on CPU only; elsewhere the skipped step's gradients are dropped with zero_grad)
     if math.isfinite(norm) and coef < 1.0:
         for g in grads:
             g.mul_(coef)
@@ -147,8 +154,8 @@ class TrainingLoop:
                 # DDP averages gradients over processes, so scale by world size to get a global mean
                 self.acc.backward(loss_sum * self.world / items)
             loss_total += loss_sum.detach()
-        # without clipping the norm is still measured (an infinite limit scales nothing): NaN gradients
-        # must not reach the weights
+        # without clipping the norm is still measured (an infinite limit scales nothing): a step with
+        # NaN gradients is skipped, never applied
         grad_norm = clip_gradients(self.model, self.cfg.max_grad_norm or math.inf, self.acc)
         if self.world > 1:
             loss_total = self.acc.reduce(loss_total, reduction="sum")
