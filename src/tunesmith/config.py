@@ -245,6 +245,15 @@ def parse_override(item: str, flag: str = "override") -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def flat_keys(node: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """A nested mapping as {key path: leaf value}; dotted keys split into parts, empty dicts are leaves."""
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in node.items():
+        keys = (*prefix, *str(k).split("."))
+        out.update(flat_keys(v, keys) if isinstance(v, dict) and v else {keys: v})
+    return out
+
+
 def _override_items(overrides: Any, flag: str) -> list[tuple[list[str], Any, str]]:
     """(dotted key, value, as the user wrote it) from a list of "key=value" or a dict {"train.lr": 3e-5}.
 
@@ -252,17 +261,7 @@ def _override_items(overrides: Any, flag: str) -> list[tuple[list[str], Any, str
     string is refused rather than split into characters.
     """
     if isinstance(overrides, dict):
-        out: list[tuple[list[str], Any, str]] = []
-
-        def walk(prefix: list[str], node: dict) -> None:
-            for k, v in node.items():
-                keys = prefix + str(k).split(".")
-                if isinstance(v, dict) and v:
-                    walk(keys, v)
-                else:
-                    out.append((keys, v, f"{'.'.join(keys)}={v!r}"))
-        walk([], overrides)
-        return out
+        return [(list(keys), v, f"{'.'.join(keys)}={v!r}") for keys, v in flat_keys(overrides).items()]
     if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)):
         raise ConfigError(f"overrides must be a list of \"key=value\" strings or a dict such as "
                           f"{{\"train.lr\": 3e-5}}, not {type(overrides).__name__} {overrides!r}")

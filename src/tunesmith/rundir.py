@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig
+from .config import RunConfig, flat_keys
 from .errors import ConfigError
 from .io import host_tag, nearest_existing
 
@@ -145,16 +145,6 @@ def _listing(entries: list[Path], n: int = 5) -> str:
     return ", ".join(names) + more
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(run_dir: Path, cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (value in the run folder's config.yaml, value now)} for every key that differs."""
     try:
@@ -163,7 +153,7 @@ def config_changes(run_dir: Path, cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
     except Exception as e:  # a run folder written by another version, or edited by hand
         raise ConfigError(f"--resume: cannot read {run_dir / 'config.yaml'} to compare it with this config "
                           f"({type(e).__name__}); resume is only possible with the run's own config") from None
-    a, b = _flat(old), _flat(cfg.model_dump(mode="json"))
+    a, b = ({".".join(k): v for k, v in flat_keys(d).items()} for d in (old, cfg.model_dump(mode="json")))
     missing = object()
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k != "output_dir" and a.get(k, missing) != b.get(k, missing)}
