@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=cvt.DEFAULT_DATA_DIR)
     p.add_argument("--draws", type=int, default=300)
     args = p.parse_args()
-    from tunesmith.tasks.fast_bert import speed_up_bert_classifier
+    from tunesmith.fast_bert import speed_up_bert_classifier
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(cvt.model_path())

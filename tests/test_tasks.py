@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from tunesmith.tasks.fast_bert import speed_up_bert_classifier
+from tunesmith.fast_bert import speed_up_bert_classifier
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("group_cost", [0, 1500])  # 0: every example alone; 1500: one group here
 def test_fast_bert_forward_is_the_same_function(impl: str, group_cost: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unpadded layers, grouped attention and a first-token last layer: same logits and gradients."""
-    from tunesmith.tasks import fast_bert
+    from tunesmith import fast_bert
 
     monkeypatch.setattr(fast_bert, "GROUP_COST", group_cost)
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_fast_bert_training_steps_match_stock() -> None:
 
 
 def test_fast_bert_dropout_keeps_rate_and_expectation() -> None:
-    from tunesmith.tasks.fast_bert import _dropout
+    from tunesmith.fast_bert import _dropout
 
     torch.manual_seed(0)
     x = torch.ones(1_000_000, requires_grad=True)
@@ -118,7 +118,7 @@ def test_fast_bert_dropout_keeps_rate_and_expectation() -> None:
 
 
 def test_attention_groups_follow_lengths() -> None:
-    from tunesmith.tasks.fast_bert import _groups
+    from tunesmith.fast_bert import _groups
 
     assert _groups([15] * 32) == [32]  # even lengths: one call
     assert _groups([5] * 16 + [40] * 16) == [16, 16]  # two length clusters: two calls

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, DataError
 
@@ -17,13 +19,45 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    """What to learn. `type` picks the task from the registry."""
+    """What to learn. `type` picks the task from the registry; the other keys are that task's options,
+    validated by its own schema (written flat: `task: {type: token-classification, tag_scheme: bio}`)."""
 
     type: str = "text-classification"
-    """Task from the registry: text-classification (single/multi-label, regression, sentence pairs)."""
-    problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
-    """auto: lists of labels (or data.label_separator) mean multi_label, anything else single_label.
-    Regression is never guessed: a float label in a classification task is an error."""
+    """Task from the registry: text-classification (single/multi-label, regression, sentence pairs),
+    token-classification (NER), question-answering (extractive)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The task's options with their defaults filled in (see the task.* rows of this table)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_options(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"type": v}
+        if isinstance(v, dict) and "options" not in v:
+            return {"type": v.get("type", "text-classification"),
+                    "options": {k: x for k, x in v.items() if k != "type"}}
+        return v
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "TaskConfig":
+        from .errors import ConfigError
+        from .tasks.base import task_class
+
+        try:
+            options = task_class(self.type).Options
+        except ConfigError as e:
+            raise PydanticCustomError("tunesmith", "{message}", {"message": str(e)}) from None
+        try:
+            checked = options.model_validate(self.options)
+        except ValidationError as err:
+            lines = _error_lines(err, options, ("task",))
+            raise PydanticCustomError("tunesmith", "{message}", {"message": "\n".join(lines)}) from None
+        object.__setattr__(self, "options", checked.model_dump(mode="json"))
+        return self
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        return {"type": self.type, **self.options}
 
 
 class ModelConfig(_Section):
@@ -33,8 +67,6 @@ class ModelConfig(_Section):
     """Hub revision (branch, tag or commit) to pin."""
     max_length: int = Field(128, ge=8)
     """Tokens per example after truncation (special tokens included)."""
-    truncation: Literal["head", "head_tail"] = "head"
-    """head keeps the start of long texts; head_tail keeps the first and last tokens (long reviews)."""
     trust_remote_code: bool = False
     """Run model code shipped with a Hub repo; off unless you trust the repo."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -56,8 +88,14 @@ class DataConfig(_Section):
     hub_splits: dict[str, str] = Field(default_factory=lambda: {
         "train": "train", "validation": "validation", "test": "test"})
     """Which Hub split to use for train/validation/test."""
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
-    """File format; auto reads it from the extension."""
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll"] = "auto"
+    """File format; auto reads it from the extension (.conll, .iob and .bio are CoNLL column files; a .txt
+    CoNLL file needs format: conll). JSON recognises SQuAD files and Label Studio exports."""
+    conll_tag_column: int = -1
+    """CoNLL files: the column holding the tag (0-based; negative counts from the end)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Role -> column, e.g. {question: q, context: passage}; the roles depend on the task (README). Roles
+    not listed read the column of their own name (or a usual alias, such as label for NER spans)."""
     header: bool | Literal["auto"] = "auto"
     """CSV/TSV: whether the first row names the columns. auto: it does, and when the configured
     columns are missing and that row looks like data, the error says so. false: every row is data."""
@@ -65,13 +103,11 @@ class DataConfig(_Section):
     """Names of a headerless CSV/TSV's columns in file order (data.header: false); without them the
     columns are named by position: "0", "1", ... (so text_column: 0 works)."""
     text_column: str = "text"
-    """Column holding the text."""
+    """Column holding the text (the same as data.columns.text)."""
     text_pair_column: str | None = None
-    """Second text column for sentence-pair tasks (NLI, paraphrase)."""
+    """Second text column for sentence-pair tasks (NLI, paraphrase); the same as data.columns.text_pair."""
     label_column: str = "label"
-    """Column holding the label (string, integer, list, delimited string or float)."""
-    label_separator: str | None = None
-    """Delimiter for multi-label strings such as "sports|politics"."""
+    """Column holding the label (the same as data.columns.label)."""
     join_text_lists: str | None = None
     """A text cell holding a list of strings (JSON, Parquet) is joined with this separator (e.g. " ");
     null: such a cell is an error, as is a nested object."""
@@ -93,6 +129,11 @@ class DataConfig(_Section):
     def _position(cls, v: Any) -> Any:
         """A headerless file's columns are positions: text_column: 0 means column "0"."""
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _positions(cls, v: Any) -> Any:
+        return {k: cls._position(c) for k, c in v.items()} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _names_need_no_header(self) -> "DataConfig":
@@ -172,10 +213,23 @@ class RunConfig(_Section):
     output_dir: str = "runs/run"
     """The run folder: config, data report, metrics, checkpoints, predictions, plots, model."""
 
-    @field_validator("task", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _task_shorthand(cls, v: Any) -> Any:
-        return {"type": v} if isinstance(v, str) else v
+    def _moved_keys(cls, raw: Any) -> Any:
+        """model.truncation and data.label_separator were shared keys that only classification reads;
+        they are task options now, and configs written with them keep working."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for section, key in (("model", "truncation"), ("data", "label_separator")):
+            if isinstance(raw.get(section), dict) and key in raw[section]:
+                raw[section] = dict(raw[section])
+                value = raw[section].pop(key)
+                task = raw.get("task", {})
+                task = {"type": task} if isinstance(task, str) else dict(task)
+                task.setdefault(key, value)
+                raw["task"] = task
+        return raw
 
     @model_validator(mode="after")
     def _has_data(self) -> "RunConfig":
@@ -201,19 +255,29 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    """One line per error, unknown keys with a did-you-mean among the valid keys at that place."""
+    lines = []
     for e in err.errors():
+        if e["type"] == "tunesmith":  # already worded (task options, unknown task type)
+            lines += [line if line.startswith("  - ") else f"  - {line}" for line in e["msg"].splitlines()]
+            continue
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("function-after",)))
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        dotted = ".".join(str(p) for p in prefix + loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            valid = _fields_at(RunConfig, loc[:-1])
+            valid = _fields_at(root, loc[:-1])
+            if root is RunConfig and loc[:-1] == ("task",):
+                valid = [k for k in valid if k != "options"]
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f" did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            hint = f" did you mean '{'.'.join(str(p) for p in prefix + loc[:-1] + (close[0],))}'?" if close else ""
             lines.append(f"  - unknown key '{dotted}'.{hint} Valid keys here: {', '.join(valid)}")
         else:
             lines.append(f"  - {dotted}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    return lines
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    return "\n".join([f"invalid configuration in {source}:", *_error_lines(err, RunConfig)])
 
 
 _OVERRIDE_EXAMPLE = {"--set": "--set train.lr=3e-5", "override": "\"train.lr=3e-5\" or {\"train.lr\": 3e-5}"}
@@ -309,16 +373,26 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
 
 def config_reference() -> str:
     """The README's config reference as a Markdown table, generated from the schema so it cannot rot."""
+    from .tasks.base import task_class, task_names
+
     rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def row(name: str, f: Any, note: str = "") -> None:
+        default = f.default_factory() if f.default_factory is not None else f.default
+        desc = note + " ".join((f.description or "").split()).replace("|", "\\|")
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{name}` | `{shown}` | {desc} |")
+
     for section, field in RunConfig.model_fields.items():
         sub = field.annotation
         items = sub.model_fields.items() if isinstance(sub, type) and issubclass(sub, BaseModel) else [(None, field)]
         for key, f in items:
-            default = f.default_factory() if f.default_factory is not None else f.default
-            name = f"{section}.{key}" if key else section
-            desc = " ".join((f.description or "").split()).replace("|", "\\|")
-            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            rows.append(f"| `{name}` | `{shown}` | {desc} |")
+            if section == "task" and key == "options":
+                for task in task_names():
+                    for opt, of in task_class(task).Options.model_fields.items():
+                        row(f"task.{opt}", of, f"({task}) ")
+                continue
+            row(f"{section}.{key}" if key else section, f)
     return "\n".join(rows)
 
 

@@ -1,42 +1,55 @@
 """From the data section of a config to clean train/validation/test tables.
 
-Columns are mapped to fixed names (text, text_pair, label), missing values are handled by the
-configured policy with every dropped row recorded, and splits the user did not provide are made,
-seeded and stratified. Labels are left raw here: their meaning belongs to the task.
+Columns are mapped to the task's roles (`data.columns`, the legacy `*_column` keys, or the role's own
+column names), each value is checked against its role's kind, missing values are handled by the
+configured policy with every dropped row recorded, and splits the user did not provide are made, seeded
+and stratified. Values are otherwise left raw here: their meaning belongs to the task.
 """
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import numpy as np
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .readers import DELIMITED, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
 
+if TYPE_CHECKING:
+    from ..tasks.base import Role
+
 SPLITS = ("train", "validation", "test")
+LEGACY_COLUMNS = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column"}
 
 
 @dataclass
 class Table:
-    """One split as parallel columns; `file` and `line` point every row back to its source."""
+    """One split as parallel columns, one per role; `file` and `line` point every row back to its source."""
 
-    text: list[str] = field(default_factory=list)
-    label: list = field(default_factory=list)
-    file: list[str] = field(default_factory=list)
-    line: list[int] = field(default_factory=list)
-    text_pair: list[str] | None = None
+    columns: dict[str, list]
+    file: list[str]
+    line: list[int]
+    column_of: dict[str, str] = field(default_factory=dict)  # role -> the file's column, for messages
 
     def __len__(self) -> int:
-        return len(self.text)
+        return len(self.file)
+
+    def __getitem__(self, role: str) -> list:
+        return self.columns[role]
+
+    def __contains__(self, role: str) -> bool:
+        return role in self.columns
+
+    def get(self, role: str) -> list | None:
+        return self.columns.get(role)
 
     def take(self, idx: list[int] | np.ndarray) -> "Table":
         pick = lambda col: [col[i] for i in idx]  # noqa: E731
-        return Table(pick(self.text), pick(self.label), pick(self.file), pick(self.line),
-                     pick(self.text_pair) if self.text_pair is not None else None)
+        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of)
 
     def where(self, i: int) -> dict:
         return {"file": self.file[i], "line": self.line[i]}
@@ -48,6 +61,7 @@ class LoadedData:
     dropped: list[dict]
     missing: dict[str, dict[str, int]]
     made_splits: dict[str, str]
+    columns: dict[str, str]  # role -> the column it was read from
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
@@ -71,35 +85,73 @@ def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
     return sources
 
 
-def _check_columns(name: str, records: list[Record], cfg: DataConfig, needs_label: bool) -> None:
+def configured_columns(cfg: DataConfig, roles: list["Role"]) -> dict[str, tuple[str, str]]:
+    """Role -> (column, the config key that set it) for roles the config maps explicitly.
+
+    `data.columns` wins; the legacy `text_column` / `text_pair_column` / `label_column` keys count when
+    set (their defaults name the same columns the roles try anyway). Unknown roles are a ConfigError.
+    """
+    names = [r.name for r in roles]
+    for role in cfg.columns:
+        if role not in names:
+            close = difflib.get_close_matches(role, names, n=1, cutoff=0.5)
+            raise ConfigError(f"data.columns: unknown role '{role}'." + (f" Did you mean '{close[0]}'?" if close else "")
+                              + f" This task reads: {', '.join(names)}")
+    out = {r: (c, f"data.columns.{r}") for r, c in cfg.columns.items()}
+    for role, key in LEGACY_COLUMNS.items():
+        if role in names and role not in out and key in cfg.model_fields_set and getattr(cfg, key) is not None:
+            out[role] = (getattr(cfg, key), f"data.{key}")
+    return out
+
+
+def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: list["Role"],
+                    needs_targets: bool = True) -> dict[str, str]:
+    """Role -> column for one file: the configured column, else the first of the role's names present.
+
+    A required role (a target one only when `needs_targets`) or a configured column that the file lacks
+    is a DataError with the file's columns and a did-you-mean.
+    """
     present: dict[str, None] = {}
     for _, row in records:
         present.update(dict.fromkeys(row))
-    wanted = [("data.text_column", cfg.text_column)]
-    if cfg.text_pair_column:
-        wanted.append(("data.text_pair_column", cfg.text_pair_column))
-    if needs_label:
-        wanted.append(("data.label_column", cfg.label_column))
-    for key, col in wanted:
-        if col not in present:
-            if (cfg.header == "auto" and not cfg.hub_dataset and detect_format(Path(name), cfg.format) in DELIMITED
-                    and first_row_looks_like_data(records)):
-                raise DataError(
-                    f"column '{col}' (set by {key}) is missing, and the first row looks like data, not column "
-                    f"names: {', '.join(present)}", file=name, line=1, column=col,
-                    hint='if the file has no header, set data.header: false and name the columns with '
-                         'data.column_names: [...] or use positions (data.text_column: 0)')
-            close = difflib.get_close_matches(col, list(present), n=1)
+    explicit = configured_columns(cfg, roles)
+    out: dict[str, str] = {}
+    for role in roles:
+        if role.target and not needs_targets:
+            continue
+        if role.name in explicit:
+            col, key = explicit[role.name]
+        else:
+            col = next((c for c in role.candidates if c in present), None)
+            if col is not None:
+                out[role.name] = col
+                continue
+            if not role.required:
+                continue
+            col, key = role.candidates[0], f"data.columns.{role.name}"
+        if col in present:
+            out[role.name] = col
+            continue
+        if (cfg.header == "auto" and not cfg.hub_dataset and detect_format(Path(name), cfg.format) in DELIMITED
+                and first_row_looks_like_data(records)):
             raise DataError(
-                f"column '{col}' (set by {key}) is missing; the file has columns: {', '.join(present)}",
-                file=name, column=col,
-                hint=f"did you mean '{close[0]}'? set {key}: {close[0]}" if close else f"set {key}")
+                f"column '{col}' (set by {key}) is missing, and the first row looks like data, not column "
+                f"names: {', '.join(map(str, present))}", file=name, line=1, column=col,
+                hint='if the file has no header, set data.header: false and name the columns with '
+                     'data.column_names: [...] or use positions (data.text_column: 0)')
+        close = difflib.get_close_matches(col, [str(c) for c in present], n=1)
+        raise DataError(
+            f"column '{col}' ({role.doc or role.name}, set by {key}) is missing; the file has columns: "
+            f"{', '.join(map(str, present))}", file=name, column=col,
+            hint=f"did you mean '{close[0]}'? set {key}: {close[0]}" if close else f"set {key}")
+    return out
 
 
 def read_configured(path: str | Path, cfg: DataConfig) -> list[Record]:
     """A data file's records read as the data section says (format, header, column names): training,
     evaluation and prediction read files one way."""
-    return read_file(path, cfg.format, header=cfg.header is not False, column_names=cfg.column_names)
+    return read_file(path, cfg.format, header=cfg.header is not False, column_names=cfg.column_names,
+                     conll_tag_column=cfg.conll_tag_column)
 
 
 def as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> object:
@@ -114,53 +166,87 @@ def as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> objec
     return v
 
 
-def load_splits(cfg: DataConfig) -> LoadedData:
-    """Read, map columns, apply the missing-value policy and make absent splits (unstratified here)."""
+_KIND_WORDS = {"strings": "a list of strings", "ints": "a list of integers", "mapping": "an object"}
+
+
+def check_kind(role: "Role", v: Any, cfg: DataConfig, name: str, line: int, col: str) -> Any:
+    """A present value as its role's kind says: text as a string, lists and objects as they are (checked)."""
+    if role.kind == "string":
+        return str(as_text(v, cfg, name, line, col))
+    ok = {"strings": lambda: isinstance(v, list) and all(isinstance(x, str) for x in v),
+          "ints": lambda: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+          "mapping": lambda: isinstance(v, dict), "any": lambda: True}[role.kind]
+    if not ok():
+        raise DataError(f"{role.name} must be {_KIND_WORDS[role.kind]}, got {type(v).__name__} "
+                        f"{json.dumps(v, default=str, ensure_ascii=False)[:80]}", file=name, line=line, column=col)
+    return v
+
+
+def table_from_records(name: str, records: list[Record], cfg: DataConfig, roles: list["Role"],
+                       columns: dict[str, str], split: str, dropped: list[dict], counts: dict[str, int]) -> Table:
+    """Rows of one source as a Table of the mapped roles, with the missing-value policy applied.
+
+    A missing target drops the row (there is nothing to learn from it); a missing input follows
+    `data.on_missing`. Every dropped row is appended to `dropped` with its reason.
+    """
+    by_name = {r.name: r for r in roles}
+    t = Table({role: [] for role in columns}, [], [], dict(columns))
+    for line, row in records:
+        values, reason = {}, None
+        for role, col in columns.items():
+            v = row.get(col)
+            if is_missing(v):
+                counts[role] = counts.get(role, 0) + 1
+                if cfg.on_missing == "error":
+                    raise DataError(f"missing or empty value in split '{split}'", file=name, line=line,
+                                    column=col, hint="fix the row, or set data.on_missing: drop | fill")
+                if by_name[role].target or cfg.on_missing == "drop" or by_name[role].kind != "string":
+                    reason = reason or f"missing {role} (column '{col}')"
+                else:
+                    v = cfg.fill_value
+            else:
+                v = check_kind(by_name[role], v, cfg, name, line, col)
+            values[role] = v
+        if reason:
+            dropped.append({"split": split, "file": name, "line": line, "reason": reason,
+                            "row": {c: row.get(c) for c in columns.values()}})
+            continue
+        for role, v in values.items():
+            t.columns[role].append(v)
+        t.file.append(name)
+        t.line.append(line)
+    return t
+
+
+def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
+    """Read, map columns to roles, apply the missing-value policy and make absent splits (unstratified here).
+
+    Every split is read with the roles found in the training split, so that an optional role (a
+    sentence pair's second text) is present in all splits or in none; other splits' extra columns are ignored.
+    """
     sources = _source_records(cfg)
     tables: dict[str, Table] = {}
     dropped: list[dict] = []
     missing: dict[str, dict[str, int]] = {}
-    columns = [("text", cfg.text_column)]
-    if cfg.text_pair_column:
-        columns.append(("text_pair", cfg.text_pair_column))
-    columns.append(("label", cfg.label_column))
+    columns: dict[str, str] | None = None
     for split, (name, records) in sources.items():
-        _check_columns(name, records, cfg, needs_label=True)
-        t = Table(text_pair=[] if cfg.text_pair_column else None)
-        counts = dict.fromkeys([c for c, _ in columns], 0)
-        for line, row in records:
-            values = {}
-            reason = None
-            for role, col in columns:
-                v = row.get(col)
-                if role != "label":
-                    v = as_text(v, cfg, name, line, col)
-                if is_missing(v):
-                    counts[role] += 1
-                    if cfg.on_missing == "error":
-                        raise DataError(f"missing or empty value in split '{split}'", file=name, line=line,
-                                        column=col, hint="fix the row, or set data.on_missing: drop | fill")
-                    if role == "label" or cfg.on_missing == "drop":
-                        reason = reason or f"missing {role} (column '{col}')"
-                    else:
-                        v = cfg.fill_value
-                values[role] = v
-            if reason:
-                dropped.append({"split": split, "file": name, "line": line, "reason": reason,
-                                "row": {k: row.get(k) for k in dict(columns).values()}})
-                continue
-            t.text.append(str(values["text"]))
-            if t.text_pair is not None:
-                t.text_pair.append(str(values["text_pair"]))
-            t.label.append(values["label"])
-            t.file.append(name)
-            t.line.append(line)
+        found = resolve_columns(name, records, cfg, roles)
+        if columns is None:
+            columns = found
+        else:
+            found = {r: c for r, c in found.items() if r in columns}
+            lacking = [r for r in columns if r not in found]
+            if lacking:
+                raise DataError(f"column '{columns[lacking[0]]}' ({lacking[0]}) is in the training data but not in "
+                                f"split '{split}'", file=name, column=columns[lacking[0]])
+        counts = dict.fromkeys(columns, 0)
+        t = table_from_records(name, records, cfg, roles, columns, split, dropped, counts)
         if len(t) == 0:
             raise DataError(f"no usable rows left in split '{split}' after the missing-value policy",
                             file=name, hint="see the dropped rows report; check the column names")
         tables[split] = t
         missing[split] = counts
-    return LoadedData(tables, dropped, missing, {})
+    return LoadedData(tables, dropped, missing, {}, columns or {})
 
 
 def _split_off(table: Table, ratio_of_total: float, total: int, seed: int,
@@ -196,8 +282,16 @@ def make_missing_splits(data: LoadedData, cfg: DataConfig,
                                    + ("stratified by label" if stratified else "not stratified"))
 
 
-def text_keys(t: Table) -> list[tuple[str, str]]:
-    """Normalised text identity used for duplicate and leakage checks."""
-    pairs = t.text_pair if t.text_pair is not None else [""] * len(t)
-    return [(" ".join(a.lower().split()), " ".join(b.lower().split())) for a, b in zip(t.text, pairs)]
+def _normal(v: Any) -> str:
+    if isinstance(v, list):
+        v = " ".join(map(str, v))
+    elif isinstance(v, dict):
+        v = json.dumps(v, sort_keys=True, ensure_ascii=False)
+    return " ".join(str(v).lower().split())
+
+
+def input_keys(t: Table, inputs: list[str]) -> list[tuple[str, ...]]:
+    """Normalised identity of each row's inputs (case and spacing ignored), for duplicate and leakage checks."""
+    cols = [t[r] for r in inputs if r in t]
+    return [tuple(_normal(c[i]) for c in cols) for i in range(len(t))]
 

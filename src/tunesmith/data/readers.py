@@ -20,7 +20,8 @@ Record = tuple[int, dict]
 READERS: dict[str, Callable[..., list[Record]]] = {}
 DELIMITED = ("csv", "tsv")  # the formats whose readers take `header` and `column_names`
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
-              ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+              ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".conll": "conll", ".iob": "conll",
+              ".bio": "conll"}
 
 
 def register_reader(name: str) -> Callable:
@@ -195,9 +196,21 @@ def read_jsonl(path: Path) -> list[Record]:
 
 @register_reader("json")
 def read_json(path: Path) -> list[Record]:
-    """A JSON array of objects (record number = position, 1-based), or JSON Lines saved as .json."""
+    """A JSON array of objects (record number = position, 1-based), or JSON Lines saved as .json.
+
+    Two export shapes are recognised and flattened into rows: a SQuAD file (an object with "data") and
+    a Label Studio export (objects with "data" and "annotations").
+    """
     text = _read_text(path)
-    if not text.lstrip().startswith("["):
+    if text.lstrip().startswith("{"):
+        try:  # one object holding "data" is a SQuAD file; anything else is JSON Lines
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except (json.JSONDecodeError, _DuplicateKey):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            from .squad import squad_records
+
+            return squad_records(data, path)
         return read_jsonl(path)
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys)
@@ -213,6 +226,47 @@ def read_json(path: Path) -> list[Record]:
         rows.append((i, obj))
     if not rows:
         raise DataError("the JSON array is empty", file=str(path))
+    if all(isinstance(r.get("data"), dict) and isinstance(r.get("annotations"), list) for _, r in rows):
+        from .label_studio import label_studio_records
+
+        return label_studio_records(rows, path)
+    return rows
+
+
+@register_reader("conll")
+def read_conll(path: Path, tag_column: int = -1) -> list[Record]:
+    """CoNLL-style column files: a token per line, a blank line between sentences, `-DOCSTART-` lines
+    skipped. Rows are {"tokens": [...], "tags": [...]} (tags from `tag_column`, default the last);
+    a file with one column holds tokens only (for prediction). A row's line is its first token's."""
+    rows: list[Record] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start, width = 0, None
+    for n, raw in enumerate(_read_text(path).splitlines() + [""], start=1):
+        parts = raw.split()
+        if parts and parts[0] == "-DOCSTART-":
+            continue
+        if not parts:
+            if tokens:
+                rows.append((start, {"tokens": tokens, "tags": tags} if width > 1 else {"tokens": tokens}))
+            tokens, tags = [], []
+            continue
+        if width is None:
+            width = len(parts)
+        if len(parts) != width:
+            raise DataError(f"{len(parts)} columns here, {width} on the file's first token line", file=str(path),
+                            line=n, hint="CoNLL files have the same number of columns on every token line")
+        if not tokens:
+            start = n
+        tokens.append(parts[0])
+        if width > 1:
+            try:
+                tags.append(parts[tag_column])
+            except IndexError:
+                raise DataError(f"data.conll_tag_column {tag_column} is out of range for {width} columns",
+                                file=str(path), line=n) from None
+    if not rows:
+        raise DataError("no sentences found (a token per line, a blank line between sentences)", file=str(path))
     return rows
 
 
@@ -237,8 +291,9 @@ def require_file(path: Path, hint: str = "check the path in data.train/validatio
 
 
 def read_file(path: str | Path, fmt: str = "auto", header: bool = True,
-              column_names: list[str] | None = None) -> list[Record]:
-    """Records of a data file; `header`/`column_names` apply to CSV/TSV (JSON and Parquet name their fields)."""
+              column_names: list[str] | None = None, conll_tag_column: int = -1) -> list[Record]:
+    """Records of a data file; `header`/`column_names` apply to CSV/TSV (JSON and Parquet name their fields),
+    `conll_tag_column` to CoNLL files."""
     path = Path(path)
     require_file(path)
     if path.stat().st_size == 0:
@@ -246,6 +301,8 @@ def read_file(path: str | Path, fmt: str = "auto", header: bool = True,
     fmt = detect_format(path, fmt)
     if fmt in DELIMITED:
         return READERS[fmt](path, header=header, column_names=column_names)
+    if fmt == "conll":
+        return READERS[fmt](path, tag_column=conll_tag_column)
     return READERS[fmt](path)
 
 

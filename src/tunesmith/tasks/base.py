@@ -1,81 +1,226 @@
-"""The one interface every task implements, and the registry that finds tasks by name.
+"""The task interface: what a task family supplies to the one training loop, evaluation and prediction.
 
-The training loop knows nothing about tasks: it asks the task for a summed loss and the number
-of items it covers (so gradient accumulation and multi-process runs normalise exactly) and for
-per-example outputs; labels, preprocessing, collation, postprocessing and metrics live here.
+A task is one module in this package (or an entry point in the `tunesmith.tasks` group) holding one
+class decorated with `@register_task`. The loop, evaluation and the predictor only ever talk to a task
+through `Task` below, so adding a task touches no shared file.
+
+The shape of the data as it flows:
+
+    file rows --(roles)--> Table (one row = one example, raw values per role)
+    Table --task.fit / task.encode--> Table with targets checked and encoded
+    Table --task.preprocess--> features (datasets.Dataset; one row = one model input, column "example")
+    features --task.collate--> Batch(inputs -> model, targets -> loss, meta -> evaluator only)
+    Batch --task.forward--> (summed loss, outputs) --evaluator.add--> ... --evaluator.result--> metrics + records
+
+Task modules import torch, transformers and datasets inside functions: the registry is read when a
+config is validated, which must stay fast (`tunesmith train` checks a config before heavy imports).
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, ClassVar, Hashable, Protocol
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-import datasets
-import numpy as np
-import torch
+from pydantic import BaseModel, ConfigDict
 
-from ..config import RunConfig
-from ..data.prepare import Table
-from ..errors import ConfigError
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from ..config import RunConfig
+    from ..data.prepare import Table
+
+RoleKind = Literal["string", "strings", "ints", "mapping", "any"]
+
+
+@dataclass(frozen=True)
+class Role:
+    """One input or target a task reads from each data row.
+
+    `kind` is checked when the file is read (a "strings" role holding a string is an error naming the
+    row); values reach the task unchanged otherwise. `columns` are the column names tried, in order,
+    when `data.columns` does not map the role. A `target` role is gold data: needed to train and
+    evaluate, not to predict.
+    """
+
+    name: str
+    kind: RoleKind
+    required: bool = True
+    target: bool = False
+    columns: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return self.columns or (self.name,)
+
+
+class TaskOptions(BaseModel):
+    """Base of every task's options section (`task:` in the config, beside `type`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+@dataclass
+class Batch:
+    """A collated batch. Only `inputs` reach the model; `targets` feed the loss; `meta` (example ids,
+    offsets, ...) stays on the CPU for the evaluator and never reaches the model."""
+
+    inputs: dict[str, "torch.Tensor"]
+    targets: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: Any, non_blocking: bool = False) -> "Batch":
+        move = lambda d: {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()}  # noqa: E731
+        return Batch(move(self.inputs), move(self.targets), self.meta)
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        pin = lambda d: {k: v.pin_memory() for k, v in d.items()}  # noqa: E731
+        return Batch(pin(self.inputs), pin(self.targets), self.meta)
+
+
+@dataclass
+class EvalResult:
+    """`metrics`: scalars (those in `Task.metrics` among them) plus tables such as per-class scores.
+    `predictions`: one task-shaped record per example, in example order."""
+
+    metrics: dict[str, Any]
+    predictions: list[dict]
+
+
+class Evaluator(Protocol):
+    """Streams one split: keeps only what its metrics and predictions need (not whole logit matrices)."""
+
+    def add(self, batch: Batch, outputs: Any) -> None:
+        """Take one batch's outputs (from `Task.forward`) and its metadata."""
+
+    def merge(self, other: "Evaluator") -> None:
+        """Absorb another process's evaluator of the same split (multi-process evaluation)."""
+
+    def result(self, tune: bool = False) -> EvalResult:
+        """Metrics (empty without gold) and one prediction per example. `tune`: fit decision settings
+        on this split (a multi-label threshold, a no-answer threshold) and keep them in the task state."""
 
 
 class Task(Protocol):
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type[TaskOptions]]
+    #: "truncate": inputs longer than model.max_length lose tokens; "window": they are split into
+    #: overlapping windows and merged back (nothing lost). The data report words its length table by it.
+    long_inputs: ClassVar[str]
 
-    def __init__(self, cfg: RunConfig, state: dict | None = None) -> None: ...
+    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None: ...
 
-    # data
-    def fit_labels(self, splits: dict[str, Table]) -> None:
-        """Check and encode labels in place (train defines the label set); raise DataError on bad rows."""
-    def encode_labels(self, split: str, table: Table) -> None:
-        """Encode one more table's labels against the known label set (evaluation on new files)."""
-    def stratify_keys(self, table: Table) -> list[Hashable] | None: ...
-    def label_distribution(self, table: Table) -> dict[str, Any]: ...
-    def preprocess_setup(self, tokenizer: Any) -> None:
-        """Take what collation needs from the tokenizer (pad id); runs even when preprocessing is cached."""
-    def preprocess(self, table: Table, tokenizer: Any) -> datasets.Dataset:
-        """Tokenize one split; the result has `length` (tokens kept) and `n_tokens` (before truncation)."""
-    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]: ...
+    def roles(self) -> list[Role]:
+        """The roles this task reads (may depend on its options)."""
 
-    # model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> torch.nn.Module: ...
-    def count_items(self, batch: dict[str, torch.Tensor]) -> int:
-        """How many items (examples, labelled tokens) the batch's loss sums over."""
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss summed (not averaged) over the batch's items."""
-    def outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-example scores (probabilities or values) used by metrics and predictions."""
+    # ---- data
+    def fit(self, splits: dict[str, "Table"]) -> None:
+        """Learn what the training split fixes (label set, tag scheme) and check + encode every split;
+        bad rows raise DataError naming file, line and column."""
 
-    # evaluation
+    def encode(self, split: str, table: "Table") -> None:
+        """Check and encode a later labelled table (e.g. `tunesmith evaluate`) against the fitted state."""
+
+    def stratify_keys(self, table: "Table") -> list | None:
+        """Keys to stratify made splits by, or None."""
+
+    def describe(self, table: "Table") -> dict[str, Any]:
+        """The split's target statistics for the data report (label or entity counts, invalid tags)."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the task learned, for label_map.json and the data report (labels, problem type, ...)."""
+
+    def gold(self, table: "Table", i: int) -> Any:
+        """Row i's gold answer in the user's terms, for predictions/test.jsonl."""
+
+    # ---- tokens
+    def preprocess(self, table: "Table", tokenizer: Any) -> "datasets.Dataset":
+        """Features: one row per model input, with int columns `example` (row of `table`), `length`
+        (tokens) and `n_tokens` (the whole example's token count, before truncation or windows)."""
+
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch: ...
+
+    def cache_key(self) -> dict:
+        """Everything besides the table and the tokenizer that changes `preprocess` output."""
+
+    # ---- model
+    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module": ...
+
+    def count_items(self, batch: Batch) -> int:
+        """The number of loss terms in the batch (examples, labelled tokens): the loop normalises by it."""
+
+    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", Any]:
+        """One forward pass: (loss summed over the batch's items, or None without targets; outputs for
+        the evaluator)."""
+
+    # ---- evaluation and prediction
+    @property
+    def metrics(self) -> dict[str, bool]:
+        """Scalar metrics eval.metric may select -> whether higher is better ("loss" is added by the run)."""
+
     @property
     def default_metric(self) -> str: ...
-    @property
-    def metric_names(self) -> list[str]: ...
-    def fit_postprocess(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Tune decision parameters (e.g. a multi-label threshold) on validation outputs."""
-    def metrics(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]: ...
-    def postprocess(self, scores: np.ndarray) -> list[dict]: ...
-    def postprocess_labels(self, labels: np.ndarray) -> list: ...
+
+    def evaluator(self, table: "Table") -> Evaluator:
+        """A fresh evaluator for `table` (encoded when it has gold, raw inputs when predicting)."""
+
     def state(self) -> dict:
-        """What prediction needs later (label map, thresholds); saved in the run folder."""
+        """What prediction needs besides the weights, saved beside the model."""
 
 
-TASKS: dict[str, Callable[..., Task]] = {}
+# ---------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type] = {}
+_DISCOVERED = False
+ENTRY_POINT_GROUP = "tunesmith.tasks"
 
 
-def register_task(*names: str) -> Callable:
-    def deco(cls: type) -> type:
-        for n in names:
-            TASKS[n] = cls
-        return cls
-    return deco
+def register_task(cls: type) -> type:
+    """Class decorator: make a task available under its `name` and `aliases`."""
+    for key in (cls.name, *getattr(cls, "aliases", ())):
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"task name '{key}' is registered twice ({_REGISTRY[key].__name__}, {cls.__name__})")
+        _REGISTRY[key] = cls
+    return cls
 
 
-def get_task(cfg: RunConfig, state: dict | None = None) -> Task:
-    from . import classification  # noqa: F401  (registers itself)
+def _discover() -> None:
+    """Import every module of this package and every entry point: registering is being there."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    from importlib.metadata import entry_points
 
-    name = cfg.task.type
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        raise ConfigError(f"unknown task.type '{name}'." + (f" did you mean '{close[0]}'?" if close else "")
-                          + f" Known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name](cfg, state)
+    from .. import tasks
+
+    for info in pkgutil.iter_modules(tasks.__path__):
+        importlib.import_module(f"{tasks.__name__}.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def task_names() -> list[str]:
+    """Canonical names of the registered tasks (aliases left out)."""
+    _discover()
+    return sorted({cls.name for cls in _REGISTRY.values()})
+
+
+def task_class(name: str) -> type:
+    """The registered task class for a name or alias; an unknown name is a ConfigError with did-you-mean."""
+    from ..errors import ConfigError
+
+    _discover()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
+        raise ConfigError(f"unknown task.type '{name}'." + (f" Did you mean '{close[0]}'?" if close else "")
+                          + f" Known tasks: {', '.join(task_names())}")
+    return _REGISTRY[name]
+
+
+def get_task(cfg: "RunConfig", state: dict | None = None) -> Task:
+    return task_class(cfg.task.type)(cfg, state)

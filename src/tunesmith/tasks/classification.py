@@ -4,19 +4,19 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable, Literal
 
-import datasets
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..config import RunConfig
 from ..data.prepare import Table
 from ..errors import DataError
-from ..evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics, tune_threshold
-from .base import register_task
-from .fast_bert import speed_up_bert_classifier
+from .base import Batch, EvalResult, Role, TaskOptions, register_task
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from ..config import RunConfig
 
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")  # no leading zeros: "007" is an identifier
@@ -69,27 +69,48 @@ def _longest_first(lens: list[int], budget: int) -> list[int]:
     return out
 
 
-@register_task("text-classification", "classification")
-class TextClassification:
-    name = "text-classification"
+class ClassificationOptions(TaskOptions):
+    problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
+    """auto: lists of labels (or task.label_separator) mean multi_label, anything else single_label.
+    Regression is never guessed: a float label in a classification task is an error."""
+    label_separator: str | None = None
+    """Delimiter for multi-label strings such as "sports|politics" (formerly data.label_separator)."""
+    truncation: Literal["head", "head_tail"] = "head"
+    """Texts longer than model.max_length: head keeps their start; head_tail keeps the first and last
+    tokens (long reviews). Formerly model.truncation."""
 
-    def __init__(self, cfg: RunConfig, state: dict | None = None) -> None:
+
+@register_task
+class TextClassification:
+    """One label (or several, or a number) per text or text pair."""
+
+    name = "text-classification"
+    aliases = ("classification",)
+    Options = ClassificationOptions
+    long_inputs = "truncate"
+
+    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
+        self.opts = ClassificationOptions.model_validate(cfg.task.options)
         state = state or {}
-        self.problem_type: str = state.get("problem_type", cfg.task.problem_type)
+        self.problem_type: str = state.get("problem_type", self.opts.problem_type)
         self.labels: list[str] = state.get("labels", [])
         self.threshold: float = state.get("threshold", 0.5)
-        self.pad_id = 0
+
+    def roles(self) -> list[Role]:
+        return [Role("text", "string", doc="the text"),
+                Role("text_pair", "string", required=False, doc="the second text of a sentence pair"),
+                Role("label", "any", target=True, doc="the label: class name, list, delimited string or number")]
 
     # ------------------------------------------------------------------ labels
     def _label_error(self, t: Table, i: int, msg: str, hint: str | None = None) -> DataError:
-        return DataError(msg, file=t.file[i], line=t.line[i], column=self.cfg.data.label_column, hint=hint)
+        return DataError(msg, file=t.file[i], line=t.line[i], column=t.column_of.get("label", "label"), hint=hint)
 
     def _single(self, t: Table, i: int) -> str:
         """The class name of row i. Strings stay strings ("01" and "1" are two classes); numbers become
         their integer spelling, so CSV "1", JSON 1 and JSON 1.0 are the same class; a canonical decimal
         string ("1.0", as pandas writes float columns) is read as the number it spells."""
-        v = t.label[i]
+        v = t["label"][i]
         if isinstance(v, str):
             s = v.strip()
             if not _DECIMAL.fullmatch(s):
@@ -113,41 +134,41 @@ class TextClassification:
         names, kinds = [], {}
         for i in range(len(t)):
             name = self._single(t, i)
-            kind = "a string" if isinstance(t.label[i], str) else "a number"
+            kind = "a string" if isinstance(t["label"][i], str) else "a number"
             first = kinds.setdefault((t.file[i], name), (kind, t.line[i]))
             if first[0] != kind:
                 raise self._label_error(
-                    t, i, f"label {t.label[i]!r} is {kind} here but {first[0]} at line {first[1]} of the same file",
+                    t, i, f"label {t['label'][i]!r} is {kind} here but {first[0]} at line {first[1]} of the same file",
                     "write every label of the column the same way (all numbers or all strings)")
             names.append(name)
         return names
 
     def _multi(self, t: Table, i: int) -> list[str]:
-        v = t.label[i]
+        v = t["label"][i]
         if isinstance(v, (list, tuple)):
             return [str(x).strip() for x in v if str(x).strip()]
         if isinstance(v, str):
-            sep = self.cfg.data.label_separator or ","
+            sep = self.opts.label_separator or ","
             return [p.strip() for p in v.split(sep) if p.strip()]
         return [str(v)]
 
     def _regression(self, t: Table, i: int) -> float:
         try:
-            x = float(t.label[i])
+            x = float(t["label"][i])
         except (TypeError, ValueError):
-            raise self._label_error(t, i, f"label {t.label[i]!r} is not a number (task.problem_type: regression)")
+            raise self._label_error(t, i, f"label {t['label'][i]!r} is not a number (task.problem_type: regression)")
         if not math.isfinite(x):
-            raise self._label_error(t, i, f"label {t.label[i]!r} is not finite")
+            raise self._label_error(t, i, f"label {t['label'][i]!r} is not finite")
         return x
 
     def _infer_problem_type(self, train: Table) -> str:
         if self.problem_type != "auto":
             return self.problem_type
-        if self.cfg.data.label_separator or any(isinstance(v, (list, tuple)) for v in train.label):
+        if self.opts.label_separator or any(isinstance(v, (list, tuple)) for v in train["label"]):
             return "multi_label"
         return "single_label"
 
-    def fit_labels(self, splits: dict[str, Table]) -> None:
+    def fit(self, splits: dict[str, Table]) -> None:
         train = splits["train"]
         self.problem_type = self._infer_problem_type(train)
         if self.problem_type == "regression":
@@ -161,16 +182,16 @@ class TextClassification:
             names = sorted(seen, key=int) if all(_INTEGER.fullmatch(x) for x in seen) else sorted(seen)
             if len(names) < 2:
                 raise DataError(f"the training split has only {len(names)} distinct label(s): {names}",
-                                file=train.file[0], column=self.cfg.data.label_column,
+                                file=train.file[0], column=train.column_of.get("label", "label"),
                                 hint="a classifier needs at least two classes")
             self.labels = names
         for split, t in splits.items():
-            self.encode_labels(split, t)
+            self.encode(split, t)
 
-    def encode_labels(self, split: str, t: Table) -> None:
+    def encode(self, split: str, t: Table) -> None:
         """Replace raw labels by model targets, against the label set fixed by the training split."""
         if self.problem_type == "regression":
-            t.label = [self._regression(t, i) for i in range(len(t))]
+            t.columns["label"] = [self._regression(t, i) for i in range(len(t))]
             return
         index = {n: k for k, n in enumerate(self.labels)}
         parsed = self._single_all(t) if self.problem_type == "single_label" else \
@@ -189,30 +210,40 @@ class TextClassification:
                 for x in v:
                     hot[index[str(x)]] = 1.0
                 encoded.append(hot)
-        t.label = encoded
+        t.columns["label"] = encoded
 
     def stratify_keys(self, table: Table) -> list[Hashable] | None:
         if self.problem_type == "single_label":
-            return table.label
+            return table["label"]
         return None
 
-    def label_distribution(self, table: Table) -> dict[str, Any]:
+    def describe(self, table: Table) -> dict[str, Any]:
         if self.problem_type == "regression":
-            y = np.asarray(table.label, dtype=float)
+            y = np.asarray(table["label"], dtype=float)
             return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
         if self.problem_type == "multi_label":
-            counts = np.asarray(table.label).sum(axis=0)
+            counts = np.asarray(table["label"]).sum(axis=0)
             return {n: int(c) for n, c in zip(self.labels, counts)}
-        c = Counter(table.label)
+        c = Counter(table["label"])
         return {n: c.get(k, 0) for k, n in enumerate(self.labels)}
 
-    # ------------------------------------------------------------------ tokens
-    def preprocess_setup(self, tokenizer: Any) -> None:
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    def summary(self) -> dict[str, Any]:
+        return {"problem_type": self.problem_type, "labels": self.labels}
 
-    def preprocess(self, table: Table, tokenizer: Any) -> datasets.Dataset:
+    def gold(self, table: Table, i: int) -> Any:
+        v = table["label"][i]
+        if self.problem_type == "single_label":
+            return self.labels[int(v)]
+        if self.problem_type == "multi_label":
+            return [n for n, x in zip(self.labels, v) if x]
+        return float(v)
+
+    # ------------------------------------------------------------------ tokens
+    def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
+        import datasets
+
         max_len = self.cfg.model.max_length
-        enc = tokenizer(table.text, table.text_pair, truncation=False, return_special_tokens_mask=True,
+        enc = tokenizer(table["text"], table.get("text_pair"), truncation=False, return_special_tokens_mask=True,
                         verbose=False)
         types_all = enc.get("token_type_ids")
         cols: dict[str, list] = {"input_ids": [], "n_tokens": [], "length": []}
@@ -222,39 +253,36 @@ class TextClassification:
             types = types_all[k] if types_all is not None else None
             cols["n_tokens"].append(len(ids))
             if len(ids) > max_len:
-                ids, types = truncate(ids, enc["special_tokens_mask"][k], types, max_len,
-                                      self.cfg.model.truncation)
+                ids, types = truncate(ids, enc["special_tokens_mask"][k], types, max_len, self.opts.truncation)
             cols["input_ids"].append(ids)
             cols["length"].append(len(ids))
             if types is not None:
                 cols["token_type_ids"].append(types)
-        cols["labels"] = table.label if table.label else [0] * len(table)
+        cols["example"] = list(range(len(table)))
+        if "label" in table:
+            cols["labels"] = table["label"]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return datasets.Dataset.from_dict(cols)
 
-    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
-        n = max(len(f["input_ids"]) for f in features)
-        if pad_to_multiple_of:
-            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
-        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), n), dtype=torch.long)
-        has_types = "token_type_ids" in features[0]
-        types = torch.zeros((len(features), n), dtype=torch.long) if has_types else None
-        for i, f in enumerate(features):
-            L = len(f["input_ids"])
-            ids[i, :L] = torch.as_tensor(f["input_ids"])
-            mask[i, :L] = 1
-            if types is not None:
-                types[i, :L] = torch.as_tensor(f["token_type_ids"])
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            batch["token_type_ids"] = types
-        dtype = torch.long if self.problem_type == "single_label" else torch.float
-        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
-        return batch
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
+        import torch
+
+        inputs = pad_inputs(features, getattr(self, "pad_id", 0), pad_to_multiple_of)
+        targets = {}
+        if "labels" in features[0]:
+            dtype = torch.long if self.problem_type == "single_label" else torch.float
+            targets["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        return Batch(inputs, targets, {"example": np.array([f["example"] for f in features])})
+
+    def cache_key(self) -> dict:
+        return {"task": self.name, "problem_type": self.problem_type, "max_length": self.cfg.model.max_length,
+                "truncation": self.opts.truncation}
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> torch.nn.Module:
+    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
         from transformers import AutoModelForSequenceClassification
+
+        from ..fast_bert import speed_up_bert_classifier
 
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
@@ -262,77 +290,117 @@ class TextClassification:
         speed_up_bert_classifier(model)
         return model
 
-    def _logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return model(**inputs).logits.float()
+    def count_items(self, batch: Batch) -> int:
+        return int(batch.meta["example"].shape[0])
 
-    def count_items(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["labels"].shape[0])
+    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", "torch.Tensor"]:
+        import torch.nn.functional as F
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits, y = self._logits(model, batch), batch["labels"]
+        logits = model(**batch.inputs).logits.float()
+        if "labels" not in batch.targets:
+            return None, logits
+        y = batch.targets["labels"]
         if self.problem_type == "single_label":
             loss = F.cross_entropy(logits, y, reduction="sum")
         elif self.problem_type == "multi_label":
             loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1).sum()
         else:
             loss = F.mse_loss(logits.squeeze(-1), y, reduction="sum")
-        return loss
-
-    def outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self._logits(model, batch)
-        if self.problem_type == "single_label":
-            return logits.softmax(-1)
-        if self.problem_type == "multi_label":
-            return logits.sigmoid()
-        return logits.squeeze(-1)
+        return loss, logits
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def metrics(self) -> dict[str, bool]:
+        return {"single_label": {"accuracy": True, "macro_f1": True, "weighted_f1": True},
+                "multi_label": {"micro_f1": True, "macro_f1": True, "subset_accuracy": True},
+                "regression": {"mse": False, "mae": False, "pearson": True, "spearman": True}}[self.problem_type]
+
     @property
     def default_metric(self) -> str:
         return {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "mse"}[self.problem_type]
 
-    @property
-    def metric_names(self) -> list[str]:
-        """Scalar metrics eval.metric can select (loss always included)."""
-        return ["loss"] + {"single_label": ["accuracy", "macro_f1", "weighted_f1"],
-                           "multi_label": ["micro_f1", "macro_f1", "subset_accuracy"],
-                           "regression": ["mse", "mae", "pearson", "spearman"]}[self.problem_type]
+    def evaluator(self, table: Table) -> "ClassificationEvaluator":
+        return ClassificationEvaluator(self, table)
 
-    def fit_postprocess(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        if self.problem_type == "multi_label":
-            self.threshold = tune_threshold(scores, labels)
-
-    def metrics(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def scores(self, logits: "torch.Tensor") -> np.ndarray:
+        """Probabilities (softmax or sigmoid) or the predicted value, as numpy."""
         if self.problem_type == "single_label":
-            return classification_metrics(scores.argmax(-1), labels, self.labels)
+            return logits.softmax(-1).cpu().numpy()
         if self.problem_type == "multi_label":
-            return multilabel_metrics(scores >= self.threshold, labels, self.labels, self.threshold)
-        return regression_metrics(scores, labels)
+            return logits.sigmoid().cpu().numpy()
+        return logits.squeeze(-1).cpu().numpy()
 
-    def postprocess(self, scores: np.ndarray) -> list[dict]:
-        out = []
-        for s in scores:
-            if self.problem_type == "single_label":
-                k = int(s.argmax())
-                out.append({"label": self.labels[k], "score": float(s[k]),
-                            "probs": {n: float(p) for n, p in zip(self.labels, s)}})
-            elif self.problem_type == "multi_label":
-                out.append({"labels": [n for n, p in zip(self.labels, s) if p >= self.threshold],
-                            "probs": {n: float(p) for n, p in zip(self.labels, s)}})
-            else:
-                out.append({"value": float(s)})
-        return out
-
-    def postprocess_labels(self, labels: np.ndarray) -> list:
-        """Gold labels in the user's terms, for prediction files."""
+    def record(self, s: np.ndarray) -> dict:
+        """The prediction record of one example's scores."""
         if self.problem_type == "single_label":
-            return [self.labels[int(k)] for k in labels]
+            k = int(s.argmax())
+            return {"label": self.labels[k], "score": float(s[k]),
+                    "probs": {n: float(p) for n, p in zip(self.labels, s)}}
         if self.problem_type == "multi_label":
-            return [[n for n, v in zip(self.labels, row) if v] for row in labels]
-        return [float(v) for v in labels]
+            return {"labels": [n for n, p in zip(self.labels, s) if p >= self.threshold],
+                    "probs": {n: float(p) for n, p in zip(self.labels, s)}}
+        return {"value": float(s)}
 
     def state(self) -> dict:
         return {"task": self.name, "problem_type": self.problem_type, "labels": self.labels,
-                "threshold": self.threshold, "max_length": self.cfg.model.max_length,
-                "truncation": self.cfg.model.truncation}
+                "threshold": self.threshold}
+
+
+class ClassificationEvaluator:
+    """Keeps one score row per example (probabilities, or the predicted value)."""
+
+    def __init__(self, task: TextClassification, table: Table) -> None:
+        self.task, self.table = task, table
+        width = () if task.problem_type == "regression" else (len(task.labels),)
+        self.scores = np.full((len(table), *width), np.nan, dtype=np.float32)
+        self.seen = np.zeros(len(table), dtype=bool)
+
+    def add(self, batch: Batch, outputs: "torch.Tensor") -> None:
+        idx = batch.meta["example"]
+        self.scores[idx] = self.task.scores(outputs.float())
+        self.seen[idx] = True
+
+    def merge(self, other: "ClassificationEvaluator") -> None:
+        self.scores[other.seen] = other.scores[other.seen]
+        self.seen |= other.seen
+
+    def result(self, tune: bool = False) -> EvalResult:
+        from ..evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics, tune_threshold
+
+        task, s = self.task, self.scores
+        metrics: dict[str, Any] = {}
+        if "label" in self.table:
+            y = np.asarray(self.table["label"])
+            if task.problem_type == "multi_label" and tune:
+                task.threshold = tune_threshold(s, y)
+            if task.problem_type == "single_label":
+                metrics = classification_metrics(s.argmax(-1), y, task.labels)
+            elif task.problem_type == "multi_label":
+                metrics = multilabel_metrics(s >= task.threshold, y, task.labels, task.threshold)
+            else:
+                metrics = regression_metrics(s, y)
+        return EvalResult(metrics, [task.record(row) for row in s])
+
+
+def pad_inputs(features: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict[str, "torch.Tensor"]:
+    """input_ids, attention_mask and (when the features have them) token_type_ids, right-padded to the
+    longest feature (rounded up to a multiple of `pad_to_multiple_of`)."""
+    import torch
+
+    n = max(len(f["input_ids"]) for f in features)
+    if pad_to_multiple_of:
+        n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+    ids = torch.full((len(features), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), n), dtype=torch.long)
+    has_types = "token_type_ids" in features[0]
+    types = torch.zeros((len(features), n), dtype=torch.long) if has_types else None
+    for i, f in enumerate(features):
+        L = len(f["input_ids"])
+        ids[i, :L] = torch.as_tensor(f["input_ids"])
+        mask[i, :L] = 1
+        if types is not None:
+            types[i, :L] = torch.as_tensor(f["token_type_ids"])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
