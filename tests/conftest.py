@@ -6,6 +6,7 @@ folder, the way the Hugging Face test suites build tiny models.
 from __future__ import annotations
 
 import copy
+from typing import Any
 import csv
 import json
 import os
@@ -112,3 +113,13 @@ def train_losses(run_dir: Path) -> list[float]:
     from tunesmith.io import read_jsonl
 
     return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def load_splits(data_cfg: Any) -> Any:
+    """`load_splits` with text classification's roles: what most data tests read."""
+    from tunesmith.config import RunConfig
+    from tunesmith.data.prepare import load_splits as load
+    from tunesmith.tasks.base import get_task
+
+    roles = get_task(RunConfig.model_validate({"data": {"train": "unused.csv"}})).roles()
+    return load(data_cfg, roles)

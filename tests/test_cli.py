@@ -145,7 +145,7 @@ def test_init_detects_regression(tmp_path):
     result = invoke("init", "--data", data, "-o", out)
     assert result.exit_code == 0, result.output
     assert "problem type: regression" in one_line(result.output)
-    assert load_config(out).task.problem_type == "regression"
+    assert load_config(out).task.options["problem_type"] == "regression"
 
 
 def test_init_config_passes_check_data(tmp_path, tiny_model_dir):
@@ -155,7 +155,7 @@ def test_init_config_passes_check_data(tmp_path, tiny_model_dir):
     result = invoke("check-data", out, "--set", f"model.name={tiny_model_dir}",
                     "--set", f"data.cache_dir={tmp_path / 'cache'}")
     assert result.exit_code == 0, result.output
-    assert "Data report (single_label, 2 labels)" in result.output
+    assert "Data report (text-classification, single_label, 2 labels)" in result.output
 
 
 def test_init_does_not_overwrite_without_force(tmp_path):
@@ -184,7 +184,7 @@ def test_check_data_prints_the_report(config_file, tmp_path):
     result = invoke("check-data", config_file, "--report", report)
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "Data report (single_label, 2 labels)" in out
+    assert "Data report (text-classification, single_label, 2 labels)" in out
     for split in ("train", "validation", "test"):
         assert split in out
     assert "missing values: policy=drop, dropped rows=0" in out
@@ -256,7 +256,8 @@ def test_train_run_folder_contents(trained, workdir):
     assert Path(cfg.output_dir) == run_dir
     assert Path(cfg.data.train) == (workdir / "data" / "train.csv").resolve()  # relative path resolved
     assert json.loads((run_dir / "label_map.json").read_text()) == {
-        "id2label": {"0": "neg", "1": "pos"}, "problem_type": "single_label"}
+        "task": "text-classification", "problem_type": "single_label", "labels": ["neg", "pos"],
+        "id2label": {"0": "neg", "1": "pos"}}
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["kind"] for m in metrics} == {"train", "eval"}
     assert [m["step"] for m in metrics if m["kind"] == "eval"][:1] == [6]
@@ -266,9 +267,11 @@ def test_train_run_folder_contents(trained, workdir):
     preds = [json.loads(x) for x in (run_dir / "predictions" / "test.jsonl").read_text().splitlines()]
     assert len(preds) == json.loads((run_dir / "data_report.json").read_text())["splits"]["test"]["rows"] == 20
     for p in preds:
-        assert p["gold"] in ("neg", "pos") and p["label"] in ("neg", "pos")
-        assert set(p["probs"]) == {"neg", "pos"} and sum(p["probs"].values()) == pytest.approx(1, abs=1e-5)
-        assert p["file"] == cfg.data.train and isinstance(p["line"], int)
+        assert list(p) == ["file", "line", "input", "gold", "prediction"]
+        assert p["gold"] in ("neg", "pos") and p["prediction"]["label"] in ("neg", "pos")
+        assert set(p["prediction"]["probs"]) == {"neg", "pos"}
+        assert sum(p["prediction"]["probs"].values()) == pytest.approx(1, abs=1e-5)
+        assert p["file"] == cfg.data.train and isinstance(p["line"], int) and list(p["input"]) == ["text"]
     state = json.loads((run_dir / "model" / "tunesmith.json").read_text())
     assert state["task"]["labels"] == ["neg", "pos"]
 
@@ -348,7 +351,8 @@ def test_predict_to_jsonl(trained, new_texts, tmp_path):
     for row, inp, line in zip(rows, inputs, range(2, 15)):
         assert list(row) == ["id", "text", "tunesmith"]
         assert row["id"] == inp["id"] and row["text"] == inp["text"] and row["tunesmith"]["line"] == line
-        pred = row["tunesmith"]
+        assert list(row["tunesmith"]) == ["line", "prediction"]
+        pred = row["tunesmith"]["prediction"]
         assert pred["label"] in ("neg", "pos")
         assert set(pred["probs"]) == {"neg", "pos"}
         assert sum(pred["probs"].values()) == pytest.approx(1, abs=1e-5)
@@ -363,13 +367,13 @@ def test_predict_to_csv_matches_jsonl(trained, new_texts, tmp_path):
     rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
     ref = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 13
-    assert list(rows[0]) == ["id", "text", "input_line", "pred_label", "pred_score", "pred_prob:neg",
-                             "pred_prob:pos"]
+    assert list(rows[0]) == ["id", "text", "input_line", "pred_label", "pred_score", "pred_probs.neg",
+                             "pred_probs.pos"]
     for row, r in zip(rows, ref):
-        pred = r["tunesmith"]
+        pred = r["tunesmith"]["prediction"]
         assert row["id"] == r["id"] and row["pred_label"] == pred["label"]
-        assert int(row["input_line"]) == pred["line"]
-        probs = {k.removeprefix("pred_prob:"): float(v) for k, v in row.items() if k.startswith("pred_prob:")}
+        assert int(row["input_line"]) == r["tunesmith"]["line"]
+        probs = {k.removeprefix("pred_probs."): float(v) for k, v in row.items() if k.startswith("pred_probs.")}
         assert probs == pytest.approx(pred["probs"], abs=1e-6)
 
 
@@ -380,8 +384,8 @@ def test_predict_to_csv_keeps_an_input_label_column(trained, new_texts, tmp_path
     assert invoke("predict", run_dir, labelled, "-o", tmp_path / "p.csv").exit_code == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open(encoding="utf-8")))
     assert [r["label"] for r in rows] == gold  # the input's own column, as in the JSONL output
-    assert list(rows[0]) == ["text", "label", "input_line", "pred_label", "pred_score", "pred_prob:neg",
-                             "pred_prob:pos"]
+    assert list(rows[0]) == ["text", "label", "input_line", "pred_label", "pred_score", "pred_probs.neg",
+                             "pred_probs.pos"]
 
 
 def test_predict_input_without_the_text_column(trained, tmp_path):

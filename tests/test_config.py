@@ -107,7 +107,7 @@ def test_hub_dataset_alone_is_enough():
 def test_task_string_shorthand():
     cfg = load_config(minimal(task="text-classification"))
     assert cfg.task.type == "text-classification"
-    assert cfg.task.problem_type == "auto"
+    assert cfg.task.options["problem_type"] == "auto"
 
 
 def test_defaults_and_yaml_round_trip():
@@ -162,7 +162,7 @@ def test_override_task_shorthand_and_into_string_task():
     assert cfg.task.type == "text-classification"
     # a dotted override into a task given as a string shorthand
     cfg = load_config(minimal(task="text-classification"), ["task.problem_type=regression"])
-    assert cfg.task.type == "text-classification" and cfg.task.problem_type == "regression"
+    assert cfg.task.type == "text-classification" and cfg.task.options["problem_type"] == "regression"
 
 
 def test_override_creates_missing_sections_and_applies_in_order():
@@ -190,8 +190,15 @@ def test_override_of_a_runconfig_object():
 
 
 def test_override_label_separator_pipe():
-    cfg = load_config(minimal(), ["data.label_separator=|"])
-    assert cfg.data.label_separator == "|"
+    cfg = load_config(minimal(), ["task.label_separator=|"])
+    assert cfg.task.options["label_separator"] == "|"
+
+
+def test_moved_keys_still_work_as_task_options():
+    """model.truncation and data.label_separator, written before they became classification options."""
+    cfg = load_config(minimal(model={"truncation": "head_tail"}, data={"train": "x.csv", "label_separator": "|"}))
+    assert cfg.task.options["truncation"] == "head_tail" and cfg.task.options["label_separator"] == "|"
+    assert "truncation" not in cfg.model_dump()["model"]
 
 
 def test_override_value_with_yaml_indicator_is_taken_as_text():
@@ -248,11 +255,11 @@ def test_examples_demo_yaml_is_valid_and_its_data_exists():
     train = Path(cfg.data.train)
     assert train.is_absolute() and train.is_file(), f"examples/demo.yaml points at a missing file: {train}"
     # its columns and labels are usable as configured
-    data = load_splits(cfg.data)
+    task = get_task(cfg)
+    data = load_splits(cfg.data, task.roles())
     assert len(data.splits["train"]) > 50
     assert not data.dropped
-    task = get_task(cfg)
-    task.fit_labels(data.splits)
+    task.fit(data.splits)
     assert len(task.labels) >= 2
 
 

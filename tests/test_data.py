@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TOPICS, sentiment_rows, write_csv, write_jsonl
+from conftest import TOPICS, load_splits, sentiment_rows, write_csv, write_jsonl
 from tunesmith.config import DataConfig, load_config
-from tunesmith.data.prepare import load_splits, make_missing_splits
+from tunesmith.data.prepare import make_missing_splits
 from tunesmith.data.readers import read_file
 from tunesmith.errors import DataError
 from tunesmith.run import prepare
@@ -48,7 +48,7 @@ def data_error(fn, *args, **kwargs) -> DataError:
 
 
 def rows_from(tables) -> list[tuple[str, object]]:
-    return list(zip(tables.text, tables.label))
+    return list(zip(tables["text"], tables["label"]))
 
 
 # ---------------------------------------------------------------- bad input: columns, bytes, shape
@@ -264,7 +264,7 @@ def test_on_missing_drop_records_every_dropped_row(tmp_path):
     data = load_splits(DataConfig(train=str(f), on_missing="drop"))
     t = data.splits["train"]
     assert t.line == [2, 4, 7, 8]
-    assert t.text == ["good movie", "bad food", "poor show", "lovely place"]
+    assert t["text"] == ["good movie", "bad food", "poor show", "lovely place"]
     assert [(d["file"], d["line"], d["split"]) for d in data.dropped] == [
         (str(f), 3, "train"), (str(f), 5, "train"), (str(f), 6, "train")]
     reasons = [d["reason"] for d in data.dropped]
@@ -278,7 +278,7 @@ def test_on_missing_drop_jsonl_nulls_and_absent_keys(tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": "x"}, {"text": None, "label": "x"},
                                            {"label": "y"}, {"text": "b", "label": None}, {"text": "c", "label": "y"}])
     data = load_splits(DataConfig(train=str(f)))
-    assert data.splits["train"].text == ["a", "c"]
+    assert data.splits["train"]["text"] == ["a", "c"]
     assert [d["line"] for d in data.dropped] == [2, 3, 4]
 
 
@@ -287,8 +287,8 @@ def test_on_missing_fill_keeps_rows_with_filled_text(tmp_path):
     data = load_splits(DataConfig(train=str(f), on_missing="fill", fill_value="[EMPTY]"))
     t = data.splits["train"]
     assert t.line == [2, 3, 4, 6, 7, 8]  # rows 3 and 6 kept, filled
-    assert t.text[t.line.index(3)] == "[EMPTY]" and t.label[t.line.index(3)] == "neg"
-    assert t.text[t.line.index(6)] == "[EMPTY]"
+    assert t["text"][t.line.index(3)] == "[EMPTY]" and t["label"][t.line.index(3)] == "neg"
+    assert t["text"][t.line.index(6)] == "[EMPTY]"
     # a missing label cannot be filled: still dropped, and reported
     assert [(d["line"], d["reason"]) for d in data.dropped] == [(5, "missing label (column 'label')")]
     assert data.dropped[0]["file"] == str(f)
@@ -396,15 +396,15 @@ def test_formats_agree_through_prepare(tmp_path, make_cfg):
 
 def _find(p, text: str) -> tuple[str, int]:
     for split, t in p.data.splits.items():
-        if text in t.text:
-            return split, t.text.index(text)
+        if text in t["text"]:
+            return split, t["text"].index(text)
     raise AssertionError(f"{text!r} not in any split")
 
 
 def test_string_labels(tmp_path, make_cfg):
     p = prepare(make_cfg({"train": write_csv(tmp_path / "t.csv", sentiment_rows(30, seed=0))}))
     assert p.task.problem_type == "single_label" and p.task.labels == ["neg", "pos"]
-    assert set().union(*(set(t.label) for t in p.data.splits.values())) == {0, 1}
+    assert set().union(*(set(t["label"]) for t in p.data.splits.values())) == {0, 1}
 
 
 def test_integer_labels_sort_numerically(tmp_path, make_cfg):
@@ -412,7 +412,7 @@ def test_integer_labels_sort_numerically(tmp_path, make_cfg):
     p = prepare(make_cfg({"train": write_jsonl(tmp_path / "t.jsonl", rows)}))
     assert p.task.labels == ["2", "10", "33"]
     split, i = _find(p, rows[1]["text"])
-    assert p.data.splits[split].label[i] == 1  # 10 is the second class
+    assert p.data.splits[split]["label"][i] == 1  # 10 is the second class
 
 
 def test_integer_labels_in_csv_and_jsonl_agree(tmp_path, make_cfg):
@@ -420,7 +420,7 @@ def test_integer_labels_in_csv_and_jsonl_agree(tmp_path, make_cfg):
     a = prepare(make_cfg({"train": write_csv(tmp_path / "t.csv", rows)}))
     b = prepare(make_cfg({"train": write_jsonl(tmp_path / "t.jsonl", rows)}))
     assert a.task.labels == b.task.labels == ["0", "1"]
-    assert a.data.splits["train"].label == b.data.splits["train"].label
+    assert a.data.splits["train"]["label"] == b.data.splits["train"]["label"]
 
 
 def _topic_rows(n: int, seed: int) -> list[dict]:
@@ -442,7 +442,7 @@ def test_multi_label_from_json_lists(tmp_path, make_cfg):
     assert p.task.problem_type == "multi_label"
     assert p.task.labels == ["politics", "sports", "tech"]
     split, i = _find(p, "goal vote unique")
-    assert p.data.splits[split].label[i] == [1.0, 1.0, 0.0]
+    assert p.data.splits[split]["label"][i] == [1.0, 1.0, 0.0]
     assert p.report["problem_type"] == "multi_label"
 
 
@@ -453,7 +453,7 @@ def test_multi_label_from_delimited_strings(tmp_path, make_cfg):
     assert p.task.problem_type == "multi_label"
     assert p.task.labels == ["politics", "sports", "tech"]
     split, i = _find(p, "chip law unique")
-    assert p.data.splits[split].label[i] == [1.0, 0.0, 1.0]
+    assert p.data.splits[split]["label"][i] == [1.0, 0.0, 1.0]
     # made splits cannot be stratified on label sets
     assert "not stratified" in p.report["splits"]["validation"]["made"]
 
@@ -464,10 +464,10 @@ def test_regression_labels(tmp_path, make_cfg):
     p = prepare(make_cfg({"train": write_csv(tmp_path / "t.csv", rows)}, task={"problem_type": "regression"}))
     assert p.task.problem_type == "regression" and p.task.labels == ["value"]
     split, i = _find(p, "regression unique")
-    assert p.data.splits[split].label[i] == 0.0
-    all_labels = sorted(x for t in p.data.splits.values() for x in t.label)
+    assert p.data.splits[split]["label"][i] == 0.0
+    all_labels = sorted(x for t in p.data.splits.values() for x in t["label"])
     assert all_labels == pytest.approx([round(0.1 * i, 2) for i in range(30)])
-    assert isinstance(p.data.splits["train"].label[0], float)
+    assert isinstance(p.data.splits["train"]["label"][0], float)
     assert set(p.report["label_distribution"]["train"]) == {"mean", "std", "min", "max"}
 
 
@@ -478,7 +478,7 @@ def test_sentence_pairs_get_token_type_ids(tmp_path, make_cfg):
                           "text_pair_column": "hypothesis"}))
     assert p.task.problem_type == "single_label" and p.task.labels == ["neg", "pos"]
     t = p.data.splits["train"]
-    assert t.text_pair is not None and set(t.text_pair) == {"the movie was good"}
+    assert t.get("text_pair") is not None and set(t.get("text_pair")) == {"the movie was good"}
     ds = p.tokenized["train"]
     assert "token_type_ids" in ds.column_names
     sep = p.tokenizer.sep_token_id
@@ -507,7 +507,7 @@ def _split(tmp_path, make_cfg, **data):
     cfg = make_cfg({"train": write_csv(tmp_path / "imb.csv", _imbalanced_rows()), **data})
     loaded = load_splits(cfg.data)
     task = get_task(cfg)
-    task.fit_labels(loaded.splits)
+    task.fit(loaded.splits)
     make_missing_splits(loaded, cfg.data, task.stratify_keys)
     return loaded, task
 
@@ -525,7 +525,7 @@ def test_made_splits_are_stratified(tmp_path, make_cfg):
     data, task = _split(tmp_path, make_cfg, validation_ratio=0.1, test_ratio=0.1)
 
     def props(t):
-        c = Counter(t.label)
+        c = Counter(t["label"])
         return np.array([c[k] / len(t) for k in range(len(task.labels))])
 
     train = props(data.splits["train"])
@@ -602,7 +602,7 @@ def test_report_leakage_duplicates_and_lengths(tmp_path, make_cfg, tiny_model_di
     assert leak["rows"] == 1
     assert leak["fraction_of_test"] == pytest.approx(0.1)
     ex = leak["examples"][0]
-    assert ex["text"] == train_rows[29]["text"]
+    assert ex["input"] == {"text": train_rows[29]["text"]}
     assert ex["train"] == {"file": str(train), "line": 31}
     assert ex["test"] == {"file": str(test), "line": 8}
     assert r["leakage"]["train-validation"]["rows"] == 0
@@ -643,7 +643,7 @@ def test_report_label_distribution_and_summary_print(tmp_path, make_cfg, capsys)
     assert set(p.report["splits"]) == {"train", "validation", "test"}
     print_report(p.report, Console(width=200, force_terminal=False))
     out = capsys.readouterr().out
-    assert "Data report (single_label, 2 labels)" in out and "train" in out and "validation" in out
+    assert "Data report (text-classification, single_label, 2 labels)" in out and "train" in out and "validation" in out
 
 
 # ---------------------------------------------------------------- tokenization cache
@@ -742,7 +742,7 @@ def test_head_tail_through_prepare(tmp_path, make_cfg, tiny_model_dir):
     def kept(truncation: str) -> list[int]:
         p = prepare(make_cfg({"train": train, "validation": val, "test": test},
                              model={"max_length": 16, "truncation": truncation}))
-        i = p.data.splits["train"].text.index(long_text)
+        i = p.data.splits["train"]["text"].index(long_text)
         row = p.tokenized["train"][i]
         assert row["n_tokens"] == len(words) + 2 and row["length"] == 16
         return row["input_ids"]

@@ -13,10 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import sentiment_rows, write_csv, write_jsonl
+from conftest import load_splits, sentiment_rows, write_csv, write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import DataConfig, load_config
-from tunesmith.data.prepare import load_splits
 from tunesmith.data.readers import read_file
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.run import prepare
@@ -63,8 +62,8 @@ def test_headerless_csv_by_position_keeps_the_first_row(tmp_path):
     f.write_text(NEWS, encoding="utf-8")
     t = load_splits(DataConfig(train=str(f), header=False, text_column=2, label_column=0)).splits["train"]
     assert t.line == [1, 2, 3, 4]
-    assert t.label == ["3", "3", "4", "2"]
-    assert t.text[0].startswith("Reuters - Short-sellers")
+    assert t["label"] == ["3", "3", "4", "2"]
+    assert t["text"][0].startswith("Reuters - Short-sellers")
 
 
 def test_headerless_csv_with_column_names(tmp_path):
@@ -72,8 +71,8 @@ def test_headerless_csv_with_column_names(tmp_path):
     f.write_text(NEWS, encoding="utf-8")
     cfg = DataConfig(train=str(f), header=False, column_names=["label", "title", "text"])
     t = load_splits(cfg).splits["train"]
-    assert t.line == [1, 2, 3, 4] and t.label == ["3", "3", "4", "2"]
-    assert t.text[3].startswith("Michael Phelps")
+    assert t.line == [1, 2, 3, 4] and t["label"] == ["3", "3", "4", "2"]
+    assert t["text"][3].startswith("Michael Phelps")
 
 
 def test_headerless_file_read_with_a_header_says_the_first_row_looks_like_data(tmp_path):
@@ -216,7 +215,7 @@ def test_list_as_text_is_an_error_unless_joining_is_asked_for(tmp_path):
     err = data_error(load_splits, DataConfig(train=str(f)))
     assert (err.line, err.column) == (1, "text") and "data.join_text_lists" in str(err)
     t = load_splits(DataConfig(train=str(f), join_text_lists=" ")).splits["train"]
-    assert t.text == ["good day", "bad", "42"]
+    assert t["text"] == ["good day", "bad", "42"]
 
 
 def test_a_list_of_non_strings_is_not_joined(tmp_path):
@@ -362,7 +361,7 @@ def _report(source: str) -> dict:
             "truncated_pct": 1.28}
     labels = ["World", "Sports", "Business", "Sci/Tech", "bad\x1b[31mred"]
     return {
-        "problem_type": "single_label", "labels": labels,
+        "task": "text-classification", "problem_type": "single_label", "labels": labels,
         "splits": {"train": {"rows": 4360, "source": source, "made": None},
                    "test": {"rows": 545, "source": source,
                             "made": "545 rows (10%) taken from train, seed 42, stratified by label"},
@@ -388,7 +387,7 @@ def test_report_at_80_columns_cuts_no_number_description_or_path(tmp_path):
     buf = io.StringIO()
     print_report(_report(source), Console(width=80, file=buf), dropped_rows_file=tmp_path / "dropped_rows.jsonl")
     out = buf.getvalue()
-    assert "Data report (single_label, 5 labels)" in out
+    assert "Data report (text-classification, single_label, 5 labels)" in out
     assert f"train: 4360 rows, from {source}" in out
     assert "test: 545 rows, 545 rows (10%) taken from train, seed 42, stratified by label" in out
     for count in ("World=1090123", "Sports=1090", "Business=1089", "Sci/Tech=1088", "World=136", "Sports=137"):

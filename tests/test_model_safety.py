@@ -83,17 +83,17 @@ def test_lr_1e3_stops_with_a_divergence_error_and_exports_nothing(base_config: d
 def test_a_nonfinite_step_is_skipped_and_counted(base_config: dict, tmp_path: Path, monkeypatch) -> None:
     from tunesmith.tasks.classification import TextClassification
 
-    real_loss = TextClassification.loss
+    real_forward = TextClassification.forward
     seen: list[torch.Tensor] = []
 
-    def loss(self, model, batch):  # the second training step's loss is NaN
+    def forward(self, model, batch):  # the second training step's loss is NaN
         if not model.training:
-            return real_loss(self, model, batch)
+            return real_forward(self, model, batch)
         seen.append(model.classifier.weight.detach().clone())
-        out = real_loss(self, model, batch)
-        return out * float("nan") if len(seen) == 2 else out
+        loss, out = real_forward(self, model, batch)
+        return (loss * float("nan") if len(seen) == 2 else loss), out
 
-    monkeypatch.setattr(TextClassification, "loss", loss)
+    monkeypatch.setattr(TextClassification, "forward", forward)
     cfg = copy.deepcopy(base_config)
     cfg["train"].update(max_steps=4, warmup_ratio=0.0)
     run = tunesmith.train(cfg)
@@ -153,7 +153,8 @@ def test_predictions_of_nan_weights_are_valid_json(run_dir: Path, model_copy: Pa
     out = tmp_path / "p.jsonl"
     predictor.predict_file(write_csv(tmp_path / "in.csv", [{"text": "good"}]), out)
     row = strict_json(out.read_text())
-    assert row["tunesmith"] == {"line": 2, "label": "neg", "score": None, "probs": {"neg": None, "pos": None}}
+    assert row["tunesmith"] == {"line": 2, "prediction": {"label": "neg", "score": None,
+                                                          "probs": {"neg": None, "pos": None}}}
 
 
 # ---------------------------------------------------------------- item 6 and 18: damaged model folders
@@ -221,8 +222,8 @@ def test_jsonl_output_keeps_every_input_key(run_dir: Path, tmp_path: Path) -> No
     for before, after, line in zip(rows, got, (1, 2)):
         assert list(after) == ["text", "prediction", "line", "tunesmith", "tunesmith_1"]
         assert {k: after[k] for k in before} == before
-        assert after["tunesmith_1"]["line"] == line and set(after["tunesmith_1"]) == {"line", "label", "score",
-                                                                                     "probs"}
+        assert after["tunesmith_1"]["line"] == line and set(after["tunesmith_1"]) == {"line", "prediction"}
+        assert set(after["tunesmith_1"]["prediction"]) == {"label", "score", "probs"}
 
 
 def test_csv_output_takes_the_union_of_keys_and_never_overwrites(run_dir: Path, tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_csv_output_takes_the_union_of_keys_and_never_overwrites(run_dir: Path, 
     tunesmith.load(run_dir).predict_file(write_jsonl(tmp_path / "in.jsonl", rows), out)
     got = list(csv.reader(out.open(encoding="utf-8")))
     assert got[0] == ["text", "pred_label", "input_line", "note", "input_line_1", "pred_label_1", "pred_score",
-                      "pred_prob:neg", "pred_prob:pos"]
+                      "pred_probs.neg", "pred_probs.pos"]
     assert got[1][:5] == ["good", "gold", "", "", "1"]
     assert got[2][:5] == ["bad", "x", "'=HYPERLINK(1)", '["a"]', "2"]
     assert all(r[5] in ("neg", "pos") and float(r[6]) == max(float(r[7]), float(r[8])) for r in got[1:])

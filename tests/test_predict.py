@@ -25,13 +25,13 @@ def _run(base: dict, tmp_path: Path, name: str, **changes: object) -> tunesmith.
 def test_saved_model_predicts_exactly_what_the_trained_model_did(base_config: dict, tmp_path: Path) -> None:
     run = _run(base_config, tmp_path, "single", train__epochs=2)
     rows = [json.loads(line) for line in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
-    loaded = tunesmith.load(run.dir).predict([r["text"] for r in rows])
-    assert [p["label"] for p in loaded] == [r["label"] for r in rows]
+    loaded = tunesmith.load(run.dir).predict([r["input"]["text"] for r in rows])
+    assert [p["label"] for p in loaded] == [r["prediction"]["label"] for r in rows]
     for mine, theirs in zip(loaded, rows):
         for label, p in mine["probs"].items():
-            assert p == pytest.approx(theirs["probs"][label], abs=1e-6)
+            assert p == pytest.approx(theirs["prediction"]["probs"][label], abs=1e-6)
     # evaluating the saved model on its own test rows reproduces the run's test metrics
-    test_file = write_jsonl(tmp_path / "test.jsonl", [{"text": r["text"], "label": r["gold"]} for r in rows])
+    test_file = write_jsonl(tmp_path / "test.jsonl", [{"text": r["input"]["text"], "label": r["gold"]} for r in rows])
     metrics = tunesmith.load(run.dir / "model").evaluate(test_file)
     assert metrics["accuracy"] == pytest.approx(run.report["test"]["accuracy"])
     assert metrics["loss"] == pytest.approx(run.report["test"]["loss"], abs=1e-5)
@@ -45,8 +45,8 @@ def test_predict_keeps_input_order_and_handles_pairs_of_lengths(base_config: dic
     batched = predictor.predict(texts, batch_size=2)
     for a, b in zip(one_by_one, batched):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
-    with pytest.raises(TypeError):
-        predictor.predict("a bare string")
+    # one string (or one record) in, one record out
+    assert predictor.predict(texts[2]) == predictor.predict({"text": texts[2]}) == batched[2]
 
 
 def _multilabel_rows(n: int, seed: int) -> list[dict]:
@@ -105,7 +105,10 @@ def test_sentence_pairs_end_to_end(base_config: dict, tmp_path: Path) -> None:
     cfg["output_dir"] = str(tmp_path / "pairs")
     run = tunesmith.train(cfg)
     saved = [json.loads(line) for line in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
-    assert all("text_pair" in r for r in saved)
-    again = tunesmith.load(run.dir).predict([r["text"] for r in saved], [r["text_pair"] for r in saved])
-    for mine, theirs in zip(again, saved):
-        assert mine["probs"]["same"] == pytest.approx(theirs["probs"]["same"], abs=1e-6)
+    assert all(list(r["input"]) == ["text", "text_pair"] for r in saved)
+    again = tunesmith.load(run.dir).predict([r["input"]["text"] for r in saved],
+                                            [r["input"]["text_pair"] for r in saved])
+    records = tunesmith.load(run.dir).predict([r["input"] for r in saved])
+    for mine, theirs, rec in zip(again, saved, records):
+        assert mine["probs"]["same"] == pytest.approx(theirs["prediction"]["probs"]["same"], abs=1e-6)
+        assert rec == mine

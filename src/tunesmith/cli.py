@@ -83,6 +83,7 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
     from .config import load_config
     from .data.prepare import load_splits
     from .rundir import check
+    from .tasks.base import get_task
 
     try:
         cfg = load_config(config, set_, flag="--set")
@@ -91,7 +92,7 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
         # downloads first
         check(Path(cfg.output_dir).expanduser().resolve(), cfg, resume=resume, overwrite=overwrite,
               allow_config_change=allow_config_change, config_file=config)
-        data = None if cfg.data.hub_dataset else load_splits(cfg.data)
+        data = None if cfg.data.hub_dataset else load_splits(cfg.data, get_task(cfg).roles())
         from .run import train as run_train
 
         run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data,
@@ -138,11 +139,13 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
     from .config import load_config
     from .data.prepare import load_splits
     from .data.report import print_report
+    from .tasks.base import get_task
     from .io import atomic_write_json, atomic_write_jsonl
 
     try:
         cfg = load_config(config, set_, flag="--set")
-        data = load_splits(cfg.data)  # mistakes in the config or the files show before the slow imports
+        # mistakes in the config or the files show before the slow imports
+        data = load_splits(cfg.data, get_task(cfg).roles())
         from .run import prepare
 
         p = prepare(cfg, data)

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, RunConfig
 from .errors import ConfigError, ModelError
-from .io import sha256_file
+from .io import atomic_dir, hash_files, json_text, sha256_file
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -142,3 +142,41 @@ def _has_safetensors(name: str) -> bool | None:
     if p.is_dir():
         return any(p.glob("*.safetensors")) or None
     return None
+
+
+STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
+
+
+def portable_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as the exported model keeps it: no absolute paths of the training machine.
+
+    Data files and a local base model keep only their names (informative, not a path to anything
+    on another machine); the cache and run folders are dropped (defaults on load).
+    """
+    raw = cfg.model_dump(mode="json")
+    for split in ("train", "validation", "test"):
+        if raw["data"][split]:
+            raw["data"][split] = Path(raw["data"][split]).name
+    raw["data"]["cache_dir"] = None
+    raw.pop("output_dir")
+    name = raw["model"]["name"]
+    if name and Path(name).expanduser().exists():
+        raw["model"]["name"] = Path(name).expanduser().resolve().name
+    return raw
+
+
+def export_model(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: RunConfig, path: Path) -> None:
+    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state.
+
+    The state file records the sha256 of every file beside it, so that `Predictor.load` can refuse a
+    folder whose weights, config or tokenizer went missing or changed (a lost tokenizer.json still
+    loads a 5-token vocabulary and silently predicts wrong).
+    """
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not cfg.model.name:
+            (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
+        files = hash_files(tmp)
+        (tmp / STATE_FILE).write_text(json_text({"task": task.state(), "config": portable_config(cfg),
+                                                 "files": files}, indent=2))

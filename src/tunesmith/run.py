@@ -17,22 +17,16 @@ from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, load_splits, make_missing_splits
-from .data.report import build_report, print_report
+from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, TrainingInterrupted, TunesmithError
-from .evaluation.inference import run_inference
+from .evaluation.inference import evaluate_split
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
-from .io import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, hash_files,
-                 json_text,
-                 read_jsonl)
-from .models import (DEFAULT_MODEL, DEFAULT_MODEL_ATTRIBUTION, check_max_length, load_model, load_tokenizer,
-                     resolve_model_name)
+from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
 from .training.progress import ProgressReporter
-
-STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
-
 
 @dataclass
 class _Owned:
@@ -86,9 +80,9 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     `data`: `load_splits(cfg.data)` already read by the caller (the CLI checks files and columns
     before it imports the training stack), so the files are not read twice.
     """
-    data = data if data is not None else load_splits(cfg.data)
     task = get_task(cfg)
-    task.fit_labels(data.splits)
+    data = data if data is not None else load_splits(cfg.data, task.roles())
+    task.fit(data.splits)
     make_missing_splits(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model)
     tokenizer = load_tokenizer(model_name, cfg.model)
@@ -97,8 +91,7 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     for split, table in data.splits.items():
         tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir, tok_key)
         rebuilt += [why] if why else []
-    n_tokens = {s: np.asarray(ds["n_tokens"]) for s, ds in tokenized.items()}
-    report = build_report(data, task, n_tokens, cfg.model.max_length, cfg.data.on_missing)
+    report = build_report(data, task, tokenized, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt
     return Prepared(cfg, task, data, tokenized, report, tokenizer, model_name)
@@ -123,8 +116,9 @@ def _write_run_files(run_dir: Path, p: Prepared) -> None:
     atomic_write_text(run_dir / "config.yaml", p.cfg.to_yaml())
     atomic_write_json(run_dir / "data_report.json", p.report)
     atomic_write_jsonl(run_dir / "dropped_rows.jsonl", p.data.dropped)
-    atomic_write_json(run_dir / "label_map.json", {"id2label": dict(enumerate(p.task.labels)),
-                                                   "problem_type": p.task.problem_type})
+    summary = p.task.summary()
+    atomic_write_json(run_dir / "label_map.json", {"task": p.task.name, **summary, **(
+        {"id2label": dict(enumerate(summary["labels"]))} if "labels" in summary else {})})
 
 
 def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
@@ -193,41 +187,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def portable_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config as the exported model keeps it: no absolute paths of the training machine.
-
-    Data files and a local base model keep only their names (informative, not a path to anything
-    on another machine); the cache and run folders are dropped (defaults on load).
-    """
-    raw = cfg.model_dump(mode="json")
-    for split in ("train", "validation", "test"):
-        if raw["data"][split]:
-            raw["data"][split] = Path(raw["data"][split]).name
-    raw["data"]["cache_dir"] = None
-    raw.pop("output_dir")
-    name = raw["model"]["name"]
-    if name and Path(name).expanduser().exists():
-        raw["model"]["name"] = Path(name).expanduser().resolve().name
-    return raw
-
-
-def export_model(model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunConfig, path: Path) -> None:
-    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state.
-
-    The state file records the sha256 of every file beside it, so that `Predictor.load` can refuse a
-    folder whose weights, config or tokenizer went missing or changed (a lost tokenizer.json still
-    loads a 5-token vocabulary and silently predicts wrong).
-    """
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if not cfg.model.name:
-            (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
-        files = hash_files(tmp)
-        (tmp / STATE_FILE).write_text(json_text({"task": task.state(), "config": portable_config(cfg),
-                                                 "files": files}, indent=2))
-
-
 @quiet_libraries()
 def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None, *, resume: bool = False,
           overwrite: bool = False, allow_config_change: bool = False,
@@ -282,9 +241,10 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
         p = prepare(cfg, data)
     metric = cfg.eval.metric or p.task.default_metric
-    if metric not in p.task.metric_names:
+    directions = {"loss": False, **p.task.metrics}
+    if metric not in directions:
         raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
-                          f"choose one of {', '.join(p.task.metric_names)}")
+                          f"choose one of {', '.join(directions)}")
     set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
     model = load_model(p.task, p.model_name, cfg.model)
 
@@ -307,18 +267,19 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
             metrics_path.unlink(missing_ok=True)
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
-    def infer(split: str) -> Any:
-        return run_inference(loop.model, p.task, p.tokenized[split], cfg.eval.batch_size, accelerator.device,
-                             accelerator=accelerator, pad_to_multiple_of=pad8)
+    def infer(split: str, tune: bool = False) -> tuple[Any, float | None]:
+        return evaluate_split(loop.model, p.task, p.data.splits[split], p.tokenized[split], cfg.eval.batch_size,
+                              accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8, tune=tune)
 
     def evaluate() -> dict[str, Any]:
-        out = infer("validation")
-        return {"loss": out.loss, **p.task.metrics(out.scores, out.labels)}
+        result, loss = infer("validation")
+        return {"loss": loss, **result.metrics}
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
     loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
                         lengths=np.asarray(p.tokenized["train"]["length"]), cfg=cfg.train,
-                        accelerator=accelerator, evaluate=evaluate, metric=metric, checkpoints=ckpt,
+                        accelerator=accelerator, evaluate=evaluate, metric=metric,
+                        higher_is_better=directions[metric], checkpoints=ckpt,
                         callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
                                    *(callbacks or [])], pad_to_multiple_of=pad8)
     if latest and accelerator.is_main_process:
@@ -337,12 +298,12 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     final_model = accelerator.unwrap_model(loop.model)
     if best:
         load_weights(final_model, ckpt.path(best))
-    val = infer("validation")
-    p.task.fit_postprocess(val.scores, val.labels)
-    test = infer("test")
+    val, val_loss = infer("validation", tune=True)  # decision thresholds are fitted on validation
+    test, test_loss = infer("test")
     report = {
-        "validation": {"loss": val.loss, **p.task.metrics(val.scores, val.labels)},
-        "test": {"loss": test.loss, **p.task.metrics(test.scores, test.labels)},
+        "task": p.task.name,
+        "validation": {"loss": val_loss, **val.metrics},
+        "test": {"loss": test_loss, **test.metrics},
         "train": {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
                   "train_runtime_s": round(state.train_seconds, 3),
                   "train_samples_per_second": state.samples_per_second,
@@ -369,13 +330,8 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
     from rich.markup import escape
 
     export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
-    test_table = p.data.splits["test"]
-    preds = p.task.postprocess(test.scores)
-    gold = p.task.postprocess_labels(test.labels)
-    atomic_write_jsonl(run_dir / "predictions" / "test.jsonl", (
-        {"file": test_table.file[i], "line": test_table.line[i], "text": test_table.text[i],
-         **({"text_pair": test_table.text_pair[i]} if test_table.text_pair is not None else {}),
-         "gold": gold[i], **preds[i]} for i in range(len(test_table))))
+    atomic_write_jsonl(run_dir / "predictions" / "test.jsonl",
+                       prediction_rows(p.task, p.data.splits["test"], test.predictions))
     atomic_write_json(run_dir / "report.json", report)
 
     test_metrics = report["test"]

@@ -13,7 +13,8 @@ import datasets
 from ..io import atomic_dir, hash_files, json_text, mismatched_files
 from .prepare import Table
 
-CACHE_VERSION = 2  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding
+CACHE_VERSION = 3  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding;
+# 3: role-based tables, features carry their example id
 MANIFEST = "tunesmith_manifest.json"
 
 
@@ -27,19 +28,19 @@ def cache_root(configured: str | None) -> Path:
 def tokenizer_state(tokenizer: Any) -> str:
     """The tokenizer's serialized state minus `truncation`/`padding`: calling the tokenizer rewrites those
     two (a tokenizer.json with truncation set loses it on first use), so keying on them made identical
-    runs miss the cache. Our own truncation settings are part of the task state instead."""
+    runs miss the cache. Our own truncation settings are part of the task's cache key instead."""
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     state.pop("truncation", None)
     state.pop("padding", None)
     return json.dumps(state, sort_keys=True)
 
 
-def fingerprint(table: Table, tokenizer_key: str, task_state: dict) -> str:
+def fingerprint(table: Table, tokenizer_key: str, task_key: dict) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "task": task_state}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"v": CACHE_VERSION, "task": task_key}, sort_keys=True, default=str).encode())
     h.update(tokenizer_key.encode())
-    for col in (table.text, table.text_pair or [], table.label):
-        h.update(json.dumps(col, ensure_ascii=False, default=str).encode())
+    for role in sorted(table.columns):
+        h.update(json.dumps([role, table[role]], ensure_ascii=False, default=str).encode())
     return h.hexdigest()[:32]
 
 
@@ -76,8 +77,7 @@ def cached_preprocess(task: Any, table: Table, tokenizer: Any, cache_dir: str | 
 
     `tokenizer_key`: `tokenizer_state(tokenizer)`, computed once for all splits (it serialises the whole
     vocabulary)."""
-    path = cache_root(cache_dir) / "tokenized" / fingerprint(table, tokenizer_key, task.state())
-    task.preprocess_setup(tokenizer)
+    path = cache_root(cache_dir) / "tokenized" / fingerprint(table, tokenizer_key, task.cache_key())
     rebuilt = None
     if path.exists():
         ds, why = _load_verified(path, len(table))

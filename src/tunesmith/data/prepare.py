@@ -95,7 +95,8 @@ def configured_columns(cfg: DataConfig, roles: list["Role"]) -> dict[str, tuple[
     for role in cfg.columns:
         if role not in names:
             close = difflib.get_close_matches(role, names, n=1, cutoff=0.5)
-            raise ConfigError(f"data.columns: unknown role '{role}'." + (f" Did you mean '{close[0]}'?" if close else "")
+            raise ConfigError(f"data.columns: unknown role '{role}'."
+                              + (f" Did you mean '{close[0]}'?" if close else "")
                               + f" This task reads: {', '.join(names)}")
     out = {r: (c, f"data.columns.{r}") for r, c in cfg.columns.items()}
     for role, key in LEGACY_COLUMNS.items():
@@ -128,7 +129,8 @@ def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: li
                 continue
             if not role.required:
                 continue
-            col, key = role.candidates[0], f"data.columns.{role.name}"
+            col = role.candidates[0]
+            key = f"data.{LEGACY_COLUMNS[role.name]}" if role.name in LEGACY_COLUMNS else f"data.columns.{role.name}"
         if col in present:
             out[role.name] = col
             continue
@@ -141,7 +143,7 @@ def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: li
                      'data.column_names: [...] or use positions (data.text_column: 0)')
         close = difflib.get_close_matches(col, [str(c) for c in present], n=1)
         raise DataError(
-            f"column '{col}' ({role.doc or role.name}, set by {key}) is missing; the file has columns: "
+            f"column '{col}' (set by {key}) is missing; the file has columns: "
             f"{', '.join(map(str, present))}", file=name, column=col,
             hint=f"did you mean '{close[0]}'? set {key}: {close[0]}" if close else f"set {key}")
     return out

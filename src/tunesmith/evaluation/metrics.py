@@ -7,13 +7,6 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, mean_absolute_error,
                              mean_squared_error, precision_recall_fscore_support)
 
-LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
-
-
-def greater_is_better(metric: str) -> bool:
-    return metric.removeprefix("eval_").removeprefix("validation_") not in LOWER_IS_BETTER
-
-
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, dict]:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=None if y_true.ndim > 1 else
                                                  list(range(len(names))), zero_division=0)

@@ -5,19 +5,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from ..console import printable
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from ..console import printable  # noqa: E402
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure drawn without pyplot: no backend switch, no global figure list, so a
+    notebook user's plotting is left as it was."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -25,7 +27,8 @@ def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
     """Train and validation loss, and the selection metric, against optimizer steps."""
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure((11, 4))
+    (ax1, ax2) = fig.subplots(1, 2)
     if train:
         ax1.plot(*zip(*train), label="train loss", alpha=0.8)
     if evals:
@@ -39,7 +42,8 @@ def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> None:
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    fig = _figure((max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
@@ -57,7 +61,8 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
 def plot_top_confusions(confusions: list[dict], path: Path) -> None:
     """The most frequent (true -> predicted) errors as bars: readable for any number of labels."""
     n = len(confusions)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * n + 1)))
+    fig = _figure((8, max(2.5, 0.28 * n + 1)))
+    ax = fig.subplots()
     names = [f"{c['true']} -> {c['predicted']}" for c in confusions]
     ax.barh(range(n), [c["count"] for c in confusions], color="tab:red")
     ax.set_yticks(range(n), names, fontsize=7)

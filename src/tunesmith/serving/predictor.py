@@ -1,7 +1,12 @@
-"""One Predictor for Python, `tunesmith predict`, `tunesmith evaluate` and (later) the server."""
+"""One Predictor for Python, `tunesmith predict`, `tunesmith evaluate` and (later) the server.
+
+Importing it loads neither the training loop nor matplotlib: `tunesmith.load()` in a notebook changes
+nothing about the user's plotting and costs only what prediction needs.
+"""
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -13,12 +18,13 @@ import torch
 
 from ..config import RunConfig
 from ..console import quiet_libraries
-from ..data.prepare import Table, as_text, load_splits, read_configured
+from ..data.prepare import Table, check_kind, load_splits, read_configured, resolve_columns
 from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
-from ..evaluation.inference import run_inference
+from ..evaluation.inference import evaluate_split
 from ..io import atomic_write_jsonl, atomic_write_text, mismatched_files, nearest_existing
-from ..tasks.base import Task, get_task
+from ..models import STATE_FILE
+from ..tasks.base import Role, Task, get_task
 
 
 class Predictor:
@@ -27,7 +33,7 @@ class Predictor:
         self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
-        self.task.preprocess_setup(tokenizer)
+        self.inputs: list[Role] = [r for r in task.roles() if not r.target]
 
     @classmethod
     @quiet_libraries()
@@ -39,8 +45,6 @@ class Predictor:
         to another vocabulary), which gives wrong predictions instead of an error.
         """
         from transformers import AutoTokenizer
-
-        from ..run import STATE_FILE
 
         root = Path(run_dir)
         model_dir = root / "model" if (root / "model" / STATE_FILE).exists() else root
@@ -65,58 +69,97 @@ class Predictor:
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
         return cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
 
-    def _table(self, texts: Sequence[str], pairs: Sequence[str] | None, source: str = "input") -> Table:
-        return Table(text=[str(t) for t in texts], label=[], file=[source] * len(texts),
-                     line=list(range(1, len(texts) + 1)), text_pair=[str(p) for p in pairs] if pairs else None)
+    def _string_role(self) -> Role:
+        """The role a bare string fills: the one required text input, or the only text input."""
+        strings = [r for r in self.inputs if r.kind == "string"]
+        required = [r for r in strings if r.required]
+        if len(required) == 1 or (not required and len(strings) == 1):
+            return (required or strings)[0]
+        raise TypeError(f"this task reads {', '.join(r.name for r in self.inputs)}: pass a record such as "
+                        + json.dumps({r.name: "..." for r in self.inputs if r.required}) + ", not a string")
 
-    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int | None = None) -> list[dict]:
-        """Predictions in input order; batches are sorted by length internally for speed."""
-        if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts; wrap a single text in a list")
-        if not texts:
-            return []
-        data = self.task.preprocess(self._table(texts, text_pairs), self.tokenizer)
-        out = run_inference(self.model, self.task, data, batch_size or self.cfg.eval.batch_size, self.device,
-                            with_labels=False)
-        return self.task.postprocess(out.scores)
-
-    def _read_inputs(self, path: Path) -> tuple[list[int], list[dict]]:
-        col, pair_col = self.cfg.data.text_column, self.cfg.data.text_pair_column
-        rows = read_configured(path, self.cfg.data)
-        for line, row in rows:
-            for c in (col, pair_col):
-                if c is None:
+    def _table(self, records: list[dict], source: str = "input", lines: list[int] | None = None,
+               columns: dict[str, str] | None = None) -> Table:
+        """A Table of the task's input roles; a missing or malformed value names the record (or file row)."""
+        names = [r.name for r in self.inputs]
+        columns = columns or {}
+        lines = lines or list(range(1, len(records) + 1))
+        if not columns:
+            for ln, rec in zip(lines, records):
+                for key in rec:
+                    if key not in names:
+                        close = difflib.get_close_matches(str(key), names, n=1)
+                        raise DataError(f"unknown role '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                                        + f" (this task reads {', '.join(names)})", file=source, line=ln)
+            present = {k for rec in records for k in rec}
+            columns = {r.name: r.name for r in self.inputs if r.name in present}
+        t = Table({role: [] for role in columns}, [], [], dict(columns))
+        for ln, rec in zip(lines, records):
+            for role in self.inputs:
+                col = columns.get(role.name)
+                if col is None:
+                    if role.required:
+                        raise DataError(f"{role.name} is missing: this task reads {', '.join(names)}",
+                                        file=source, line=ln, column=role.name)
                     continue
-                if c not in row:
-                    raise DataError(f"column '{c}' is missing (the model was trained with data.text_column="
-                                    f"'{col}')", file=str(path), line=line, column=c)
-                if is_missing(row[c]):
-                    raise DataError("empty text: nothing to predict", file=str(path), line=line, column=c,
+                v = rec.get(col)
+                if is_missing(v):
+                    raise DataError(f"empty {role.name}: nothing to predict", file=source, line=ln, column=col,
                                     hint="remove the row or fill it in")
-        return [line for line, _ in rows], [r for _, r in rows]
+                t.columns[role.name].append(check_kind(role, v, self.cfg.data, source, ln, col))
+            t.file.append(source)
+            t.line.append(ln)
+        return t
+
+    def predict(self, inputs: str | dict | Sequence[str | dict], text_pairs: Sequence[str] | None = None,
+                batch_size: int | None = None) -> dict | list[dict]:
+        """Prediction records, one per input, in input order (batches are sorted by length internally).
+
+        An input is a record of the task's roles ({"question": ..., "context": ...}) or, for tasks that
+        read one text, a string. One input gives one record; a list gives a list. `text_pairs`: second
+        texts of sentence pairs, beside a list of strings.
+        """
+        single = isinstance(inputs, (str, dict))
+        items = [inputs] if single else list(inputs)
+        if text_pairs is not None:
+            if len(text_pairs) != len(items):
+                raise ValueError(f"{len(items)} inputs but {len(text_pairs)} text_pairs")
+            items = [{"text": a, "text_pair": b} for a, b in zip(items, text_pairs)]
+        if not items:
+            return []
+        records = [{self._string_role().name: x} if isinstance(x, str) else x for x in items]
+        if not all(isinstance(r, dict) for r in records):
+            raise TypeError("predict() takes strings or records (dicts of the task's roles)")
+        preds = self._predict_table(self._table(records), batch_size)
+        return preds[0] if single else preds
+
+    def _predict_table(self, table: Table, batch_size: int | None) -> list[dict]:
+        features = self.task.preprocess(table, self.tokenizer)
+        result, _ = evaluate_split(self.model, self.task, table, features, batch_size or self.cfg.eval.batch_size,
+                                   self.device)
+        return result.predictions
 
     def predict_file(self, path: str | Path, output: str | Path, batch_size: int | None = None) -> int:
         """Predict every row of a data file; write JSONL (or CSV/TSV by extension) with inputs and outputs.
 
-        Input rows are kept unchanged: what tunesmith adds goes under its own names (JSONL: one
-        `tunesmith` object; CSV: `input_line` and `pred_*` columns), renamed if the input uses them.
+        The roles are read from the columns training used. Input rows are kept unchanged: what
+        tunesmith adds goes under its own names (JSONL: one `tunesmith` object holding `line` and the
+        `prediction` record; CSV: `input_line` and `pred_*` columns), renamed if the input uses them.
         """
         path, output = Path(path), Path(output)
         check_writable(output)  # before the predictions, which may take long
-        lines, rows = self._read_inputs(path)
-        col, pair_col = self.cfg.data.text_column, self.cfg.data.text_pair_column
-        # text cells as training took them (lists joined or refused, objects refused)
-        texts = [[as_text(r[c], self.cfg.data, str(path), ln, c) for ln, r in zip(lines, rows)]
-                 for c in (col, pair_col) if c]
-        preds = self.predict(texts[0], texts[1] if pair_col else None, batch_size)
+        records = read_configured(path, self.cfg.data)
+        columns = resolve_columns(str(path), records, self.cfg.data, self.task.roles(), needs_targets=False)
+        lines, rows = [ln for ln, _ in records], [r for _, r in records]
+        preds = self._predict_table(self._table(rows, str(path), lines, columns), batch_size)
         suffix = output.suffix.lower()
         try:
             if suffix in (".csv", ".tsv"):
                 atomic_write_text(output, csv_text(rows, lines, preds, "\t" if suffix == ".tsv" else ","))
             else:
                 key = free_name("tunesmith", set().union(*rows))
-                atomic_write_jsonl(output, ({**r, key: {"line": ln, **p}} for ln, r, p in zip(lines, rows, preds)))
+                atomic_write_jsonl(output, ({**r, key: {"line": ln, "prediction": p}}
+                                            for ln, r, p in zip(lines, rows, preds)))
         except OSError as e:
             raise ConfigError(f"cannot write predictions to {output}: {e.strerror or e}") from None
         return len(rows)
@@ -125,19 +168,17 @@ class Predictor:
         """Metrics on a labelled file, with the training run's columns, labels and missing-value policy."""
         data_cfg = self.cfg.data.model_copy(update={"train": str(path), "validation": None, "test": None,
                                                     "hub_dataset": None})
-        loaded = load_splits(data_cfg)
+        loaded = load_splits(data_cfg, self.task.roles())
         table = loaded.splits["train"]
-        self.task.encode_labels("evaluation", table)
-        data = self.task.preprocess(table, self.tokenizer)
-        out = run_inference(self.model, self.task, data, batch_size or self.cfg.eval.batch_size, self.device)
-        return {"rows": len(table), "dropped_rows": len(loaded.dropped), "loss": out.loss,
-                **self.task.metrics(out.scores, out.labels)}
+        self.task.encode("evaluation", table)
+        features = self.task.preprocess(table, self.tokenizer)
+        result, loss = evaluate_split(self.model, self.task, table, features,
+                                      batch_size or self.cfg.eval.batch_size, self.device)
+        return {"rows": len(table), "dropped_rows": len(loaded.dropped), "loss": loss, **result.metrics}
 
 
 def check_model_files(model_dir: Path, files: Any) -> None:
     """Every file recorded at export is present and unchanged (folders exported before hashes: not checked)."""
-    from ..run import STATE_FILE
-
     if files is None:
         return
     if not isinstance(files, dict):
@@ -187,34 +228,34 @@ def safe_cell(value: Any) -> Any:
     return value
 
 
+def flat_record(record: dict, prefix: str = "pred_") -> dict[str, Any]:
+    """A prediction record as CSV columns: `pred_<key>`, nested objects as `pred_<key>.<sub>`, lists as
+    JSON text in one cell (an entity list has no fixed width)."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(flat_record(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def csv_text(rows: list[dict], lines: list[int], preds: list[dict], delimiter: str) -> str:
     """CSV/TSV: the input columns (union of every row's keys, first-seen order), then `input_line` and
-    the prediction as `pred_label`, `pred_score`, one `pred_prob:<label>` per label (or `pred_labels`,
-    `pred_value`), each renamed when the input already has a column of that name."""
+    the prediction record flattened (`flat_record`), each renamed when the input already has a column of
+    that name."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     taken = set(columns)
-    added: dict[tuple, str] = {}  # (prediction key, label or None) -> column name
-
-    def add(key: tuple, name: str) -> None:
-        if key not in added:
-            added[key] = free_name(name, taken)
-            taken.add(added[key])
-
-    add(("line", None), "input_line")
-    for p in preds:
-        for k, v in p.items():
-            if isinstance(v, dict):
-                for sub in v:
-                    add((k, sub), f"pred_{k.removesuffix('s')}:{sub}")
-            else:
-                add((k, None), f"pred_{k}")
+    flat = [{"input_line": ln, **flat_record(p)} for ln, p in zip(lines, preds)]
+    added: dict[str, str] = {}  # our column -> its name in the file
+    for f in flat:
+        for key in f:
+            if key not in added:
+                added[key] = free_name(key, taken)
+                taken.add(added[key])
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
     writer.writerow([safe_cell(c) for c in columns + list(added.values())])
-    for r, ln, p in zip(rows, lines, preds):
-        ours = {("line", None): ln}
-        for k, v in p.items():
-            ours.update({(k, sub): x for sub, x in v.items()} if isinstance(v, dict) else {(k, None): v})
-        writer.writerow([safe_cell(r.get(c, "")) for c in columns] + [safe_cell(ours.get(key, ""))
-                                                                       for key in added])
+    for r, f in zip(rows, flat):
+        writer.writerow([safe_cell(r.get(c, "")) for c in columns] + [safe_cell(f.get(key, "")) for key in added])
     return buf.getvalue()

@@ -261,13 +261,12 @@ class TextClassification:
         cols["example"] = list(range(len(table)))
         if "label" in table:
             cols["labels"] = table["label"]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return datasets.Dataset.from_dict(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
 
-        inputs = pad_inputs(features, getattr(self, "pad_id", 0), pad_to_multiple_of)
+        inputs = pad_inputs(features, pad_to_multiple_of)
         targets = {}
         if "labels" in features[0]:
             dtype = torch.long if self.problem_type == "single_label" else torch.float
@@ -382,15 +381,16 @@ class ClassificationEvaluator:
         return EvalResult(metrics, [task.record(row) for row in s])
 
 
-def pad_inputs(features: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict[str, "torch.Tensor"]:
+def pad_inputs(features: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, "torch.Tensor"]:
     """input_ids, attention_mask and (when the features have them) token_type_ids, right-padded to the
-    longest feature (rounded up to a multiple of `pad_to_multiple_of`)."""
+    longest feature (rounded up to a multiple of `pad_to_multiple_of`). Padding ids are 0: the attention
+    mask hides them, so any valid id does, and features from the cache need no tokenizer to collate."""
     import torch
 
     n = max(len(f["input_ids"]) for f in features)
     if pad_to_multiple_of:
         n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
-    ids = torch.full((len(features), n), pad_id, dtype=torch.long)
+    ids = torch.zeros((len(features), n), dtype=torch.long)
     mask = torch.zeros((len(features), n), dtype=torch.long)
     has_types = "token_type_ids" in features[0]
     types = torch.zeros((len(features), n), dtype=torch.long) if has_types else None

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
-from ..evaluation.metrics import greater_is_better
 from .batching import batch_plan, shard
 from .checkpoint import CheckpointManager, LoopState
 
@@ -96,7 +95,7 @@ def total_steps(n_batches: int, cfg: TrainConfig) -> int:
 class TrainingLoop:
     def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
                  cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
-                 checkpoints: CheckpointManager, callbacks: list[Callback] = (),
+                 higher_is_better: bool, checkpoints: CheckpointManager, callbacks: list[Callback] = (),
                  pad_to_multiple_of: int | None = None) -> None:
         from transformers import get_scheduler
 
@@ -115,7 +114,7 @@ class TrainingLoop:
         self.scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
-        self.higher_better = greater_is_better(metric)
+        self.higher_better = higher_is_better
 
     def _emit(self, kind: str, state: LoopState, **data: Any) -> bool:
         stop = False
@@ -125,14 +124,15 @@ class TrainingLoop:
         return stop
 
     def _epoch_loader(self, batches: list[np.ndarray], epoch: int) -> DataLoader:
-        """The epoch's loader. Its own seeded generator: iterating a DataLoader draws a base seed, which
-        from torch's global generator would shift every later dropout mask of a run resumed mid-epoch."""
+        """The epoch's loader, with its own seeded generator: iterating a DataLoader draws a base seed,
+        which from torch's global generator would shift every later dropout mask of a run resumed
+        mid-epoch. `run` makes that one global draw itself at the start of each epoch instead (see there)."""
         mine = [shard(b, self.acc.process_index, self.world).tolist() for b in batches]
         return DataLoader(self.data, batch_sampler=mine, collate_fn=self.collate,
                           num_workers=self.cfg.num_workers, pin_memory=self.acc.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
-    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float, bool]:
+    def _step(self, micro: list[Any]) -> tuple[float, float, bool]:
         """One optimizer step over an accumulation window; returns (mean loss, grad norm, diverging).
 
         A window whose loss or gradient norm is not finite updates nothing (`diverging` is then True).
@@ -147,10 +147,10 @@ class TrainingLoop:
         self.model.train()
         loss_total = torch.zeros((), device=device)
         for k, b in enumerate(micro):
-            b = {key: v.to(device, non_blocking=True) for key, v in b.items()}
+            b = b.to(device, non_blocking=True)
             sync = k == len(micro) - 1
             with nullcontext() if sync or self.world == 1 else self.acc.no_sync(self.model):
-                loss_sum = self.task.loss(self.model, b)
+                loss_sum, _ = self.task.forward(self.model, b)
                 # DDP averages gradients over processes, so scale by world size to get a global mean
                 self.acc.backward(loss_sum * self.world / items)
             loss_total += loss_sum.detach()
@@ -200,6 +200,12 @@ class TrainingLoop:
                                  cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world)
             windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             done = state.batch_in_epoch
+            if done == 0:
+                # the one draw from torch's global generator that iterating a default DataLoader makes at the
+                # start of an epoch (its base seed): the Hugging Face Trainer's loader makes it, so the same seed
+                # gives both tools the same dropout masks, and comparisons measure the tools. A run resumed
+                # mid-epoch restores the generator state after this draw, so it is not repeated there.
+                torch.empty((), dtype=torch.int64).random_()
             loader = iter(self._epoch_loader(batches[done:], state.epoch))
             for window in windows[done // cfg.grad_accum:]:
                 t0 = time.perf_counter()
