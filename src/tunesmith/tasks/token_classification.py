@@ -221,7 +221,7 @@ class TokenClassification:
         found = ", ".join(f"{c} ({r})" for r, c in t.column_of.items()) or "none of them"
         where = {"file": t.file[0] if len(t) else None, "hint": "give tokens with tags (a tag per token), or "
                  "text with entities ([[start, end, type], ...]); map columns with data.columns"}
-        if "tokens" in t and ("tags" in t or "entities" not in t):
+        if "tokens" in t and ("tags" in t or "text" not in t):
             if needs_gold and "tags" not in t:
                 raise DataError(f"tokens need a tags column to train or evaluate on; columns found: {found}", **where)
             return "tokens"
@@ -263,6 +263,9 @@ class TokenClassification:
             if not ok:
                 raise self._error(t, i, "entities", f"entity {printable(repr(e)[:80])} is not [start, end, type]")
             s, end, typ = e
+            if s >= end:
+                raise self._error(t, i, "entities", f"entity [{s}, {end}, {printable(typ)}] is empty (its end is not "
+                                  f"after its start)", "offsets count characters, end exclusive")
             if not 0 <= s < end <= len(text):
                 raise self._error(t, i, "entities", f"entity [{s}, {end}, {printable(typ)}] is out of range for a "
                                   f"text of {len(text)} characters", "offsets count characters, end exclusive")
