@@ -368,3 +368,11 @@ def test_contract_fixture_reads_and_fits(make_task, tok):
     with pytest.raises(DataError, match=bad["message"]) as err:
         make_task().fit({"train": tagged([r["tokens"] for _, r in rows], [r["tags"] for _, r in rows])})
     assert (err.value.line, err.value.column) == (bad["line"], bad["column"])
+
+
+def test_load_model_replaces_a_head_of_another_shape(make_task, tiny_model_dir):
+    task = make_task()
+    task.fit({"train": tagged([["a", "b"]], [["B-LOC", "B-ORG"]])})
+    model = task.load_model(tiny_model_dir)  # a sequence classifier with 2 labels
+    assert model.classifier.out_features == 5
+    assert model.config.id2label == dict(enumerate(LABELS))
