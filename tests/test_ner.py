@@ -163,6 +163,17 @@ def test_long_sentence_windows_merge_back_by_most_context(make_task, tok):
     assert ev.result().metrics["f1"] == 0.0  # under IOB2 rules an entity must open with B-
 
 
+def test_a_window_starting_inside_a_word_does_not_read_that_word(make_task, tok):
+    words = ["a", "b", "Huggingface"] * 3  # 12 sub-tokens: a b hugging ##face, three times
+    t = tagged([words], [["O", "O", "B-ORG"] * 3])
+    task = make_task(max_length=8, stride=3)  # 6 content tokens, windows 3 apart: window 1 opens on "##face"
+    task.fit({"train": t})
+    feats = list(task.preprocess(t, tok))
+    assert tok.convert_ids_to_tokens(feats[1]["input_ids"])[1] == "##face"
+    assert [f["word_index"] for f in feats] == [[0, 1, 2, 3, 4], [3, 4, 5, 6], [5, 6, 7, 8]]
+    assert feats[1]["labels"][:3] == [-100, -100, 0]  # "##face" is no first sub-token; "a" is
+
+
 # ---------------------------------------------------------------- metrics
 
 def test_seqeval_metrics_hand_computed():
