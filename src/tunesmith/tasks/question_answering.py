@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..data.prepare import Table
 from ..data.squad import Answers, answer_problem, columns_answers, parse_answers
-from ..errors import DataError
+from ..errors import DataError, ModelError
 from .base import Batch, EvalResult, Role, TaskOptions, register_task
 from .classification import pad_inputs
 
@@ -79,7 +79,9 @@ class QuestionAnswering:
                 Role("context", "string", doc="the passage holding the answer"),
                 Role("answers", "any", required=False, target=True,
                      doc='the answers: {"text": [...], "answer_start": [...]} or a list of {"text", "answer_start"}'),
-                Role("answer_text", "any", required=False, target=True, doc="the answer text (with answer_start)"),
+                Role("answer_text", "any", required=False, target=True,
+                     doc="the answer text (with answer_start); an empty cell is a missing value, not a v2 no-answer: "
+                         "give those questions an empty answers list"),
                 Role("answer_start", "any", required=False, target=True,
                      doc="the answer's first character in the context (with answer_text)"),
                 Role("id", "any", required=False, doc="the question's id, kept for predictions")]
@@ -168,6 +170,9 @@ class QuestionAnswering:
         hold the whole first answer, as Hugging Face's SQuAD example trains)."""
         import datasets
 
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(f"question answering needs a fast tokenizer (character offsets of tokens); "
+                             f"{type(tokenizer).__name__} is not one")
         max_len = self.cfg.model.max_length
         n_special = tokenizer.num_special_tokens_to_add(pair=True)
         cap = self.question_cap()
