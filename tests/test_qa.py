@@ -191,7 +191,7 @@ def test_flat_answer_not_at_its_start_is_reported_with_file_line_and_column(tmp_
     with pytest.raises(DataError) as e:
         task.fit(splits)
     assert (e.value.line, e.value.column) == (2, "answers")
-    assert str(e.value).endswith("answer 'Bob' is not at character 7 of the context (found ' Bo' there) (id b)"
+    assert str(e.value).endswith("answer 'Bob' is not at character 7 of the context (found ' Bo' there) (question id b)"
                                  "\n  -> the text occurs at character 8; fix answer_start")
     task, splits = load(tmp_path, "t.csv", "question,context,answer_text,answer_start\nWho?,Ann met Bob.,Bob,0\n")
     with pytest.raises(DataError) as e:
@@ -210,7 +210,7 @@ def test_answers_as_json_text_in_a_csv_cell_and_a_malformed_cell(tmp_path):
     with pytest.raises(DataError) as e:
         task.fit(splits)
     assert str(e.value) == f"file {tmp_path / 't.jsonl'}, line 1, column 'answers': answers has 1 text(s) but " \
-                           "0 answer_start(s) (id 7)"
+                           "0 answer_start(s) (question id 7)"
 
 
 def test_a_slow_tokenizer_is_refused_clearly(tmp_path):

@@ -91,7 +91,7 @@ class QuestionAnswering:
         """Row i's answers, parsed and checked against its context; DataError naming the row if wrong."""
         role = "answers" if "answers" in t else "answer_text"
         col = t.column_of.get(role, role)
-        qid = f" (id {t['id'][i]})" if "id" in t else ""
+        qid = f" (question id {t['id'][i]})" if "id" in t else ""
         try:
             ans = parse_answers(t["answers"][i]) if role == "answers" else \
                 columns_answers(t["answer_text"][i], t["answer_start"][i])
