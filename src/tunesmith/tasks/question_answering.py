@@ -187,21 +187,24 @@ class QuestionAnswering:
         for k, n in enumerate(q_tokens):
             room = max_len - n_special - min(n, cap)
             groups[min(self.opts.doc_stride, room // 2)].append(k)
-        windows: list[tuple[int, int, list[int], list[int] | None, list[list[int]]]] = []
+        windows: list[tuple[int, int, list[int], list[int] | None, np.ndarray]] = []
         ctx_tokens = [0] * len(table)
         for stride, idx in groups.items():
             enc = tokenizer([questions[k] for k in idx], [table["context"][k] for k in idx], truncation="only_second",
                             max_length=max_len, stride=stride, return_overflowing_tokens=True,
                             return_offsets_mapping=True, verbose=False)
             seen: dict[int, int] = defaultdict(int)
+            mapping, offset_mapping = enc["overflow_to_sample_mapping"], enc["offset_mapping"]
+            types = enc.get("token_type_ids")
             for w, ids in enumerate(enc["input_ids"]):
-                k = idx[enc["overflow_to_sample_mapping"][w]]
+                k = idx[mapping[w]]
                 seq = enc.sequence_ids(w)
-                offsets = [list(o) if s == 1 else [-1, -1] for o, s in zip(enc["offset_mapping"][w], seq)]
-                n_ctx = sum(s == 1 for s in seq)
-                ctx_tokens[k] += n_ctx - (stride if seen[k] else 0)  # later windows repeat `stride` tokens
-                types = enc["token_type_ids"][w] if "token_type_ids" in enc else None
-                windows.append((k, seen[k], ids, types, offsets))
+                a, b = (seq.index(1), len(seq) - seq[::-1].index(1)) if 1 in seq else (0, 0)  # context tokens
+                # one array per window: a list per token makes the garbage collector crawl on SQuAD-sized data
+                offsets = np.full((len(ids), 2), -1, dtype=np.int32)
+                offsets[a:b] = offset_mapping[w][a:b]
+                ctx_tokens[k] += b - a - (stride if seen[k] else 0)  # later windows repeat `stride` tokens
+                windows.append((k, seen[k], ids, types[w] if types is not None else None, offsets))
                 seen[k] += 1
         windows.sort(key=lambda w: (w[0], w[1]))
         cols: dict[str, list] = {"input_ids": [w[2] for w in windows], "offsets": [w[4] for w in windows],
@@ -269,19 +272,19 @@ class QuestionAnswering:
         return {"task": self.name, "version_2": self.version_2, "threshold": self.threshold}
 
 
-def answer_positions(answers: Answers, offsets: list[list[int]]) -> tuple[int, int]:
-    """Token positions of the first answer in one window, or (CLS, CLS) when the window does not hold all of it
-    (or the question has none)."""
-    if not answers["text"]:
+def answer_positions(answers: Answers, offsets: np.ndarray) -> tuple[int, int]:
+    """Token positions of the first answer in one window (its first and last token), or (CLS, CLS) when the
+    window does not hold all of it (or the question has none)."""
+    ctx = np.flatnonzero(offsets[:, 0] >= 0)
+    if not answers["text"] or not ctx.size:
         return CLS, CLS
     start = answers["answer_start"][0]
     end = start + len(answers["text"][0])
-    ctx = [j for j, o in enumerate(offsets) if o[0] >= 0]
-    if not ctx or offsets[ctx[0]][0] > start or offsets[ctx[-1]][1] < end:
+    if offsets[ctx[0], 0] > start or offsets[ctx[-1], 1] < end:
         return CLS, CLS
-    first = next(j for j in ctx if offsets[j][1] > start)
-    last = next(j for j in reversed(ctx) if offsets[j][0] < end)
-    return first, last
+    first = ctx[np.argmax(offsets[ctx, 1] > start)]
+    last = ctx[::-1][np.argmax(offsets[ctx[::-1], 0] < end)]
+    return int(first), int(last)
 
 
 def window_candidates(start: np.ndarray, end: np.ndarray, offsets: list[list[int]], n_best: int,
