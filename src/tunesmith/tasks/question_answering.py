@@ -1,0 +1,381 @@
+"""Extractive question answering (SQuAD v1.1 and v2.0): find the answer span of a question in a context.
+
+Data: SQuAD JSON files, or flat JSONL/CSV/Parquet rows with `question`, `context` and either `answers`
+({"text": [...], "answer_start": [...]}, a list of {"text", "answer_start"}, or that as JSON text in a CSV
+cell) or `answer_text` + `answer_start` columns. An empty answers list is a question without an answer
+(SQuAD v2). Every answer must be found at its start in the context; one that is not is a DataError naming
+the row (data/squad.py says why it is not dropped).
+
+Long contexts are split into windows of model.max_length tokens overlapping by task.doc_stride, so nothing
+is lost; each window is one model input and one loss item. Evaluation keeps, per window, only the n-best
+candidate spans as context characters, and per question the lowest no-answer score over its windows (the
+windows that do not contain the answer always favour "no answer"; as in BERT's and Hugging Face's SQuAD code).
+
+Prediction record: {"answer": text, "start": first character, "end": character after the last, "score": p},
+with p the softmax probability of the chosen answer among the question's n-best spans (and, for v2, the
+no-answer option); a v2 "no answer" is {"answer": "", "start": null, "end": null, "score": p(no answer)}.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..data.prepare import Table
+from ..data.squad import Answers, answer_problem, columns_answers, parse_answers
+from ..errors import DataError, ModelError
+from .base import Batch, EvalResult, Role, TaskOptions, register_task
+from .classification import pad_inputs
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from ..config import RunConfig
+
+CLS = 0  # the window position that stands for "no answer here" (BERT's [CLS], RoBERTa's <s>)
+
+
+class QuestionAnsweringOptions(TaskOptions):
+    doc_stride: int = Field(128, ge=0)
+    """Tokens shared by consecutive windows of a context longer than model.max_length. Capped at half of
+    a window's context tokens, so that windows always advance."""
+    max_question_length: int = Field(64, ge=1)
+    """Questions longer than this many tokens are cut to it (and to half of model.max_length at most),
+    so the context keeps room in every window; the data report counts them."""
+    max_answer_length: int = Field(30, ge=1)
+    """Longest predicted answer, in tokens."""
+    n_best: int = Field(20, ge=1)
+    """Candidate spans kept per window and per question when choosing the answer."""
+    version_2: Literal["auto", True, False] = "auto"
+    """SQuAD v2: questions may have no answer, and a no-answer threshold is tuned on validation. auto:
+    on when any training question has no answer."""
+
+
+@register_task
+class QuestionAnswering:
+    """The answer to a question as a span of its context (extractive QA)."""
+
+    name = "question-answering"
+    aliases = ("qa", "extractive-qa")
+    Options = QuestionAnsweringOptions
+    long_inputs = "window"
+
+    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
+        self.cfg = cfg
+        self.opts = QuestionAnsweringOptions.model_validate(cfg.task.options)
+        state = state or {}
+        self.version_2: bool = state.get("version_2", self.opts.version_2 is True)
+        #: a v2 question is answered "" when its no-answer score minus its best span score is above this
+        self.threshold: float = state.get("threshold", 0.0)
+        self.pad_id = 0
+        self._question_cuts: dict[int, int] = {}  # hash of a table's questions -> how many preprocess cut
+
+    def roles(self) -> list[Role]:
+        return [Role("question", "string", doc="the question"),
+                Role("context", "string", doc="the passage holding the answer"),
+                Role("answers", "any", required=False, target=True,
+                     doc='the answers: {"text": [...], "answer_start": [...]} or a list of {"text", "answer_start"}'),
+                Role("answer_text", "any", required=False, target=True,
+                     doc="the answer text (with answer_start); an empty cell is a missing value, not a v2 no-answer: "
+                         "give those questions an empty answers list"),
+                Role("answer_start", "any", required=False, target=True,
+                     doc="the answer's first character in the context (with answer_text)"),
+                Role("id", "any", required=False, doc="the question's id, kept for predictions")]
+
+    # ------------------------------------------------------------------ answers
+    def _answers(self, t: Table, i: int) -> Answers:
+        """Row i's answers, parsed and checked against its context; DataError naming the row if wrong."""
+        role = "answers" if "answers" in t else "answer_text"
+        col = t.column_of.get(role, role)
+        qid = f" (question id {t['id'][i]})" if "id" in t else ""
+        try:
+            ans = parse_answers(t["answers"][i]) if role == "answers" else \
+                columns_answers(t["answer_text"][i], t["answer_start"][i])
+        except ValueError as e:
+            raise DataError(f"{e}{qid}", file=t.file[i], line=t.line[i], column=col) from None
+        for text, start in zip(ans["text"], ans["answer_start"]):
+            problem = answer_problem(t["context"][i], text, start)
+            if problem:
+                where = t.column_of.get("answer_start", "answer_start") if role == "answer_text" else col
+                raise DataError(problem[0] + qid, file=t.file[i], line=t.line[i], column=where, hint=problem[1])
+        if not ans["text"] and not self.version_2:
+            raise DataError(f"the question has no answer{qid}, but task.version_2 is false", file=t.file[i],
+                            line=t.line[i], column=col,
+                            hint="set task.version_2: true (or auto) to train with unanswerable questions")
+        return ans
+
+    def fit(self, splits: dict[str, Table]) -> None:
+        train = splits["train"]
+        if "answers" not in train and not {"answer_text", "answer_start"} <= set(train.columns):
+            have = "answer_text" if "answer_text" in train else "answer_start" if "answer_start" in train else None
+            raise DataError(f"the training data has {'only ' + repr(have) + ' and no' if have else 'no'} answers",
+                            file=train.file[0], column="answers",
+                            hint="give an `answers` column ({\"text\": [...], \"answer_start\": [...]}) or both "
+                                 "`answer_text` and `answer_start` (map them with data.columns)")
+        if self.opts.version_2 == "auto":
+            self.version_2 = True  # parse first, then decide: no row may fail for lacking an answer meanwhile
+            parsed = [self._answers(train, i) for i in range(len(train))]
+            self.version_2 = any(not a["text"] for a in parsed)
+        for split, t in splits.items():
+            self.encode(split, t)
+
+    def encode(self, split: str, t: Table) -> None:
+        """One `answers` column of checked {"text", "answer_start"} dicts (replacing answer_text/answer_start)."""
+        if "answers" not in t and "answer_text" not in t:
+            return
+        t.columns["answers"] = [self._answers(t, i) for i in range(len(t))]
+        for role in ("answer_text", "answer_start"):
+            t.columns.pop(role, None)
+
+    def stratify_keys(self, table: Table) -> list | None:
+        """v2: made splits keep the share of unanswerable questions."""
+        return [bool(a["text"]) for a in table["answers"]] if self.version_2 and "answers" in table else None
+
+    def describe(self, table: Table) -> dict[str, Any]:
+        out: dict[str, Any] = {"questions": len(table)}
+        if "answers" in table:
+            answered = [a for a in table["answers"] if a["text"]]
+            out["answerable"] = len(answered)
+            if self.version_2:
+                out["no_answer"] = len(table) - len(answered)
+            if answered:
+                out["mean_answer_chars"] = round(float(np.mean([len(a["text"][0]) for a in answered])), 1)
+        lengths = [len(c) for c in table["context"]]
+        out["mean_context_chars"], out["max_context_chars"] = round(float(np.mean(lengths)), 1), max(lengths)
+        cap = self.question_cap()
+        out["long_questions"] = f"questions over {cap} tokens are cut to their first {cap} tokens"
+        cut = self._question_cuts.get(hash(tuple(table["question"])))
+        if cut is not None:  # known once the split was tokenized in this process (not from the cache)
+            out["questions_cut"] = cut
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"version_2": self.version_2, "no_answer_threshold": self.threshold if self.version_2 else None}
+
+    def gold(self, table: Table, i: int) -> Any:
+        return table["answers"][i]
+
+    # ------------------------------------------------------------------ tokens
+    def question_cap(self) -> int:
+        """Question tokens kept: task.max_question_length, and at most half of a window's content tokens."""
+        return max(1, min(self.opts.max_question_length, (self.cfg.model.max_length - 3) // 2))
+
+    def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
+        """One feature per window: input ids, `offsets` (context characters of each token, [-1, -1] for the
+        question and special tokens), and with gold the answer's token positions (CLS when the window does not
+        hold the whole first answer, as Hugging Face's SQuAD example trains)."""
+        import datasets
+
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(f"question answering needs a fast tokenizer (character offsets of tokens); "
+                             f"{type(tokenizer).__name__} is not one")
+        max_len = self.cfg.model.max_length
+        n_special = tokenizer.num_special_tokens_to_add(pair=True)
+        cap = self.question_cap()
+        q_enc = tokenizer(table["question"], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        questions, q_tokens = [], []
+        for q, ids, offs in zip(table["question"], q_enc["input_ids"], q_enc["offset_mapping"]):
+            q_tokens.append(len(ids))
+            questions.append(q[:offs[cap - 1][1]] if len(ids) > cap else q)
+        self._question_cuts[hash(tuple(table["question"]))] = sum(n > cap for n in q_tokens)
+        # one stride per example (the cap keeps windows advancing); examples sharing it are tokenized together
+        groups: dict[int, list[int]] = defaultdict(list)
+        for k, n in enumerate(q_tokens):
+            room = max_len - n_special - min(n, cap)
+            groups[min(self.opts.doc_stride, room // 2)].append(k)
+        windows: list[tuple[int, int, list[int], list[int] | None, np.ndarray]] = []
+        ctx_tokens = [0] * len(table)
+        for stride, idx in groups.items():
+            enc = tokenizer([questions[k] for k in idx], [table["context"][k] for k in idx], truncation="only_second",
+                            max_length=max_len, stride=stride, return_overflowing_tokens=True,
+                            return_offsets_mapping=True, verbose=False)
+            seen: dict[int, int] = defaultdict(int)
+            mapping, offset_mapping = enc["overflow_to_sample_mapping"], enc["offset_mapping"]
+            types = enc.get("token_type_ids")
+            for w, ids in enumerate(enc["input_ids"]):
+                k = idx[mapping[w]]
+                seq = enc.sequence_ids(w)
+                a, b = (seq.index(1), len(seq) - seq[::-1].index(1)) if 1 in seq else (0, 0)  # context tokens
+                # one array per window: a list per token makes the garbage collector crawl on SQuAD-sized data
+                offsets = np.full((len(ids), 2), -1, dtype=np.int32)
+                offsets[a:b] = offset_mapping[w][a:b]
+                ctx_tokens[k] += b - a - (stride if seen[k] else 0)  # later windows repeat `stride` tokens
+                windows.append((k, seen[k], ids, types[w] if types is not None else None, offsets))
+                seen[k] += 1
+        windows.sort(key=lambda w: (w[0], w[1]))
+        cols: dict[str, list] = {"input_ids": [w[2] for w in windows], "offsets": [w[4] for w in windows],
+                                 "example": [w[0] for w in windows], "length": [len(w[2]) for w in windows],
+                                 "n_tokens": [q_tokens[w[0]] + ctx_tokens[w[0]] + n_special for w in windows]}
+        if windows and windows[0][3] is not None:
+            cols["token_type_ids"] = [w[3] for w in windows]
+        if "answers" in table:
+            positions = [answer_positions(table["answers"][k], offsets) for k, _, _, _, offsets in windows]
+            cols["start_positions"] = [p[0] for p in positions]
+            cols["end_positions"] = [p[1] for p in positions]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return datasets.Dataset.from_dict(cols)
+
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
+        import torch
+
+        inputs = pad_inputs(features, self.pad_id, pad_to_multiple_of)
+        targets = {}
+        if "start_positions" in features[0]:
+            targets = {k: torch.tensor([f[k] for f in features], dtype=torch.long)
+                       for k in ("start_positions", "end_positions")}
+        meta = {"example": np.array([f["example"] for f in features]), "offsets": [f["offsets"] for f in features]}
+        return Batch(inputs, targets, meta)
+
+    def cache_key(self) -> dict:
+        return {"task": self.name, "max_length": self.cfg.model.max_length, "doc_stride": self.opts.doc_stride,
+                "max_question_length": self.opts.max_question_length}
+
+    # ------------------------------------------------------------------ model
+    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
+
+    def count_items(self, batch: Batch) -> int:
+        return int(batch.meta["example"].shape[0])
+
+    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", Any]:
+        """Loss summed over windows of (CE(start) + CE(end)) / 2: divided by the windows, the model's own loss."""
+        import torch.nn.functional as F
+
+        out = model(**batch.inputs)
+        start, end = out.start_logits.float(), out.end_logits.float()
+        if "start_positions" not in batch.targets:
+            return None, (start, end)
+        loss = (F.cross_entropy(start, batch.targets["start_positions"], reduction="sum")
+                + F.cross_entropy(end, batch.targets["end_positions"], reduction="sum")) / 2
+        return loss, (start, end)
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def metrics(self) -> dict[str, bool]:
+        v2 = ("HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1") if self.version_2 else ()
+        return dict.fromkeys(("exact_match", "f1", *v2), True)
+
+    @property
+    def default_metric(self) -> str:
+        return "f1"
+
+    def evaluator(self, table: Table) -> "QuestionAnsweringEvaluator":
+        return QuestionAnsweringEvaluator(self, table)
+
+    def state(self) -> dict:
+        return {"task": self.name, "version_2": self.version_2, "threshold": self.threshold}
+
+
+def answer_positions(answers: Answers, offsets: np.ndarray) -> tuple[int, int]:
+    """Token positions of the first answer in one window (its first and last token), or (CLS, CLS) when the
+    window does not hold all of it (or the question has none)."""
+    ctx = np.flatnonzero(offsets[:, 0] >= 0)
+    if not answers["text"] or not ctx.size:
+        return CLS, CLS
+    start = answers["answer_start"][0]
+    end = start + len(answers["text"][0])
+    if offsets[ctx[0], 0] > start or offsets[ctx[-1], 1] < end:
+        return CLS, CLS
+    first = ctx[np.argmax(offsets[ctx, 1] > start)]
+    last = ctx[::-1][np.argmax(offsets[ctx[::-1], 0] < end)]
+    return int(first), int(last)
+
+
+def window_candidates(start: np.ndarray, end: np.ndarray, offsets: list[list[int]], n_best: int,
+                      max_answer_length: int) -> tuple[list[tuple[float, int, int]], float]:
+    """One window's n-best spans as (start logit + end logit, first character, character after the last),
+    among context tokens at most `max_answer_length` long, and its no-answer score (the CLS logits)."""
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    ctx = np.flatnonzero(off[:, 0] >= 0)
+    null = float(start[CLS] + end[CLS])
+    if ctx.size == 0:
+        return [], null
+    s, e = start[: len(off)], end[: len(off)]
+    top_s = ctx[np.argsort(-s[ctx], kind="stable")[:n_best]]
+    top_e = ctx[np.argsort(-e[ctx], kind="stable")[:n_best]]
+    i, j = np.meshgrid(top_s, top_e, indexing="ij")
+    ok = (j >= i) & (j - i < max_answer_length)
+    i, j = i[ok], j[ok]
+    score = s[i] + e[j]
+    best = np.argsort(-score, kind="stable")[:n_best]
+    return [(float(score[b]), int(off[i[b], 0]), int(off[j[b], 1])) for b in best], null
+
+
+class QuestionAnsweringEvaluator:
+    """Per question: the n-best spans over all its windows and its lowest no-answer score."""
+
+    def __init__(self, task: QuestionAnswering, table: Table) -> None:
+        self.task, self.table = task, table
+        self.candidates: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)  # example -> span -> score
+        self.null: dict[int, float] = {}
+
+    def _keep(self, k: int, spans: list[tuple[float, int, int]] | dict[tuple[int, int], float], null: float) -> None:
+        pairs = spans.items() if isinstance(spans, dict) else (((a, b), s) for s, a, b in spans)
+        mine = self.candidates[k]
+        for span, score in pairs:  # a span seen in two overlapping windows keeps its better score
+            if score > mine.get(span, -math.inf):
+                mine[span] = score
+        if len(mine) > self.task.opts.n_best:
+            self.candidates[k] = dict(sorted(mine.items(), key=lambda x: -x[1])[: self.task.opts.n_best])
+        self.null[k] = min(null, self.null.get(k, math.inf))
+
+    def add(self, batch: Batch, outputs: tuple["torch.Tensor", "torch.Tensor"]) -> None:
+        starts, ends = (o.float().cpu().numpy() for o in outputs)
+        opts = self.task.opts
+        for row, k in enumerate(batch.meta["example"]):
+            spans, null = window_candidates(starts[row], ends[row], batch.meta["offsets"][row], opts.n_best,
+                                            opts.max_answer_length)
+            self._keep(int(k), spans, null)
+
+    def merge(self, other: "QuestionAnsweringEvaluator") -> None:
+        for k, null in other.null.items():
+            self._keep(k, other.candidates.get(k, {}), null)
+
+    def _best(self, k: int) -> tuple[list[tuple[float, int, int]], float]:
+        """Question k's spans, best first, and its no-answer score (spans tie-broken by position)."""
+        spans = sorted(((s, a, b) for (a, b), s in self.candidates.get(k, {}).items()), key=lambda x: (-x[0], x[1]))
+        return spans, self.null.get(k, math.inf)
+
+    def record(self, k: int) -> dict:
+        """The prediction for question k under the task's current no-answer threshold."""
+        spans, null = self._best(k)
+        scores = [s for s, _, _ in spans] + ([null] if self.task.version_2 and math.isfinite(null) else [])
+        probs = np.exp(np.asarray(scores) - max(scores)) if scores else np.zeros(0)
+        probs = probs / probs.sum() if scores else probs
+        if not spans or (self.task.version_2 and null - spans[0][0] > self.task.threshold):
+            return {"answer": "", "start": None, "end": None, "score": float(probs[-1]) if scores else 0.0}
+        _, a, b = spans[0]
+        return {"answer": self.table["context"][k][a:b], "start": a, "end": b, "score": float(probs[0])}
+
+    def result(self, tune: bool = False) -> EvalResult:
+        from ..evaluation.squad_metrics import best_scores, best_threshold, squad_metrics
+
+        task, n = self.task, len(self.table)
+        metrics: dict[str, Any] = {}
+        if "answers" in self.table:
+            golds = [a["text"] for a in self.table["answers"]]
+            if task.version_2:
+                diffs, em, f1 = [], [], []
+                for k in range(n):  # the best span's scores, and how much more the no-answer option scores
+                    spans, null = self._best(k)
+                    text = self.table["context"][k][spans[0][1]:spans[0][2]] if spans else ""
+                    diffs.append(null - spans[0][0] if spans else math.inf)  # no span: always ""
+                    scored = best_scores(text, golds[k])
+                    em.append(scored[0])
+                    f1.append(scored[1])
+                has = [bool(g) for g in golds]
+                metrics["best_exact_thresh"], metrics["best_exact"] = best_threshold(diffs, em, has)
+                metrics["best_f1_thresh"], metrics["best_f1"] = best_threshold(diffs, f1, has)
+                if tune:
+                    task.threshold = metrics["best_f1_thresh"]
+            preds = [self.record(k)["answer"] for k in range(n)]
+            metrics = {**squad_metrics(preds, golds, task.version_2), **metrics}
+            if task.version_2:
+                metrics["no_answer_threshold"] = task.threshold
+        return EvalResult(metrics, [self.record(k) for k in range(n)])
