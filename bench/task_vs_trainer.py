@@ -193,7 +193,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                    help="folder holding the shared data sets (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="first N training examples only (smoke tests)")
-    p.add_argument("--eval-limit", type=int, default=None, help="first N test examples only (smoke tests)")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="first N test sentences / dev questions (default: all for NER, 2,000 for SQuAD)")
     p.add_argument("--max-steps", type=int, default=None, help="stop both sides after N steps (smoke tests)")
     p.add_argument("--skip-steps", type=int, default=10,
                    help="optimizer steps excluded from steady throughput as warmup (default: %(default)s)")
