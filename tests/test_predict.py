@@ -112,3 +112,15 @@ def test_sentence_pairs_end_to_end(base_config: dict, tmp_path: Path) -> None:
     for mine, theirs, rec in zip(again, saved, records):
         assert mine["probs"]["same"] == pytest.approx(theirs["prediction"]["probs"]["same"], abs=1e-6)
         assert rec == mine
+
+
+def test_load_imports_neither_the_training_loop_nor_matplotlib(base_config: dict, tmp_path: Path) -> None:
+    """A notebook user's `tunesmith.load()` costs what prediction needs and leaves their plotting alone."""
+    import subprocess
+    import sys
+
+    run = _run(base_config, tmp_path, "light", train__max_steps=2)
+    code = ("import sys, tunesmith; p = tunesmith.load(sys.argv[1]); p.predict('good'); "
+            "print(sorted(m for m in sys.modules if m in ('matplotlib', 'tunesmith.training.loop', 'tunesmith.run')))")
+    out = subprocess.run([sys.executable, "-c", code, str(run.dir)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -89,7 +89,8 @@ def configured_columns(cfg: DataConfig, roles: list["Role"]) -> dict[str, tuple[
     """Role -> (column, the config key that set it) for roles the config maps explicitly.
 
     `data.columns` wins; the legacy `text_column` / `text_pair_column` / `label_column` keys count when
-    set (their defaults name the same columns the roles try anyway). Unknown roles are a ConfigError.
+    they differ from their defaults (which name the columns the roles try anyway; a saved, resolved config
+    spells the defaults out, and must not make an optional role required). Unknown roles are a ConfigError.
     """
     names = [r.name for r in roles]
     for role in cfg.columns:
@@ -100,7 +101,8 @@ def configured_columns(cfg: DataConfig, roles: list["Role"]) -> dict[str, tuple[
                               + f" This task reads: {', '.join(names)}")
     out = {r: (c, f"data.columns.{r}") for r, c in cfg.columns.items()}
     for role, key in LEGACY_COLUMNS.items():
-        if role in names and role not in out and key in cfg.model_fields_set and getattr(cfg, key) is not None:
+        value, default = getattr(cfg, key), type(cfg).model_fields[key].default
+        if role in names and role not in out and value is not None and value != default:
             out[role] = (getattr(cfg, key), f"data.{key}")
     return out
 

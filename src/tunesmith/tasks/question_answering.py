@@ -71,7 +71,6 @@ class QuestionAnswering:
         self.version_2: bool = state.get("version_2", self.opts.version_2 is True)
         #: a v2 question is answered "" when its no-answer score minus its best span score is above this
         self.threshold: float = state.get("threshold", 0.0)
-        self.pad_id = 0
         self._question_cuts: dict[int, int] = {}  # hash of a table's questions -> how many preprocess cut
 
     def roles(self) -> list[Role]:
@@ -216,13 +215,12 @@ class QuestionAnswering:
             positions = [answer_positions(table["answers"][k], offsets) for k, _, _, _, offsets in windows]
             cols["start_positions"] = [p[0] for p in positions]
             cols["end_positions"] = [p[1] for p in positions]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return datasets.Dataset.from_dict(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
 
-        inputs = pad_inputs(features, self.pad_id, pad_to_multiple_of)
+        inputs = pad_inputs(features, pad_to_multiple_of)
         targets = {}
         if "start_positions" in features[0]:
             targets = {k: torch.tensor([f[k] for f in features], dtype=torch.long)

@@ -467,7 +467,7 @@ class TokenClassification:
         import torch
 
         # padded positions are masked out, so the pad id only has to exist in every vocabulary: 0 does
-        inputs = pad_inputs(features, 0, pad_to_multiple_of)
+        inputs = pad_inputs(features, pad_to_multiple_of)
         targets = {}
         meta: dict[str, Any] = {k: np.array([f[k] for f in features]) for k in ("example", "window", "n_words")}
         for k in ("word_pos", "word_index", "word_context", "gold_tags", "word_starts", "word_ends"):

@@ -1,0 +1,128 @@
+"""The contract every registered task meets, on a tiny random BERT and the task's own fixture.
+
+A task gets these checks by being registered: its fixture folder tests/contract/<task name>/ holds
+train/validation/test files, a config.yaml with what differs from the base config below, and a bad
+file with bad.yaml naming the error it must give. A registered task without a folder fails here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import train_losses
+from safetensors.torch import load_file
+
+import tunesmith
+from tunesmith.errors import DataError
+from tunesmith.tasks.base import task_names
+from tunesmith.training.loop import Control
+
+CONTRACT = Path(__file__).parent / "contract"
+STEPS, STOP_AT = 60, 25  # STOP_AT falls mid-epoch in every fixture (checked below)
+
+
+def _fixture_file(folder: Path, stem: str) -> Path:
+    found = sorted(f for f in folder.glob(f"{stem}.*") if f.suffix != ".yaml")
+    assert len(found) == 1, f"{folder} needs exactly one {stem}.* file, found {found}"
+    return found[0]
+
+
+def _config(task: str, tiny_model_dir: str, tmp_path: Path, name: str) -> dict:
+    folder = CONTRACT / task
+    assert folder.is_dir(), f"registered task '{task}' has no contract fixture folder {folder}"
+    cfg: dict[str, Any] = {
+        "model": {"name": tiny_model_dir},
+        "data": {split: str(_fixture_file(folder, split)) for split in ("train", "validation", "test")},
+        "train": {"max_steps": STEPS, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "seed": 0,
+                  "eval_every": 12, "precision": "fp32"},
+        "eval": {"batch_size": 8},
+    }
+    for section, values in yaml.safe_load((folder / "config.yaml").read_text()).items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    cfg["data"]["cache_dir"] = str(tmp_path / "cache")
+    cfg["output_dir"] = str(tmp_path / name)
+    return cfg
+
+
+def _same(a: Any, b: Any, path: str = "") -> None:
+    """Equal records: numbers to 1e-6, everything else exactly."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a is not None and b is not None and math.isclose(a, b, rel_tol=0, abs_tol=1e-6), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: {a} != {b}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module", params=task_names())
+def trained(request: pytest.FixtureRequest, tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    task = request.param
+    tmp = tmp_path_factory.mktemp(task)
+    cfg = _config(task, tiny_model_dir, tmp, "whole")
+    return task, cfg, tunesmith.train(cfg), tmp
+
+
+def test_training_lowers_the_loss(trained: tuple) -> None:
+    task, cfg, run, _ = trained
+    losses = train_losses(run.dir)
+    assert len(losses) == STEPS
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, f"{task}: mean loss of the first 5 steps {first:.4f}, of the last 5 {last:.4f}"
+    assert run.report["task"] == task and set(run.report["test"]) >= set(tunesmith.load(run.dir).task.metrics)
+
+
+def test_saved_model_predicts_what_the_run_reported(trained: tuple) -> None:
+    task, cfg, run, _ = trained
+    rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert rows and all(list(r) == ["file", "line", "input", "gold", "prediction"] for r in rows)
+    again = tunesmith.load(run.dir).predict([r["input"] for r in rows])
+    _same(again, [r["prediction"] for r in rows], task)
+
+
+def test_evaluate_gives_the_reports_test_metrics(trained: tuple) -> None:
+    task, cfg, run, _ = trained
+    metrics = tunesmith.load(run.dir / "model").evaluate(cfg["data"]["test"])
+    for name in tunesmith.load(run.dir).task.metrics:
+        _same(metrics[name], run.report["test"][name], f"{task}.{name}")
+    _same(metrics["loss"], run.report["test"]["loss"], f"{task}.loss")
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tuple, tiny_model_dir: str) -> None:
+    task, _, whole, tmp = trained
+    cfg = _config(task, tiny_model_dir, tmp, "stopped")
+    tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == STOP_AT
+                                    else None])
+    state = json.loads((Path(cfg["output_dir"]) / "checkpoints" / f"step-{STOP_AT}" / "loop_state.json").read_text())
+    assert state["batch_in_epoch"] > 0, "the interruption should fall mid-epoch"
+    resumed = tunesmith.train(cfg, resume=True)
+    assert train_losses(resumed.dir) == train_losses(whole.dir)
+    # the same final weights (the reports may differ: the interruption's own evaluation can become the best)
+    a = load_file(whole.dir / "checkpoints" / f"step-{STEPS}" / "model.safetensors")
+    b = load_file(resumed.dir / "checkpoints" / f"step-{STEPS}" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bad_row_gives_the_tasks_clear_error(trained: tuple, tiny_model_dir: str) -> None:
+    task, _, _, tmp = trained
+    folder = CONTRACT / task
+    expected = yaml.safe_load((folder / "bad.yaml").read_text())
+    cfg = _config(task, tiny_model_dir, tmp, "bad")
+    cfg["data"]["train"] = str(_fixture_file(folder, "bad"))
+    with pytest.raises(DataError) as err:
+        tunesmith.train(copy.deepcopy(cfg))
+    assert expected["message"] in str(err.value)
+    assert err.value.file == cfg["data"]["train"] and err.value.line == expected["line"]
+    assert err.value.column == expected.get("column")
+    assert not Path(cfg["output_dir"]).exists()  # a run refused for its data leaves no folder
