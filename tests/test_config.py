@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -305,3 +306,48 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     command = next(line.strip() for line in readme.splitlines() if "pytest" in line and "pip install" in line)
     assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- task options and roles
+
+def test_unknown_task_option_gets_did_you_mean_among_the_tasks_options():
+    msg = config_error(minimal(task={"type": "token-classification", "strid": 4}))
+    assert "unknown key 'task.strid'. did you mean 'task.stride'?" in msg
+    assert "Valid keys here: tag_scheme, label_all_subtokens, stride, seqeval_mode" in msg
+
+
+def test_a_task_option_of_the_wrong_type_names_the_key():
+    msg = config_error(minimal(task={"type": "question-answering", "doc_stride": "wide"}))
+    assert re.search(r"^\s+- task\.doc_stride: .*'wide'", msg, re.M), msg
+
+
+def test_unknown_task_type_gets_did_you_mean():
+    msg = config_error(minimal(task="token-clasification"))
+    assert "unknown task.type 'token-clasification'. Did you mean 'token-classification'?" in msg
+    assert "Known tasks: question-answering, text-classification, token-classification" in msg
+
+
+def test_task_options_round_trip_flat_in_yaml():
+    cfg = load_config(minimal(task={"type": "token-classification", "stride": 8}))
+    dumped = yaml.safe_load(cfg.to_yaml())["task"]
+    assert dumped == {"type": "token-classification", "tag_scheme": "auto", "label_all_subtokens": False,
+                      "stride": 8, "seqeval_mode": "default"}
+    assert load_config(yaml.safe_load(cfg.to_yaml())).task.options == cfg.task.options
+
+
+def test_data_columns_map_roles_and_unknown_roles_get_did_you_mean(tmp_path):
+    from tunesmith.data.prepare import load_splits
+    from tunesmith.errors import ConfigError
+    from tunesmith.tasks.base import get_task
+
+    f = tmp_path / "qa.jsonl"
+    f.write_text(json.dumps({"q": "who?", "passage": "Ann did.", "answers": {"text": ["Ann"], "answer_start": [0]}})
+                 + "\n")
+    cfg = load_config({"task": "question-answering", "data": {"train": str(f),
+                                                              "columns": {"question": "q", "context": "passage"}}})
+    t = load_splits(cfg.data, get_task(cfg).roles()).splits["train"]
+    assert t["question"] == ["who?"] and t["context"] == ["Ann did."] and t.column_of["question"] == "q"
+    cfg = load_config({"task": "question-answering", "data": {"train": str(f), "columns": {"questoin": "q"}}})
+    with pytest.raises(ConfigError) as err:
+        load_splits(cfg.data, get_task(cfg).roles())
+    assert "data.columns: unknown role 'questoin'. Did you mean 'question'?" in str(err.value)
