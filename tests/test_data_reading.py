@@ -447,3 +447,18 @@ def test_predict_takes_list_and_object_cells_as_training_did(tmp_path, tiny_mode
     f.write_text('{"text": {"title": "a good day"}}\n', encoding="utf-8")
     with pytest.raises(DataError, match="the text is an object, not a string"):
         joined.predict_file(f, tmp_path / "out3.jsonl")
+
+
+def test_conll_reader_skips_docstart_and_a_stray_byte_order_mark(tmp_path):
+    from tunesmith.data.readers import read_file
+
+    f = tmp_path / "t.conll"
+    f.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n\ufeff\n",
+                 encoding="utf-8")
+    assert read_file(f) == [(3, {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}),
+                            (6, {"tokens": ["Peter"], "tags": ["B-PER"]})]
+    assert read_file(f, conll_tag_column=2)[0][1]["tags"] == ["B-NP", "B-VP"]
+    f.write_text("EU B-ORG\nrejects\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_file(f)
+    assert err.value.line == 2 and "1 columns here, 2 on the file's first token line" in str(err.value)

@@ -237,13 +237,14 @@ def read_json(path: Path) -> list[Record]:
 def read_conll(path: Path, tag_column: int = -1) -> list[Record]:
     """CoNLL-style column files: a token per line, a blank line between sentences, `-DOCSTART-` lines
     skipped. Rows are {"tokens": [...], "tags": [...]} (tags from `tag_column`, default the last);
-    a file with one column holds tokens only (for prediction). A row's line is its first token's."""
+    a file with one column holds tokens only (for prediction). A row's line is its first token's. A line
+    holding only a byte-order mark (U+FEFF, invisible) counts as blank."""
     rows: list[Record] = []
     tokens: list[str] = []
     tags: list[str] = []
     start, width = 0, None
     for n, raw in enumerate(_read_text(path).splitlines() + [""], start=1):
-        parts = raw.split()
+        parts = raw.replace("\ufeff", " ").split()  # a stray byte-order mark is no token (WNUT-17's dev.conll)
         if parts and parts[0] == "-DOCSTART-":
             continue
         if not parts:
