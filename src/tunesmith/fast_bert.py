@@ -193,10 +193,12 @@ def _residual(block: Any, h: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
 
 def _layer(layer: Any, x: torch.Tensor, lay: _Layout, first_only: bool) -> torch.Tensor:
     attn = layer.attention.self
+    # transformers < 5 has no `scaling`: its eager path divides by sqrt(head size), its SDPA path uses SDPA's default
+    scale = getattr(attn, "scaling", attn.attention_head_size ** -0.5)
     resid = x.index_select(0, lay.first_rows) if first_only else x
     out = _grouped_attention(attn.query(resid), attn.key(x), attn.value(x), lay, attn.num_attention_heads,
                              attn.attention_head_size, attn.dropout.p if layer.training else 0.0,
-                             attn.scaling, first_only)
+                             scale, first_only)
     attention_output = _residual(layer.attention.output, out, resid)
     return _residual(layer.output, layer.intermediate(attention_output), attention_output)
 
