@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from tunesmith.tasks.fast_bert import speed_up_bert_classifier
+from tunesmith.fast_bert import speed_up_bert_classifier
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
