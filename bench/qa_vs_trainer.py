@@ -95,16 +95,22 @@ def flatten(squad: dict[str, Any]) -> datasets.Dataset:
 # Ported from huggingface/transformers examples/pytorch/question-answering/run_qa.py (prepare_train_features,
 # prepare_validation_features) and utils_qa.py (postprocess_qa_predictions), with the SQuAD v1.1 branches only.
 
-def prepare_train_features(examples: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Any:
-    """Question + context windows (truncation only_second, stride, padded to max_length); the answer's
-    start/end token, or the CLS token when the answer is not inside the window."""
+def _windows(examples: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[bool, Any, Any]:
+    """The tokenization both of run_qa.py's prepare_*_features share: (pad_on_right, windows padded to
+    max_length with offsets, window -> question index)."""
     pad_on_right = tokenizer.padding_side == "right"
     examples["question"] = [q.lstrip() for q in examples["question"]]
     tokenized = tokenizer(
         examples["question" if pad_on_right else "context"], examples["context" if pad_on_right else "question"],
         truncation="only_second" if pad_on_right else "only_first", max_length=max_length, stride=DOC_STRIDE,
         return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
-    sample_mapping = tokenized.pop("overflow_to_sample_mapping")
+    return pad_on_right, tokenized, tokenized.pop("overflow_to_sample_mapping")
+
+
+def prepare_train_features(examples: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Any:
+    """Question + context windows (truncation only_second, stride, padded to max_length); the answer's
+    start/end token, or the CLS token when the answer is not inside the window."""
+    pad_on_right, tokenized, sample_mapping = _windows(examples, tokenizer, max_length)
     offset_mapping = tokenized.pop("offset_mapping")
     tokenized["start_positions"], tokenized["end_positions"] = [], []
     for i, offsets in enumerate(offset_mapping):
@@ -140,13 +146,7 @@ def prepare_train_features(examples: dict[str, list], tokenizer: PreTrainedToken
 def prepare_validation_features(examples: dict[str, list], tokenizer: PreTrainedTokenizerBase,
                                 max_length: int) -> Any:
     """The same windows, each with its question's id and offsets set to None outside the context."""
-    pad_on_right = tokenizer.padding_side == "right"
-    examples["question"] = [q.lstrip() for q in examples["question"]]
-    tokenized = tokenizer(
-        examples["question" if pad_on_right else "context"], examples["context" if pad_on_right else "question"],
-        truncation="only_second" if pad_on_right else "only_first", max_length=max_length, stride=DOC_STRIDE,
-        return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
-    sample_mapping = tokenized.pop("overflow_to_sample_mapping")
+    pad_on_right, tokenized, sample_mapping = _windows(examples, tokenizer, max_length)
     tokenized["example_id"] = []
     context_index = 1 if pad_on_right else 0
     for i in range(len(tokenized["input_ids"])):
