@@ -21,7 +21,6 @@ import task_vs_trainer as tvt  # noqa: E402  (sets HF_HUB_OFFLINE before any Hug
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
-import transformers  # noqa: E402
 from seqeval.metrics import accuracy_score, classification_report  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForTokenClassification,
@@ -209,17 +208,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.seeds = [int(s) for s in (args.seeds or ds.seeds).split(",") if s.strip()]
     args.epochs = ds.epochs if args.epochs is None else args.epochs
     args.out = args.out or tvt.REPO_ROOT / f"bench/results/ner_vs_trainer_{args.dataset}.json"
-    if args.skip_steps < 1:
-        p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
+    tvt.check_common_args(p, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    tvt.quiet_libraries()
 
     ds = DATASETS[args.dataset]
     folder = args.data_root / ds.folder
@@ -241,20 +237,9 @@ def main(argv: list[str] | None = None) -> None:
          f"{len(validation)}), {len(labels)} labels; metrics: seqeval entity level, micro, default mode, points",
          f"throughput unit: training {UNIT} per second, steady state after step {args.skip_steps}"])
 
-    def run_one(seed: int) -> list[tvt.SideResult]:
-        results = []
-        for side in tvt.sides_of(args.side):
-            if side == "trainer":
-                results.append(tvt.run_side(side, seed, lambda: run_trainer(
-                    train, test, labels, seed, hyper, args.skip_steps)))
-            else:
-                results.append(tvt.run_side(side, seed, lambda: run_tunesmith(
-                    train, validation, test, seed, hyper, args.precision, args.skip_steps)))
-        tvt.print_seed_table(seed, results, METRICS, UNIT)
-        return results
-
-    tvt.finish(argv, args, meta, METRICS, UNIT, run_one)
-
+    tvt.run_both(argv, args, meta, METRICS, UNIT,
+                 lambda seed: run_trainer(train, test, labels, seed, hyper, args.skip_steps),
+                 lambda seed: run_tunesmith(train, validation, test, seed, hyper, args.precision, args.skip_steps))
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,6 @@ import task_vs_trainer as tvt  # noqa: E402  (sets HF_HUB_OFFLINE before any Hug
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
-import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForQuestionAnswering,
     AutoTokenizer,
@@ -300,17 +299,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.set_defaults(eval_limit=DEV_QUESTIONS)
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.skip_steps < 1:
-        p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
+    tvt.check_common_args(p, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    tvt.quiet_libraries()
 
     folder = args.data_root / "squad_v1.1"
     train_json = first_questions(read_squad(folder / "train_subset_11877q.json.gz"), args.limit)
@@ -331,20 +327,9 @@ def main(argv: list[str] | None = None) -> None:
          f"{DOC_STRIDE}, n_best {N_BEST}, max_answer_length {MAX_ANSWER_LENGTH}; metrics: official v1.1 EM/F1",
          f"throughput unit: training {UNIT} (model inputs) per second, steady state after step {args.skip_steps}"])
 
-    def run_one(seed: int) -> list[tvt.SideResult]:
-        results = []
-        for side in tvt.sides_of(args.side):
-            if side == "trainer":
-                results.append(tvt.run_side(side, seed, lambda: run_trainer(
-                    train, dev, seed, hyper, args.skip_steps)))
-            else:
-                results.append(tvt.run_side(side, seed, lambda: run_tunesmith(
-                    train_json, dev_json, seed, hyper, args.precision, args.skip_steps)))
-        tvt.print_seed_table(seed, results, METRICS, UNIT)
-        return results
-
-    tvt.finish(argv, args, meta, METRICS, UNIT, run_one)
-
+    tvt.run_both(argv, args, meta, METRICS, UNIT,
+                 lambda seed: run_trainer(train, dev, seed, hyper, args.skip_steps),
+                 lambda seed: run_tunesmith(train_json, dev_json, seed, hyper, args.precision, args.skip_steps))
 
 if __name__ == "__main__":
     main()

@@ -188,6 +188,20 @@ def run_side(side: str, seed: int, fn: Callable[[], SideResult]) -> SideResult:
 
 # ---------------------------------------------------------------- seeds: one process each
 
+def check_common_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.skip_steps < 1:
+        p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info logs from transformers and datasets in the benchmark's output."""
+    import datasets
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--side", choices=["trainer", "tunesmith", "both"], default="both")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
@@ -298,6 +312,19 @@ def write_results(out: Path, meta: dict[str, Any], results: list[SideResult], su
     payload = {"meta": meta, "runs": [asdict(r) for r in results], "summary": summary, "tunesmith_ratios": ratios}
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     console.print(f"raw results: {out}")
+
+
+def run_both(argv: list[str], args: Any, meta: dict[str, Any], metric_names: list[str], unit: str,
+             trainer: Callable[[int], Any], tunesmith: Callable[[int], Any]) -> None:
+    """Each seed: the chosen sides (`trainer(seed)` / `tunesmith(seed)`) through `run_side`, a table per
+    seed, then `finish` (one process per seed, summary, JSON)."""
+    def run_one(seed: int) -> list[SideResult]:
+        results = [run_side(side, seed, lambda: (trainer if side == "trainer" else tunesmith)(seed))
+                   for side in sides_of(args.side)]
+        print_seed_table(seed, results, metric_names, unit)
+        return results
+
+    finish(argv, args, meta, metric_names, unit, run_one)
 
 
 def finish(argv: list[str], args: argparse.Namespace, meta: dict[str, Any], metric_names: list[str], unit: str,
