@@ -172,19 +172,12 @@ def run_tunesmith(train: list[Sentence], validation: list[Sentence], test: list[
         paths = {split: Path(tmp) / f"{split}.conll" for split in ("train", "validation", "test")}
         for split, sentences in zip(paths, (train, validation, test)):
             write_conll(sentences, paths[split])
-        train_cfg: dict[str, Any] = {
-            "epochs": hyper.epochs, "batch_size": hyper.batch_size, "lr": hyper.lr,
-            "warmup_ratio": hyper.warmup_ratio, "weight_decay": hyper.weight_decay,
-            "max_grad_norm": hyper.max_grad_norm, "scheduler": hyper.scheduler, "seed": seed,
-            "precision": precision, "eval_every": tvt.EVAL_ONLY_AT_END}
-        if hyper.max_steps:
-            train_cfg["max_steps"] = hyper.max_steps
         config = {
             "task": {"type": "token-classification"},
             "model": {"name": None, "max_length": hyper.max_length},
             "data": {**{k: str(v) for k, v in paths.items()}, "format": "conll",
                      "cache_dir": str(Path(tmp) / "cache")},  # tokenized afresh, ~/.cache untouched
-            "train": train_cfg,
+            "train": tvt.tunesmith_train_section(hyper, seed, precision),
             "eval": {"batch_size": hyper.eval_batch_size},
             "output_dir": str(Path(tmp) / "run"),
         }

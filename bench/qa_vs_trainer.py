@@ -264,13 +264,6 @@ def run_tunesmith(train: dict[str, Any], dev: dict[str, Any], seed: int, hyper: 
         train_path, dev_path = Path(tmp) / "train.json", Path(tmp) / "dev.json"
         train_path.write_text(json.dumps(train), encoding="utf-8")
         dev_path.write_text(json.dumps(dev), encoding="utf-8")
-        train_cfg: dict[str, Any] = {
-            "epochs": hyper.epochs, "batch_size": hyper.batch_size, "lr": hyper.lr,
-            "warmup_ratio": hyper.warmup_ratio, "weight_decay": hyper.weight_decay,
-            "max_grad_norm": hyper.max_grad_norm, "scheduler": hyper.scheduler, "seed": seed,
-            "precision": precision, "eval_every": tvt.EVAL_ONLY_AT_END}
-        if hyper.max_steps:
-            train_cfg["max_steps"] = hyper.max_steps
         config = {
             "task": {"type": "question-answering", "doc_stride": DOC_STRIDE, "n_best": N_BEST,
                      "max_answer_length": MAX_ANSWER_LENGTH},
@@ -278,7 +271,7 @@ def run_tunesmith(train: dict[str, Any], dev: dict[str, Any], seed: int, hyper: 
             # validation is test: tunesmith warns that they overlap, which is expected here
             "data": {"train": str(train_path), "validation": str(dev_path), "test": str(dev_path),
                      "cache_dir": str(Path(tmp) / "cache")},  # tokenized afresh, ~/.cache untouched
-            "train": train_cfg,
+            "train": tvt.tunesmith_train_section(hyper, seed, precision),
             "eval": {"batch_size": hyper.eval_batch_size},
             "output_dir": str(Path(tmp) / "run"),
         }

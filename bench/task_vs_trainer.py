@@ -188,6 +188,18 @@ def run_side(side: str, seed: int, fn: Callable[[], SideResult]) -> SideResult:
 
 # ---------------------------------------------------------------- seeds: one process each
 
+def tunesmith_train_section(hyper: Hyper, seed: int, precision: str) -> dict[str, Any]:
+    """tunesmith's `train:` section with the hyperparameters the Trainer side uses; evaluation at the end only."""
+    train_cfg: dict[str, Any] = {
+        "epochs": hyper.epochs, "batch_size": hyper.batch_size, "lr": hyper.lr,
+        "warmup_ratio": hyper.warmup_ratio, "weight_decay": hyper.weight_decay,
+        "max_grad_norm": hyper.max_grad_norm, "scheduler": hyper.scheduler, "seed": seed,
+        "precision": precision, "eval_every": EVAL_ONLY_AT_END}
+    if hyper.max_steps:
+        train_cfg["max_steps"] = hyper.max_steps
+    return train_cfg
+
+
 def check_common_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.skip_steps < 1:
         p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
