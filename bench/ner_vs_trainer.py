@@ -164,7 +164,7 @@ def run_trainer(train: list[Sentence], test: list[Sentence], labels: list[str], 
 # ---------------------------------------------------------------- the tunesmith side
 
 def run_tunesmith(train: list[Sentence], validation: list[Sentence], test: list[Sentence], seed: int,
-                  hyper: tvt.Hyper, precision: str, skip_steps: int) -> tvt.SideResult:
+                  hyper: tvt.Hyper, precision: str, skip_steps: int, overrides: list[str]) -> tvt.SideResult:
     """The task interface in progress: task token-classification, data.format conll (last column the
     tag), report["test"] precision/recall/f1/accuracy as seqeval fractions. It reads copies of exactly
     the sentences the Trainer side uses."""
@@ -183,7 +183,7 @@ def run_tunesmith(train: list[Sentence], validation: list[Sentence], test: list[
         }
         return tvt.run_tunesmith(config, seed, skip_steps, lambda test_report: {
             "F1": 100 * test_report["f1"], "P": 100 * test_report["precision"], "R": 100 * test_report["recall"],
-            "accuracy": 100 * test_report["accuracy"]})
+            "accuracy": 100 * test_report["accuracy"]}, overrides)
 
 
 # ---------------------------------------------------------------- main
@@ -223,16 +223,18 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"argv": sys.argv, "dataset": args.dataset, "train_sentences": len(train),
             "validation_sentences": len(validation), "test_sentences": len(test), "labels": labels,
             "machine": facts, "hyperparameters": asdict(hyper) | {"skip_steps": args.skip_steps},
-            "tunesmith_precision": args.precision, "throughput_unit": UNIT}
+            "tunesmith_precision": args.precision, "tunesmith_overrides": args.tunesmith_set, "throughput_unit": UNIT}
     tvt.print_header(
         f"NER {args.dataset}: Trainer (run_ner.py recipe) vs tunesmith", facts, hyper, args.precision,
         [f"data {folder}: train {len(train)} sentences, test {len(test)} (tunesmith also evaluates validation, "
          f"{len(validation)}), {len(labels)} labels; metrics: seqeval entity level, micro, default mode, points",
-         f"throughput unit: training {UNIT} per second, steady state after step {args.skip_steps}"])
+         f"throughput unit: training {UNIT} per second, steady state after step {args.skip_steps}"],
+        args.tunesmith_set)
 
     tvt.run_both(argv, args, meta, METRICS, UNIT,
                  lambda seed: run_trainer(train, test, labels, seed, hyper, args.skip_steps),
-                 lambda seed: run_tunesmith(train, validation, test, seed, hyper, args.precision, args.skip_steps))
+                 lambda seed: run_tunesmith(train, validation, test, seed, hyper, args.precision, args.skip_steps,
+                                               args.tunesmith_set))
 
 if __name__ == "__main__":
     main()

@@ -257,7 +257,7 @@ def run_trainer(train: datasets.Dataset, dev: datasets.Dataset, seed: int, hyper
 # ---------------------------------------------------------------- the tunesmith side
 
 def run_tunesmith(train: dict[str, Any], dev: dict[str, Any], seed: int, hyper: tvt.Hyper, precision: str,
-                  skip_steps: int) -> tvt.SideResult:
+                  skip_steps: int, overrides: list[str]) -> tvt.SideResult:
     """The task interface in progress: task question-answering, SQuAD JSON files, report["test"]
     exact_match/f1 already in points. It reads copies of exactly the questions the Trainer side uses."""
     with tempfile.TemporaryDirectory(prefix="bench-qa-tunesmith-") as tmp:
@@ -276,7 +276,7 @@ def run_tunesmith(train: dict[str, Any], dev: dict[str, Any], seed: int, hyper: 
             "output_dir": str(Path(tmp) / "run"),
         }
         return tvt.run_tunesmith(config, seed, skip_steps, lambda test_report: {
-            "EM": float(test_report["exact_match"]), "F1": float(test_report["f1"])})
+            "EM": float(test_report["exact_match"]), "F1": float(test_report["f1"])}, overrides)
 
 
 # ---------------------------------------------------------------- main
@@ -312,17 +312,19 @@ def main(argv: list[str] | None = None) -> None:
             "hyperparameters": asdict(hyper) | {"doc_stride": DOC_STRIDE, "n_best": N_BEST,
                                                 "max_answer_length": MAX_ANSWER_LENGTH,
                                                 "skip_steps": args.skip_steps},
-            "tunesmith_precision": args.precision, "throughput_unit": UNIT}
+            "tunesmith_precision": args.precision, "tunesmith_overrides": args.tunesmith_set, "throughput_unit": UNIT}
     tvt.print_header(
         "SQuAD v1.1: Trainer (run_qa.py recipe, windows padded to max_length) vs tunesmith", facts, hyper,
         args.precision,
         [f"data {folder}: train {len(train)} questions, dev the first {len(dev)} questions; doc_stride "
          f"{DOC_STRIDE}, n_best {N_BEST}, max_answer_length {MAX_ANSWER_LENGTH}; metrics: official v1.1 EM/F1",
-         f"throughput unit: training {UNIT} (model inputs) per second, steady state after step {args.skip_steps}"])
+         f"throughput unit: training {UNIT} (model inputs) per second, steady state after step {args.skip_steps}"],
+        args.tunesmith_set)
 
     tvt.run_both(argv, args, meta, METRICS, UNIT,
                  lambda seed: run_trainer(train, dev, seed, hyper, args.skip_steps),
-                 lambda seed: run_tunesmith(train_json, dev_json, seed, hyper, args.precision, args.skip_steps))
+                 lambda seed: run_tunesmith(train_json, dev_json, seed, hyper, args.precision, args.skip_steps,
+                                               args.tunesmith_set))
 
 if __name__ == "__main__":
     main()

@@ -96,7 +96,8 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def print_header(title: str, facts: dict[str, Any], hyper: Hyper, precision: str, lines: list[str]) -> None:
+def print_header(title: str, facts: dict[str, Any], hyper: Hyper, precision: str, lines: list[str],
+                 overrides: list[str] | None = None) -> None:
     console.print(f"[bold]{escape(title)}[/bold]")
     console.print(f"machine: {escape(facts['cpu_model'])}, {facts['cpu_count']} CPUs, avx512_bf16 "
                   f"{facts['avx512_bf16']}, torch threads {facts['torch_threads']}, torch {facts['torch']}, "
@@ -106,6 +107,8 @@ def print_header(title: str, facts: dict[str, Any], hyper: Hyper, precision: str
                   f"warmup ratio {hyper.warmup_ratio:g}, weight decay {hyper.weight_decay:g}, max grad norm "
                   f"{hyper.max_grad_norm:g}, max_length {hyper.max_length}, eval batch {hyper.eval_batch_size}, "
                   f"CPU; precision: Trainer fp32, tunesmith {precision}")
+    if overrides:
+        console.print(f"tunesmith overrides: {escape(', '.join(overrides))}")
     for line in lines:
         console.print(escape(line))
 
@@ -149,14 +152,15 @@ def train_timed(trainer: Trainer, collator: cvt.CountingCollator, timer: cvt.Ste
 
 
 def run_tunesmith(config: dict[str, Any], seed: int, skip_steps: int,
-                  metrics_from: Callable[[dict[str, Any]], dict[str, float]]) -> SideResult:
-    """`tunesmith.train(config)` timed with the same step clock as the Trainer side; its own figures go
-    to `extra`. `metrics_from` maps report["test"] to points."""
+                  metrics_from: Callable[[dict[str, Any]], dict[str, float]],
+                  overrides: list[str] | None = None) -> SideResult:
+    """`tunesmith.train(config, overrides)` timed with the same step clock as the Trainer side; its own
+    figures go to `extra`. `metrics_from` maps report["test"] to points."""
     result = SideResult("tunesmith", seed)
     tunesmith = cvt.import_tunesmith()
     timer = cvt.TunesmithStepTimer()
     start = time.perf_counter()
-    run = tunesmith.train(config, callbacks=[timer])
+    run = tunesmith.train(config, overrides=overrides or [], callbacks=[timer])
     call_s = time.perf_counter() - start
     summary = dict(run.summary)
     result.samples_per_s = cvt.steady_throughput(timer.step_end, timer.sizes, skip_steps)
@@ -164,7 +168,8 @@ def run_tunesmith(config: dict[str, Any], seed: int, skip_steps: int,
     result.metrics = metrics_from(run.report["test"])
     result.extra = {"steps": len(timer.step_end), "train_samples": sum(timer.sizes),
                     "self_reported_samples_per_s": float(summary["train_samples_per_second"]),
-                    "call_s": call_s, "report_test": run.report["test"], "summary": summary}
+                    "call_s": call_s, "overrides": overrides or [], "report_test": run.report["test"],
+                    "summary": summary}
     return result
 
 
@@ -227,6 +232,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32",
                    help="tunesmith train.precision (default fp32, what the Trainer side runs; auto picks bf16 "
                         "on CPUs with avx512_bf16)")
+    p.add_argument("--tunesmith-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra tunesmith override, e.g. train.batching=bucket (repeatable; printed in the header)")
 
 
 def sides_of(choice: str) -> list[str]:
