@@ -313,6 +313,8 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
                   "nonfinite_steps": state.nonfinite_steps,
                   "precision": precision, "processes": accelerator.num_processes,
                   "device": str(accelerator.device),
+                  # what the task's load_model switched on (model.padding_free, the fast BERT forward)
+                  "speed_paths": dict(getattr(final_model, "tunesmith_speed_paths", {})),
                   "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
                   "loop_state": asdict(state)},
         "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",

@@ -286,7 +286,8 @@ class TextClassification:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
             id2label=dict(enumerate(self.labels)), label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
-        speed_up_bert_classifier(model)
+        model.tunesmith_speed_paths = {"fast_bert": "on (exact fast forward of BertForSequenceClassification)"
+                                       if speed_up_bert_classifier(model) else "off (not a covered BERT classifier)"}
         return model
 
     def count_items(self, batch: Batch) -> int:

@@ -491,10 +491,14 @@ class TokenClassification:
         from transformers import AutoModelForTokenClassification
 
         # a checkpoint with another head (a sequence classifier, an NER model with other tags) gets a new one
+        from ..padding_free import enable
+
         kwargs.setdefault("ignore_mismatched_sizes", True)
-        return AutoModelForTokenClassification.from_pretrained(
+        model = AutoModelForTokenClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
+        model.tunesmith_speed_paths = {"padding_free": enable(model, self.cfg.model.padding_free)}
+        return model
 
     def count_items(self, batch: Batch) -> int:
         """Labelled sub-tokens (counted at collation, on the CPU): loss_sum / count = the HF model's mean loss."""
@@ -503,7 +507,9 @@ class TokenClassification:
     def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
-        logits = model(**batch.inputs).logits.float()
+        from ..padding_free import is_enabled, token_logits
+
+        logits = (token_logits(model, batch.inputs) if is_enabled(model) else model(**batch.inputs).logits).float()
         if "labels" not in batch.targets:
             return None, logits
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets["labels"].flatten(), ignore_index=-100,

@@ -1,0 +1,132 @@
+"""Padding-free batches for token-level heads, through transformers' own attention interface.
+
+A padded batch of random-length sentences is mostly padding (1.8x the real tokens on WNUT-17), and
+every linear layer of the stock model runs on it. Here a batch is flattened to one row of real
+tokens, with each sentence's position ids and its boundaries (`cu_seq_lens_q/k`, the kwargs that
+transformers' flash-attention path and `DataCollatorWithFlattening` use), and the model runs with an
+attention implementation registered under `ATTENTION`: per group of similar-length sentences,
+each padded only to its own longest member (the grouping of `fast_bert`), so no token attends
+across a boundary. The model's own modules, hooks and weights run unchanged; only the attention
+function is chosen, as `attn_implementation="sdpa"` would choose SDPA. Calls without boundaries
+(padded batches, other callers) get transformers' SDPA, so the model stays an ordinary model.
+
+The path is explicit: `model.padding_free` (auto | on | off), and the report records what ran.
+It is claimed only for the architectures in `CLAIMED`, each with a parity test against the stock
+padded forward (tests/test_padding_free.py), and only where the model routes attention through
+transformers' interface (`_supports_attention_backend`; transformers 5 for BERT).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .fast_bert import _grouped_attention, _layout, _Layout
+
+ATTENTION = "tunesmith_padding_free"
+"""The name the attention function is registered under (never saved: config.json keeps no
+attention implementation, so an exported model loads with transformers' default)."""
+
+CLAIMED = ("bert",)
+"""model_type values with a parity test; position ids restart at 0 per sentence in these."""
+
+_last: tuple[torch.Tensor, _Layout] | None = None  # the layout of the boundaries seen last (shared by all layers)
+
+
+def _boundaries_layout(cu: torch.Tensor) -> _Layout:
+    """One layout per forward: every layer receives the same `cu_seq_lens_q` tensor."""
+    global _last
+    last = _last  # one read: another thread (a server) may replace it meanwhile
+    if last is None or last[0] is not cu:
+        last = _last = (cu, _layout((cu[1:] - cu[:-1]).long()))
+    return last[1]
+
+
+def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+              cu_seq_lens_q: torch.Tensor | None = None, cu_seq_lens_k: torch.Tensor | None = None,
+              **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: (batch, heads, tokens, head size) in, (batch,
+    tokens, heads, head size) out. One flattened row with boundaries: attention within sentences."""
+    if cu_seq_lens_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if query.shape[0] != 1 or attention_mask is not None or (
+            cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)):
+        raise ValueError("padding-free attention takes one flattened row of self-attention and no mask")
+    _, heads, n, d = query.shape
+    lay = _boundaries_layout(cu_seq_lens_q)
+    rows = [t[0].transpose(0, 1).reshape(n, heads * d) for t in (query, key, value)]
+    scale = d ** -0.5 if scaling is None else scaling
+    out = _grouped_attention(*rows, lay, heads, d, dropout, scale, first_only=False)
+    return out.view(1, n, heads, d), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded calls get SDPA's mask
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why the path cannot run on this model, or None when it can."""
+    cfg = model.config
+    if cfg.model_type not in CLAIMED:
+        return f"model type '{cfg.model_type}' has no parity test (padding-free covers {', '.join(CLAIMED)})"
+    if not getattr(model, "_supports_attention_backend", False):
+        import transformers
+
+        return f"transformers {transformers.__version__} does not route {cfg.model_type} attention through its " \
+               "attention interface (transformers 5 does)"
+    if cfg.is_decoder or getattr(cfg, "add_cross_attention", False) \
+            or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        return "decoder, cross-attention or relative-position configurations are not covered"
+    return None
+
+
+def enable(model: torch.nn.Module, mode: str) -> str:
+    """Switch the model to padding-free attention per `model.padding_free`; returns what runs, for the
+    report. `on` on a model it does not cover is a ConfigError naming why."""
+    if mode == "off":
+        return "off (model.padding_free: off)"
+    why = unsupported(model)
+    if why is not None:
+        if mode == "on":
+            raise ConfigError(f"model.padding_free: on, but {why}; use auto or off")
+        return f"off ({why})"
+    _register()
+    model.set_attn_implementation(ATTENTION)
+    return f"on ({model.config.model_type}: one flattened row per batch, attention within sentences)"
+
+
+def is_enabled(model: torch.nn.Module) -> bool:
+    """Whether `enable` switched this model on (also through a DDP or torch.compile wrapper)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    config = getattr(extract_model_from_parallel(model), "config", None)
+    return getattr(config, "_attn_implementation", None) == ATTENTION
+
+
+def token_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The token-level logits of a right-padded batch, computed on its real tokens only and returned
+    in the padded shape (batch, length, ...) with zeros at padding, which no caller reads."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    b, length = ids.shape
+    positions = torch.arange(length, device=ids.device)
+    lengths = torch.full((b,), length, device=ids.device) if mask is None else mask.sum(1)
+    real = positions[None, :] < lengths[:, None]
+    if mask is not None and not torch.equal(mask.bool(), real):
+        return model(**inputs).logits  # not right-padded: the padded call (SDPA)
+    keep = real.reshape(-1).nonzero().squeeze(1)
+    flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
+    cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(lengths.max())
+    out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).logits[0]
+    return out.new_zeros(b * length, *out.shape[1:]).index_copy(0, keep, out).view(b, length, *out.shape[1:])

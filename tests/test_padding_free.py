@@ -1,0 +1,170 @@
+"""Padding-free token batches (tunesmith.padding_free) against the stock padded forward.
+
+The path is claimed for BERT only where transformers routes BERT's attention through its interface;
+on older transformers (the declared floor among them) it must decline, which CI checks there.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForTokenClassification, BertPreTrainedModel
+
+from tunesmith.errors import ConfigError
+from tunesmith.padding_free import ATTENTION, enable, is_enabled, token_logits, unsupported
+
+ROUTED = bool(getattr(BertPreTrainedModel, "_supports_attention_backend", False))
+needs_routing = pytest.mark.skipif(not ROUTED, reason="this transformers does not route BERT attention "
+                                                      "through its interface (test_declines_where_... covers it)")
+LENGTHS = [9, 2, 5, 1, 9, 4, 7]  # two full rows, a one-token row; grouped attention takes several groups
+
+
+def _tiny_bert(seed: int = 0, dropout: float = 0.0) -> BertForTokenClassification:
+    torch.manual_seed(seed)
+    return BertForTokenClassification(BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=5,
+        attn_implementation="sdpa"))
+
+
+def _batch(lengths: list[int], seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = torch.randint(5, 60, (len(lengths), width), generator=g) * mask
+    types = (torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None] // 2).long() * mask
+    labels = torch.where(mask.bool(), torch.randint(0, 5, ids.shape, generator=g), -100)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, labels
+
+
+@needs_routing
+def test_logits_and_gradients_equal_the_padded_forward() -> None:
+    """Same function: real-token logits, the summed loss and every gradient match the stock padded
+    SDPA forward to float rounding (dropout off so both draw nothing)."""
+    stock = _tiny_bert()
+    fast = copy.deepcopy(stock)
+    assert enable(fast, "auto").startswith("on (bert")
+    assert is_enabled(fast) and not is_enabled(stock)
+    inputs, labels = _batch(LENGTHS)
+    real = inputs["attention_mask"].bool()
+    a = stock(**inputs).logits
+    b = token_logits(fast, inputs)
+    assert b.shape == a.shape
+    torch.testing.assert_close(b[real], a[real], rtol=0, atol=2e-6)
+    assert torch.count_nonzero(b[~real]) == 0  # padding positions hold zeros, not stale values
+    for m, logits in ((stock, a), (fast, b)):
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()
+    for (name, p), q in zip(stock.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=2e-5, msg=name)
+
+
+@needs_routing
+def test_training_steps_match_the_padded_model() -> None:
+    """Five AdamW steps on batches of varying shapes end on the same weights."""
+    stock = _tiny_bert(seed=3)
+    fast = copy.deepcopy(stock)
+    enable(fast, "on")
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (stock, fast)]
+    for step in range(5):
+        inputs, labels = _batch(LENGTHS[step:] + LENGTHS[:step], seed=step)
+        for m, opt, logits in ((stock, opts[0], None), (fast, opts[1], None)):
+            logits = token_logits(m, inputs) if m is fast else m(**inputs).logits
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, p), q in zip(stock.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=name)
+
+
+@needs_routing
+def test_calls_without_boundaries_are_ordinary_sdpa_calls() -> None:
+    """A padded batch (another caller, a left-padded batch) on the switched model gives the stock logits."""
+    stock = _tiny_bert()
+    fast = copy.deepcopy(stock)
+    enable(fast, "on")
+    inputs, _ = _batch(LENGTHS)
+    torch.testing.assert_close(fast(**inputs).logits, stock(**inputs).logits, rtol=0, atol=0)
+    left = {k: v.flip(1) for k, v in inputs.items()}
+    real = left["attention_mask"].bool()
+    torch.testing.assert_close(token_logits(fast, left)[real], stock(**left).logits[real], rtol=0, atol=0)
+
+
+@needs_routing
+def test_dropout_still_runs_in_training_mode() -> None:
+    model = _tiny_bert(dropout=0.3)
+    enable(model, "on")
+    inputs, _ = _batch(LENGTHS)
+    model.train()
+    assert not torch.equal(token_logits(model, inputs), token_logits(model, inputs))
+    model.eval()
+    assert torch.equal(token_logits(model, inputs), token_logits(model, inputs))
+
+
+@needs_routing
+def test_an_exported_model_loads_with_the_default_attention(tmp_path: Path) -> None:
+    """The registered name is never written to config.json: plain transformers loads the export."""
+    model = _tiny_bert()
+    enable(model, "on")
+    model.save_pretrained(tmp_path)
+    assert ATTENTION not in (tmp_path / "config.json").read_text()
+    assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
+    assert BertForTokenClassification.from_pretrained(tmp_path).config._attn_implementation == "sdpa"
+
+
+def test_declines_where_it_has_no_parity_test() -> None:
+    """auto falls back to padded batches and says why; on is a ConfigError; off never switches."""
+    from transformers import DistilBertConfig, DistilBertForTokenClassification
+
+    other = DistilBertForTokenClassification(DistilBertConfig(
+        vocab_size=60, dim=32, n_layers=1, n_heads=2, hidden_dim=48, num_labels=3))
+    assert "model type 'distilbert' has no parity test" in unsupported(other)
+    assert enable(other, "auto") == f"off ({unsupported(other)})"
+    with pytest.raises(ConfigError, match="padding_free: on, but model type 'distilbert'"):
+        enable(other, "on")
+    bert = _tiny_bert()
+    assert enable(bert, "off") == "off (model.padding_free: off)" and not is_enabled(bert)
+    assert not is_enabled(other)
+
+
+def test_covers_bert_exactly_when_transformers_routes_its_attention() -> None:
+    """On transformers that routes BERT attention through its interface (5.x) the path is available;
+    below (the 4.56 floor) auto declines with the reason and on is an error."""
+    bert = _tiny_bert()
+    if ROUTED:
+        assert unsupported(bert) is None
+    else:
+        assert "does not route bert attention" in unsupported(bert)
+        assert enable(bert, "auto").startswith("off (transformers ")
+        with pytest.raises(ConfigError, match="does not route bert attention"):
+            enable(bert, "on")
+        assert not is_enabled(bert)
+
+
+@needs_routing
+def test_a_run_records_the_path_and_trains_as_padded_batches_do(tiny_model_dir: str, tmp_path: Path) -> None:
+    """End to end on the NER contract fixture (windows included), dropout off: padding_free auto and off
+    give the same per-step losses and test metrics; the report says which ran."""
+    import tunesmith
+    from conftest import train_losses
+
+    folder = Path(__file__).parent / "contract" / "token-classification"
+    runs = {}
+    for mode in ("auto", "off"):
+        runs[mode] = tunesmith.train({
+            "task": {"type": "token-classification", "stride": 4},
+            "model": {"name": tiny_model_dir, "max_length": 16, "dropout": 0.0, "padding_free": mode},
+            "data": {s: str(folder / f"{s}.jsonl") for s in ("train", "validation", "test")}
+            | {"cache_dir": str(tmp_path / "cache")},
+            "train": {"max_steps": 12, "batch_size": 16, "lr": 3e-3, "seed": 0, "eval_every": 6, "precision": "fp32"},
+            "output_dir": str(tmp_path / mode)})
+    assert runs["auto"].report["train"]["speed_paths"]["padding_free"].startswith("on (bert")
+    assert runs["off"].report["train"]["speed_paths"] == {"padding_free": "off (model.padding_free: off)"}
+    on, off = (train_losses(runs[m].dir) for m in ("auto", "off"))
+    assert len(on) == 12 and on[-1] < on[0]
+    assert on == pytest.approx(off, rel=1e-5, abs=0)
+    for name, value in runs["off"].report["test"].items():
+        if isinstance(value, float):  # loss, token accuracy, entity scores (per-type tables are dicts)
+            assert runs["auto"].report["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
