@@ -490,9 +490,9 @@ class TokenClassification:
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
         from transformers import AutoModelForTokenClassification
 
-        # a checkpoint with another head (a sequence classifier, an NER model with other tags) gets a new one
         from ..padding_free import enable
 
+        # a checkpoint with another head (a sequence classifier, an NER model with other tags) gets a new one
         kwargs.setdefault("ignore_mismatched_sizes", True)
         model = AutoModelForTokenClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
