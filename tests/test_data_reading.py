@@ -312,6 +312,22 @@ def test_four_identical_runs_hit_the_cache_after_the_first(tmp_path, make_cfg, t
     assert len(_entries(tmp_path)) == 3  # one entry per split
 
 
+def test_windowed_splits_hit_the_cache_without_a_rebuild(tmp_path, tiny_model_dir):
+    """A task whose long inputs become several features (NER windows) has more dataset rows than
+    examples; the second run still hits the cache, with no rebuild warning."""
+    folder = Path(__file__).parent / "contract" / "token-classification"
+    cfg = load_config({
+        "task": {"type": "token-classification", "stride": 4},
+        "model": {"name": tiny_model_dir, "max_length": 16},
+        "data": {s: str(folder / f"{s}.jsonl") for s in ("train", "validation", "test")}
+        | {"cache_dir": str(tmp_path / "cache")}, "output_dir": str(tmp_path / "run")})
+    first = prepare(cfg)
+    assert len(first.tokenized["train"]) > len(first.data.splits["train"])  # windows were made
+    second = prepare(cfg)
+    assert second.report["tokenization_cache_hits"] == {"train": True, "validation": True, "test": True}
+    assert not [w for w in second.report["warnings"] if "rebuilt" in w]
+
+
 def _cache_folder(ds) -> Path:
     return Path(ds.cache_files[0]["filename"]).parent
 

@@ -13,8 +13,8 @@ import datasets
 from ..io import atomic_dir, hash_files, json_text, mismatched_files
 from .prepare import Table
 
-CACHE_VERSION = 3  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding;
-# 3: role-based tables, features carry their example id
+CACHE_VERSION = 4  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding;
+# 3: role-based tables, features carry their example id; 4: the manifest counts examples and features apart
 MANIFEST = "tunesmith_manifest.json"
 
 
@@ -44,11 +44,12 @@ def fingerprint(table: Table, tokenizer_key: str, task_key: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str | None]:
+def _load_verified(path: Path, examples: int) -> tuple[datasets.Dataset | None, str | None]:
     """(dataset, None) when the cached folder is the one its key names and intact, else (None, why not).
 
     A file cut at an Arrow record-batch boundary still loads (with fewer rows) and another split's folder
-    loads just as well, so the manifest's key, row count and file hashes are all checked.
+    loads just as well, so the manifest's key, counts and file hashes are all checked. A split of
+    `examples` rows has as many features (rows of the dataset) or more: long inputs become windows.
     """
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
@@ -56,8 +57,8 @@ def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str 
         return None, "it has no readable manifest"
     if manifest.get("fingerprint") != path.name:
         return None, "it holds another table's tokens"
-    if manifest.get("rows") != rows:
-        return None, f"its manifest says {manifest.get('rows')} rows, the split has {rows}"
+    if manifest.get("examples") != examples:
+        return None, f"its manifest says {manifest.get('examples')} examples, the split has {examples}"
     files = manifest.get("files") or {}
     # only the files saved with it: later datasets operations may add their own cache files beside them
     if not files or mismatched_files(path, files):
@@ -66,8 +67,8 @@ def _load_verified(path: Path, rows: int) -> tuple[datasets.Dataset | None, str 
         ds = datasets.load_from_disk(str(path))
     except Exception:  # a cache from another datasets version
         return None, "it cannot be read by this version of datasets"
-    if len(ds) != rows:
-        return None, f"it holds {len(ds)} rows, the split has {rows}"
+    if len(ds) != manifest.get("rows"):
+        return None, f"it holds {len(ds)} features, its manifest says {manifest.get('rows')}"
     return ds, None
 
 
@@ -88,7 +89,8 @@ def cached_preprocess(task: Any, table: Table, tokenizer: Any, cache_dir: str | 
     try:
         with atomic_dir(path) as tmp:
             ds.save_to_disk(str(tmp))
-            manifest = {"fingerprint": path.name, "rows": len(ds), "files": hash_files(tmp)}
+            manifest = {"fingerprint": path.name, "examples": len(table), "rows": len(ds),
+                        "files": hash_files(tmp)}
             (tmp / MANIFEST).write_text(json_text(manifest, indent=2), encoding="utf-8")
         ds = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
     except OSError:
