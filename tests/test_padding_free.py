@@ -14,7 +14,7 @@ import torch
 from transformers import BertConfig, BertForTokenClassification, BertPreTrainedModel
 
 from tunesmith.errors import ConfigError
-from tunesmith.padding_free import ATTENTION, enable, is_enabled, token_logits, unsupported
+from tunesmith.padding_free import ATTENTION, enable, is_enabled, token_outputs, unsupported
 
 ROUTED = bool(getattr(BertPreTrainedModel, "_supports_attention_backend", False))
 needs_routing = pytest.mark.skipif(not ROUTED, reason="this transformers does not route BERT attention "
@@ -51,12 +51,40 @@ def test_logits_and_gradients_equal_the_padded_forward() -> None:
     inputs, labels = _batch(LENGTHS)
     real = inputs["attention_mask"].bool()
     a = stock(**inputs).logits
-    b = token_logits(fast, inputs)
+    b = token_outputs(fast, inputs)[0]
     assert b.shape == a.shape
     torch.testing.assert_close(b[real], a[real], rtol=0, atol=2e-6)
     assert torch.count_nonzero(b[~real]) == 0  # padding positions hold zeros, not stale values
     for m, logits in ((stock, a), (fast, b)):
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()
+    for (name, p), q in zip(stock.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=2e-5, msg=name)
+
+
+@needs_routing
+def test_qa_start_and_end_logits_equal_the_padded_forward() -> None:
+    """QA heads: both outputs match at real tokens and are -inf at padding, so the loss per window
+    is the loss of the window alone; gradients of that loss match the padded model's."""
+    from transformers import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    stock = BertForQuestionAnswering(BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="sdpa"))
+    fast = copy.deepcopy(stock)
+    enable(fast, "on")
+    inputs, _ = _batch(LENGTHS)
+    real = inputs["attention_mask"].bool()
+    names = ("start_logits", "end_logits")
+    out = stock(**inputs)
+    a = [out[n].masked_fill(~real, float("-inf")) for n in names]
+    b = token_outputs(fast, inputs, names, fill=float("-inf"))
+    targets = torch.tensor([n - 1 for n in LENGTHS])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(y[real], x[real], rtol=0, atol=2e-6)
+        assert torch.isneginf(y[~real]).all()
+    for logits in (a, b):
+        sum(torch.nn.functional.cross_entropy(t, targets, reduction="sum") for t in logits).backward()
     for (name, p), q in zip(stock.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=2e-5, msg=name)
 
@@ -71,7 +99,7 @@ def test_training_steps_match_the_padded_model() -> None:
     for step in range(5):
         inputs, labels = _batch(LENGTHS[step:] + LENGTHS[:step], seed=step)
         for m, opt, logits in ((stock, opts[0], None), (fast, opts[1], None)):
-            logits = token_logits(m, inputs) if m is fast else m(**inputs).logits
+            logits = token_outputs(m, inputs)[0] if m is fast else m(**inputs).logits
             torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).backward()
             opt.step()
             opt.zero_grad()
@@ -89,7 +117,7 @@ def test_calls_without_boundaries_are_ordinary_sdpa_calls() -> None:
     torch.testing.assert_close(fast(**inputs).logits, stock(**inputs).logits, rtol=0, atol=0)
     left = {k: v.flip(1) for k, v in inputs.items()}
     real = left["attention_mask"].bool()
-    torch.testing.assert_close(token_logits(fast, left)[real], stock(**left).logits[real], rtol=0, atol=0)
+    torch.testing.assert_close(token_outputs(fast, left)[0][real], stock(**left).logits[real], rtol=0, atol=0)
 
 
 @needs_routing
@@ -98,9 +126,9 @@ def test_dropout_still_runs_in_training_mode() -> None:
     enable(model, "on")
     inputs, _ = _batch(LENGTHS)
     model.train()
-    assert not torch.equal(token_logits(model, inputs), token_logits(model, inputs))
+    assert not torch.equal(token_outputs(model, inputs)[0], token_outputs(model, inputs)[0])
     model.eval()
-    assert torch.equal(token_logits(model, inputs), token_logits(model, inputs))
+    assert torch.equal(token_outputs(model, inputs)[0], token_outputs(model, inputs)[0])
 
 
 @needs_routing
@@ -144,18 +172,22 @@ def test_covers_bert_exactly_when_transformers_routes_its_attention() -> None:
 
 
 @needs_routing
-def test_a_run_records_the_path_and_trains_as_padded_batches_do(tiny_model_dir: str, tmp_path: Path) -> None:
-    """End to end on the NER contract fixture (windows included), dropout off: padding_free auto and off
-    give the same per-step losses and test metrics; the report says which ran."""
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_a_run_records_the_path_and_trains_as_padded_batches_do(task: str, tiny_model_dir: str,
+                                                                tmp_path: Path) -> None:
+    """End to end on the task's contract fixture (windows included), dropout off: padding_free auto and
+    off give the same per-step losses and test metrics; the report says which ran."""
     import tunesmith
+    import yaml
     from conftest import train_losses
 
-    folder = Path(__file__).parent / "contract" / "token-classification"
+    folder = Path(__file__).parent / "contract" / task
+    fixture = yaml.safe_load((folder / "config.yaml").read_text())
     runs = {}
     for mode in ("auto", "off"):
         runs[mode] = tunesmith.train({
-            "task": {"type": "token-classification", "stride": 4},
-            "model": {"name": tiny_model_dir, "max_length": 16, "dropout": 0.0, "padding_free": mode},
+            "task": fixture["task"],
+            "model": {**fixture["model"], "name": tiny_model_dir, "dropout": 0.0, "padding_free": mode},
             "data": {s: str(folder / f"{s}.jsonl") for s in ("train", "validation", "test")}
             | {"cache_dir": str(tmp_path / "cache")},
             "train": {"max_steps": 12, "batch_size": 16, "lr": 3e-3, "seed": 0, "eval_every": 6, "precision": "fp32"},

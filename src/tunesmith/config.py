@@ -72,10 +72,10 @@ class ModelConfig(_Section):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Override the model's hidden and attention dropout."""
     padding_free: Literal["auto", "on", "off"] = "auto"
-    """Token-level tasks: run each batch as one row of real tokens, attention within sentences (a
-    registered transformers attention function; same outputs as padded batches, less work). auto: on
-    for BERT models on transformers 5; on: an error where it cannot run; off: padded batches. The
-    report's train.padding_free says what ran."""
+    """Token classification and QA: run each batch as one row of real tokens, attention within each
+    example (a registered transformers attention function; the padded batches' outputs, less work).
+    auto: on for BERT models on transformers 5; on: an error where it cannot run; off: padded
+    batches. The report's train.speed_paths says what ran."""
 
 
 class DataConfig(_Section):

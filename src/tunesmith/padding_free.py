@@ -1,4 +1,4 @@
-"""Padding-free batches for token-level heads, through transformers' own attention interface.
+"""Padding-free batches for token-level heads (NER tags, QA start/end), through transformers' own attention interface.
 
 A padded batch of random-length sentences is mostly padding (1.8x the real tokens on WNUT-17), and
 every linear layer of the stock model runs on it. Here a batch is flattened to one row of real
@@ -113,20 +113,29 @@ def is_enabled(model: torch.nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == ATTENTION
 
 
-def token_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The token-level logits of a right-padded batch, computed on its real tokens only and returned
-    in the padded shape (batch, length, ...) with zeros at padding, which no caller reads."""
+def token_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], names: tuple[str, ...] = ("logits",),
+                  fill: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """The token-level outputs `names` of a right-padded batch, computed on its real tokens only and
+    returned in the padded shape (batch, length, ...), with `fill` at padding. Token classification
+    fills 0 (its padding labels are ignored); QA fills -inf, so a window's softmax spans its own tokens
+    only, as if it ran alone (the padded forward also spreads probability over padding positions)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     b, length = ids.shape
     positions = torch.arange(length, device=ids.device)
     lengths = torch.full((b,), length, device=ids.device) if mask is None else mask.sum(1)
     real = positions[None, :] < lengths[:, None]
     if mask is not None and not torch.equal(mask.bool(), real):
-        return model(**inputs).logits  # not right-padded: the padded call (SDPA)
+        out = model(**inputs)  # not right-padded: the padded call (SDPA)
+        return tuple(out[n].masked_fill(~mask.bool().view(b, length, *[1] * (out[n].dim() - 2)), fill)
+                     for n in names)
     keep = real.reshape(-1).nonzero().squeeze(1)
     flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
     cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     longest = int(lengths.max())
     out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
-                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).logits[0]
-    return out.new_zeros(b * length, *out.shape[1:]).index_copy(0, keep, out).view(b, length, *out.shape[1:])
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    padded = []
+    for n in names:
+        o = out[n][0]  # (real tokens, ...)
+        padded.append(o.new_full((b * length, *o.shape[1:]), fill).index_copy(0, keep, o).view(b, length, *o.shape[1:]))
+    return tuple(padded)

@@ -236,17 +236,30 @@ class QuestionAnswering:
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
         from transformers import AutoModelForQuestionAnswering
 
-        return AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
+        from ..padding_free import enable
+
+        model = AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
+        model.tunesmith_speed_paths = {"padding_free": enable(model, self.cfg.model.padding_free)}
+        return model
 
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])
 
     def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", Any]:
-        """Loss summed over windows of (CE(start) + CE(end)) / 2: divided by the windows, the model's own loss."""
+        """Loss summed over windows of (CE(start) + CE(end)) / 2 over each window's own tokens: padding
+        positions get -inf, so a window's loss does not depend on the batch it is padded in (without
+        padding, the model's own loss divided by the windows)."""
         import torch.nn.functional as F
 
-        out = model(**batch.inputs)
-        start, end = out.start_logits.float(), out.end_logits.float()
+        from ..padding_free import is_enabled, token_outputs
+
+        names = ("start_logits", "end_logits")
+        if is_enabled(model):
+            start, end = (o.float() for o in token_outputs(model, batch.inputs, names, fill=-math.inf))
+        else:
+            out = model(**batch.inputs)
+            pad = ~batch.inputs["attention_mask"].bool()
+            start, end = (out[n].float().masked_fill(pad, -math.inf) for n in names)
         if "start_positions" not in batch.targets:
             return None, (start, end)
         loss = (F.cross_entropy(start, batch.targets["start_positions"], reduction="sum")

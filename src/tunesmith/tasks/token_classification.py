@@ -507,9 +507,9 @@ class TokenClassification:
     def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
-        from ..padding_free import is_enabled, token_logits
+        from ..padding_free import is_enabled, token_outputs
 
-        logits = (token_logits(model, batch.inputs) if is_enabled(model) else model(**batch.inputs).logits).float()
+        logits = (token_outputs(model, batch.inputs)[0] if is_enabled(model) else model(**batch.inputs).logits).float()
         if "labels" not in batch.targets:
             return None, logits
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets["labels"].flatten(), ignore_index=-100,
