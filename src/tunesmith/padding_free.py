@@ -102,7 +102,7 @@ def enable(model: torch.nn.Module, mode: str) -> str:
         return f"off ({why})"
     _register()
     model.set_attn_implementation(ATTENTION)
-    return f"on ({model.config.model_type}: one flattened row per batch, attention within sentences)"
+    return f"on ({model.config.model_type}: one flattened row per batch, attention within each example)"
 
 
 def is_enabled(model: torch.nn.Module) -> bool:
