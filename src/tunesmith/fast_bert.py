@@ -203,6 +203,20 @@ def _layer(layer: Any, x: torch.Tensor, lay: _Layout, first_only: bool) -> torch
     return _residual(layer.output, layer.intermediate(attention_output), attention_output)
 
 
+def right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(positions 0..length-1, real length of each row, flat indices of the real tokens) of a batch
+    padded on the right, or None when its mask is anything else (left padding, holes)."""
+    b, length = input_ids.shape
+    positions = torch.arange(length, device=input_ids.device)
+    lengths = torch.full((b,), length, device=input_ids.device) if attention_mask is None \
+        else attention_mask.sum(1)
+    real = positions[None, :] < lengths[:, None]
+    if attention_mask is not None and not torch.equal(attention_mask.bool(), real):
+        return None
+    return positions, lengths, real.reshape(-1).nonzero().squeeze(1)
+
+
 def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                   token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
     from transformers.modeling_outputs import SequenceClassifierOutput
@@ -215,15 +229,12 @@ def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_m
     if input_ids is None or any(v is not None and v is not False for v in kwargs.values()):
         return stock(**kwargs)
     b, length = input_ids.shape
-    positions = torch.arange(length, device=input_ids.device)
-    lengths = torch.full((b,), length, device=input_ids.device) if attention_mask is None \
-        else attention_mask.sum(1)
-    real = positions[None, :] < lengths[:, None]
-    if attention_mask is not None and not torch.equal(attention_mask.bool(), real):
+    layout = right_padded(input_ids, attention_mask)
+    if layout is None:
         return stock()  # not right-padded
+    positions, lengths, keep = layout
     bert = model.bert
     emb = bert.embeddings
-    keep = real.reshape(-1).nonzero().squeeze(1)
     ids = input_ids.reshape(-1).index_select(0, keep)
     type_ids = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
         else torch.zeros_like(ids)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .fast_bert import _grouped_attention, _layout, _Layout
+from .fast_bert import _grouped_attention, _layout, _Layout, right_padded
 
 ATTENTION = "tunesmith_padding_free"
 """The name the attention function is registered under (never saved: config.json keeps no
@@ -49,7 +49,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
               cu_seq_lens_q: torch.Tensor | None = None, cu_seq_lens_k: torch.Tensor | None = None,
               **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (batch, heads, tokens, head size) in, (batch,
-    tokens, heads, head size) out. One flattened row with boundaries: attention within sentences."""
+    tokens, heads, head size) out. One flattened row with boundaries: attention within each example."""
     if cu_seq_lens_q is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -121,14 +121,12 @@ def token_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], names
     only, as if it ran alone (the padded forward also spreads probability over padding positions)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     b, length = ids.shape
-    positions = torch.arange(length, device=ids.device)
-    lengths = torch.full((b,), length, device=ids.device) if mask is None else mask.sum(1)
-    real = positions[None, :] < lengths[:, None]
-    if mask is not None and not torch.equal(mask.bool(), real):
+    layout = right_padded(ids, mask)
+    if layout is None:
         out = model(**inputs)  # not right-padded: the padded call (SDPA)
         return tuple(out[n].masked_fill(~mask.bool().view(b, length, *[1] * (out[n].dim() - 2)), fill)
                      for n in names)
-    keep = real.reshape(-1).nonzero().squeeze(1)
+    positions, lengths, keep = layout
     flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
     cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     longest = int(lengths.max())
