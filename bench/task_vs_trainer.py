@@ -113,11 +113,13 @@ def print_header(title: str, facts: dict[str, Any], hyper: Hyper, precision: str
         console.print(escape(line))
 
 
-def training_arguments(output_dir: str, seed: int, hyper: Hyper) -> TrainingArguments:
-    """TrainingArguments as the examples build them from their command line, plus what a benchmark must
-    change: no checkpoints (saving every 500 steps would land inside the timed steps), no reporting
-    integrations, CPU. transformers 5 reads a float warmup_steps below 1 as the old warmup_ratio."""
-    return TrainingArguments(
+def training_arguments(output_dir: str, seed: int, hyper: Hyper, cls: type = TrainingArguments,
+                       **extra: Any) -> TrainingArguments:
+    """TrainingArguments (or `cls`, e.g. Seq2SeqTrainingArguments, with `extra`) as the examples build them
+    from their command line, plus what a benchmark must change: no checkpoints (saving every 500 steps would
+    land inside the timed steps), no reporting integrations, CPU. transformers 5 reads a float warmup_steps
+    below 1 as the old warmup_ratio."""
+    return cls(
         output_dir=output_dir,
         per_device_train_batch_size=hyper.batch_size,
         per_device_eval_batch_size=hyper.eval_batch_size,
@@ -134,6 +136,7 @@ def training_arguments(output_dir: str, seed: int, hyper: Hyper) -> TrainingArgu
         eval_strategy="no",
         dataloader_num_workers=0,
         use_cpu=True,
+        **extra,
     )
 
 

@@ -53,14 +53,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 2-layer, 32-wide BERT with random weights and a matching fast tokenizer, saved locally."""
+def build_tiny_bert(d: Path) -> str:
+    """A 2-layer, 32-wide BERT with random weights and a matching fast WordPiece tokenizer, saved to `d`."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    d = tmp_path_factory.mktemp("tiny-bert")
     vocab = {w: i for i, w in enumerate(VOCAB)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -78,6 +76,87 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
                      attention_probs_dropout_prob=0.0)
     BertForSequenceClassification(cfg).save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny random BERT (build_tiny_bert), saved locally."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+GEN_SPECIALS = ["<pad>", "</s>", "<s>", "<unk>"]
+GEN_VOCAB = GEN_SPECIALS + POSITIVE + NEGATIVE + FILLER + [w for ws in TOPICS.values() for w in ws] + [".", ",", "user",
+                                                                                           "assistant"]
+
+
+def word_tokenizer(single: str) -> Any:
+    """A word-level fast tokenizer over GEN_VOCAB with the template `single`: "$A </s>" (T5), "<s> $A </s>"
+    (BART), "<s> $A" (Llama: BOS only) or "$A" (GPT-2: no special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(GEN_VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=single + " $B </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>",
+                                   bos_token="<s>")
+
+
+def build_tiny_model(kind: str, folder: Path) -> str:
+    """A tiny random model of one architecture with a word-level tokenizer, saved to `folder`.
+
+    The decoder-only models are initialised 10x wider than transformers' 0.02: at width 32 the tied
+    output layer could otherwise give no logit above ~0.6, and LoRA (which leaves it frozen) could not
+    make any prediction confident."""
+    import torch
+    from transformers import (BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                              LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+
+    n = len(GEN_VOCAB)
+    torch.manual_seed(0)
+    if kind == "t5":
+        model = T5ForConditionalGeneration(T5Config(
+            vocab_size=n, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+            dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    elif kind == "bart":
+        model = BartForConditionalGeneration(BartConfig(
+            vocab_size=n, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+            dropout=0.0, attention_dropout=0.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+            decoder_start_token_id=1, forced_eos_token_id=1))
+    elif kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2,
+                                           bos_token_id=2, eos_token_id=1, pad_token_id=0))
+    elif kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                             bos_token_id=2, eos_token_id=1, pad_token_id=0, initializer_range=0.2))
+    elif kind == "bert":
+        return build_tiny_bert(folder)
+    else:
+        raise ValueError(kind)
+    templates = {"t5": "$A </s>", "bart": "<s> $A </s>", "llama": "<s> $A", "gpt2": "$A"}
+    word_tokenizer(templates[kind]).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -> Any:
+    """kind -> folder of a tiny random model ("bert" is tiny_model_dir), built on first use."""
+    built = {"bert": tiny_model_dir}
+
+    def get(kind: str) -> str:
+        if kind not in built:
+            built[kind] = build_tiny_model(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
+        return built[kind]
+
+    return get
 
 
 @pytest.fixture

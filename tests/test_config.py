@@ -324,7 +324,8 @@ def test_a_task_option_of_the_wrong_type_names_the_key():
 def test_unknown_task_type_gets_did_you_mean():
     msg = config_error(minimal(task="token-clasification"))
     assert "unknown task.type 'token-clasification'. Did you mean 'token-classification'?" in msg
-    assert "Known tasks: question-answering, text-classification, token-classification" in msg
+    assert ("Known tasks: question-answering, summarization, text-classification, text-generation, "
+            "token-classification, translation") in msg
 
 
 def test_task_options_round_trip_flat_in_yaml():

@@ -86,11 +86,11 @@ def test_a_nonfinite_step_is_skipped_and_counted(base_config: dict, tmp_path: Pa
     real_forward = TextClassification.forward
     seen: list[torch.Tensor] = []
 
-    def forward(self, model, batch):  # the second training step's loss is NaN
+    def forward(self, model, batch, predict=True):  # the second training step's loss is NaN
         if not model.training:
-            return real_forward(self, model, batch)
+            return real_forward(self, model, batch, predict)
         seen.append(model.classifier.weight.detach().clone())
-        loss, out = real_forward(self, model, batch)
+        loss, out = real_forward(self, model, batch, predict)
         return (loss * float("nan") if len(seen) == 2 else loss), out
 
     monkeypatch.setattr(TextClassification, "forward", forward)

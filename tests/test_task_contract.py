@@ -1,8 +1,9 @@
 """The contract every registered task meets, on a tiny random BERT and the task's own fixture.
 
 A task gets these checks by being registered: its fixture folder tests/contract/<task name>/ holds
-train/validation/test files, a config.yaml with what differs from the base config below, and a bad
-file with bad.yaml naming the error it must give. A registered task without a folder fails here.
+train/validation/test files, a config.yaml with what differs from the base config below (model.name
+`tiny:<kind>` picks a tiny random model of conftest.build_tiny_model; the default is the tiny BERT), and a
+bad file with bad.yaml naming the error it must give. A registered task without a folder fails here.
 """
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ def _fixture_file(folder: Path, stem: str) -> Path:
     return found[0]
 
 
-def _config(task: str, tiny_model_dir: str, tmp_path: Path, name: str) -> dict:
+def _config(task: str, tiny_models: Any, tmp_path: Path, name: str) -> dict:
+    """The fixture's config; its model.name may be `tiny:<kind>`, a tiny random model from conftest."""
     folder = CONTRACT / task
     assert folder.is_dir(), f"registered task '{task}' has no contract fixture folder {folder}"
     cfg: dict[str, Any] = {
-        "model": {"name": tiny_model_dir},
+        "model": {"name": "tiny:bert"},
         "data": {split: str(_fixture_file(folder, split)) for split in ("train", "validation", "test")},
         "train": {"max_steps": STEPS, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "seed": 0,
                   "eval_every": 12, "precision": "fp32"},
@@ -45,6 +47,7 @@ def _config(task: str, tiny_model_dir: str, tmp_path: Path, name: str) -> dict:
     }
     for section, values in yaml.safe_load((folder / "config.yaml").read_text()).items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    cfg["model"]["name"] = tiny_models(cfg["model"]["name"].removeprefix("tiny:"))
     cfg["data"]["cache_dir"] = str(tmp_path / "cache")
     cfg["output_dir"] = str(tmp_path / name)
     return cfg
@@ -67,10 +70,10 @@ def _same(a: Any, b: Any, path: str = "") -> None:
 
 
 @pytest.fixture(scope="module", params=task_names())
-def trained(request: pytest.FixtureRequest, tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def trained(request: pytest.FixtureRequest, tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     task = request.param
     tmp = tmp_path_factory.mktemp(task)
-    cfg = _config(task, tiny_model_dir, tmp, "whole")
+    cfg = _config(task, tiny_models, tmp, "whole")
     return task, cfg, tunesmith.train(cfg), tmp
 
 
@@ -99,9 +102,9 @@ def test_evaluate_gives_the_reports_test_metrics(trained: tuple) -> None:
     _same(metrics["loss"], run.report["test"]["loss"], f"{task}.loss")
 
 
-def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tuple, tiny_model_dir: str) -> None:
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tuple, tiny_models: Any) -> None:
     task, _, whole, tmp = trained
-    cfg = _config(task, tiny_model_dir, tmp, "stopped")
+    cfg = _config(task, tiny_models, tmp, "stopped")
     tunesmith.train(cfg, callbacks=[lambda e: Control(stop=True) if e.kind == "step" and e.state.step == STOP_AT
                                     else None])
     state = json.loads((Path(cfg["output_dir"]) / "checkpoints" / f"step-{STOP_AT}" / "loop_state.json").read_text())
@@ -114,11 +117,11 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tupl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_bad_row_gives_the_tasks_clear_error(trained: tuple, tiny_model_dir: str) -> None:
+def test_a_bad_row_gives_the_tasks_clear_error(trained: tuple, tiny_models: Any) -> None:
     task, _, _, tmp = trained
     folder = CONTRACT / task
     expected = yaml.safe_load((folder / "bad.yaml").read_text())
-    cfg = _config(task, tiny_model_dir, tmp, "bad")
+    cfg = _config(task, tiny_models, tmp, "bad")
     cfg["data"]["train"] = str(_fixture_file(folder, "bad"))
     with pytest.raises(DataError) as err:
         tunesmith.train(copy.deepcopy(cfg))

@@ -194,20 +194,43 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-            input: Path = typer.Argument(..., help="CSV/TSV/JSON/JSONL/Parquet with the training text column(s)."),
-            output: Path = typer.Option(..., "-o", "--output", help="Output .jsonl (or .csv/.tsv)."),
-            batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size.")) -> None:
-    """Predict every row of a file: the input row unchanged plus label, score and probability per label.
+            input: Optional[Path] = typer.Argument(None, help="CSV/TSV/JSON/JSONL/Parquet with the training text "
+                                                   "column(s); or give --text instead."),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .jsonl (or .csv/.tsv); "
+                                                  "needed with an input file."),
+            text: Optional[str] = typer.Option(None, "--text", help="Predict one text (a prompt for text "
+                                               "generation) and print the record as JSON."),
+            batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size."),
+            max_new_tokens: Optional[int] = typer.Option(None, help="Generation: most tokens generated."),
+            do_sample: Optional[bool] = typer.Option(None, "--sample/--greedy", help="Generation: sample, or "
+                                                     "decode greedily (default: the run's task options)."),
+            temperature: Optional[float] = typer.Option(None, help="Generation: sampling temperature."),
+            top_p: Optional[float] = typer.Option(None, help="Generation: nucleus sampling mass."),
+            num_beams: Optional[int] = typer.Option(None, help="Translation and summarization: beam search.")) -> None:
+    """Predict every row of a file (or one --text): the input row unchanged plus the prediction record.
 
-    JSONL output adds one key, `tunesmith` ({line, label, score, probs}); CSV/TSV adds `input_line`,
-    `pred_label`, `pred_score` and one `pred_prob:<label>` column per label. A name the input already
-    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '.
+    JSONL output adds one key, `tunesmith` ({line, prediction}); CSV/TSV adds `input_line` and `pred_*`
+    columns (for classification `pred_label`, `pred_score` and one `pred_prob:<label>` per label). A name
+    the input already uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula
+    get a leading '. Generative tasks take the decoding options; the others refuse them.
     """
+    generation = {k: v for k, v in dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                        top_p=top_p, num_beams=num_beams).items() if v is not None}
     try:
+        if (input is None) == (text is None):
+            raise ConfigError("give an input file (with -o) or --text, not both and not neither")
+        if input is not None and output is None:
+            raise ConfigError("an input file needs -o/--output: where to write the predictions")
         _check_exists(run_dir, input)
         from .serving.predictor import Predictor
 
-        n = Predictor.load(run_dir).predict_file(input, output, batch_size)
+        predictor = Predictor.load(run_dir)
+        if generation:
+            predictor.set_generation(**generation)
+        if text is not None:
+            typer.echo(json.dumps(predictor.predict(text), ensure_ascii=False))
+            return
+        n = predictor.predict_file(input, output, batch_size)
     except TunesmithError as e:
         _fail(e)
     console.print(f"wrote {n} predictions to {escape(printable(output))}")

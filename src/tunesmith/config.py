@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 from pydantic_core import PydanticCustomError
 
+from .data.readers import parallel_files
 from .errors import ConfigError, DataError
 
 
@@ -24,7 +26,8 @@ class TaskConfig(_Section):
 
     type: str = "text-classification"
     """Task from the registry: text-classification (single/multi-label, regression, sentence pairs),
-    token-classification (NER), question-answering (extractive)."""
+    token-classification (NER), question-answering (extractive), translation, summarization, text-generation
+    (causal-LM fine-tuning)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """The task's options with their defaults filled in (see the task.* rows of this table)."""
 
@@ -60,6 +63,18 @@ class TaskConfig(_Section):
         return {"type": self.type, **self.options}
 
 
+class LoraSection(_Section):
+    r: int = Field(8, ge=1)
+    """Rank of the LoRA update matrices."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch's input."""
+    target_modules: Literal["auto", "all-linear"] | list[str] = "auto"
+    """Layers that get adapters: auto = the attention projections PEFT knows for the architecture (BERT
+    query/value, T5 q/v, Llama q_proj/v_proj, GPT-2 c_attn), all-linear, or a list of module names."""
+
+
 class ModelConfig(_Section):
     name: str | None = None
     """Hub name or local folder; None = the embedded default (all-MiniLM-L6-v2, offline)."""
@@ -71,6 +86,10 @@ class ModelConfig(_Section):
     """Run model code shipped with a Hub repo; off unless you trust the repo."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Override the model's hidden and attention dropout."""
+    lora: LoraSection | None = None
+    """LoRA instead of full fine-tuning (`lora: {}` for the defaults; keys r, alpha, dropout,
+    target_modules): adapters through PEFT, the task head trained in full. Checkpoints hold the adapter
+    and head only; the run's model/ is merged (plain transformers loads it), adapter/ is beside it."""
     padding_free: Literal["auto", "on", "off"] = "auto"
     """Token classification and QA: run each batch as one row of real tokens, attention within each
     example (a registered transformers attention function; the padded batches' outputs, less work).
@@ -97,6 +116,10 @@ class DataConfig(_Section):
     """File format; auto reads it from the extension (.conll, .iob and .bio are CoNLL column files; a .txt
     CoNLL file needs format: conll). JSON recognises SQuAD files and Label Studio exports."""
     conll_tag_column: int = -1
+    languages: list[str] | None = None
+    """Parallel text: with data.train: train.{lang}.gz and languages: [en, de], train.en.gz and
+    train.de.gz are read line by line into columns en and de (map them with data.columns, e.g.
+    {source: en, target: de}). Files of different line counts are an error naming both."""
     """CoNLL files: the column holding the tag (0-based; negative counts from the end)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Role -> column, e.g. {question: q, context: passage}; the roles depend on the task (README). Roles
@@ -159,6 +182,10 @@ class TrainConfig(_Section):
     """Optimizer steps; overrides epochs when set."""
     batch_size: int = Field(32, ge=1)
     """Examples per step summed over all processes (each process gets batch_size / processes)."""
+    batch_tokens: int | None = Field(None, ge=1)
+    """Cut batches by a token budget instead: as many examples as fit in this many tokens (an example
+    longer than the budget makes a batch alone). For flattened batches (text-generation packing), where
+    a batch costs its tokens, not its longest example times its size."""
     grad_accum: int = Field(1, ge=1)
     """Batches per optimizer step; the loss equals that of one batch grad_accum times larger."""
     lr: float = Field(5e-5, gt=0)
@@ -253,6 +280,7 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     for part in path:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
+        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -368,11 +396,13 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
             p = getattr(cfg.data, split)
             if not p or Path(p).expanduser().is_absolute():
                 continue
-            tried = (base_dir / p).resolve()
-            if not tried.exists():
-                raise DataError(f"data.{split} file not found: '{p}' (looked for {tried})", file=source,
-                                hint="relative data paths in a config file are relative to the config file's folder")
-            setattr(cfg.data, split, str(tried))
+            path = (base_dir / p).resolve()
+            for tried in (parallel_files(path, cfg.data.languages) or {None: path}).values():
+                if not tried.exists():
+                    raise DataError(f"data.{split} file not found: '{p}' (looked for {tried})", file=source,
+                                    hint="relative data paths in a config file are relative to the config file's "
+                                         "folder")
+            setattr(cfg.data, split, str(path))
     return cfg
 
 
@@ -398,6 +428,11 @@ def config_reference() -> str:
                         row(f"task.{opt}", of, f"({task}) ")
                 continue
             row(f"{section}.{key}" if key else section, f)
+            # an optional sub-section such as model.lora: its keys too
+            nested = next((a for a in typing.get_args(f.annotation)
+                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            for sub, sf in (nested.model_fields.items() if nested else []):
+                row(f"{section}.{key}.{sub}", sf)
     return "\n".join(rows)
 
 

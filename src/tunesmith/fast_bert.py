@@ -161,8 +161,12 @@ class _WordEmbeddingGrad:
 
 
 def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _Layout, nh: int,
-                       d: int, dropout: float, scale: float, first_only: bool) -> torch.Tensor:
+                       d: int, dropout: float, scale: float, first_only: bool, kv_heads: int | None = None,
+                       causal: bool = False) -> torch.Tensor:
     """Attention per group; q is (tokens, hidden), or (examples, hidden) when first_only.
+
+    `kv_heads`: fewer key/value heads than query heads (grouped-query attention), each shared by
+    nh / kv_heads query heads. `causal`: a token attends to its own example's earlier tokens only.
 
     Tokens move with index_copy / index_select (whose gradients are plain gathers), not with
     advanced indexing, whose accumulating backward is slow on CPU.
@@ -174,9 +178,15 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _
     qg = q.index_select(0, lay.members) if first_only else grouped(q)
     outs = []
     done = 0  # examples before this group
+    kvh = kv_heads or nh
     for (row, n, width), mask in zip(lay.groups, lay.key_masks):
-        heads = lambda t: t.view(n, -1, nh, d).transpose(1, 2)  # noqa: E731
-        kk, vv = heads(kg[row:row + n * width]), heads(vg[row:row + n * width])
+        heads = lambda t, h=nh: t.view(n, -1, h, d).transpose(1, 2)  # noqa: E731
+        kk, vv = heads(kg[row:row + n * width], kvh), heads(vg[row:row + n * width], kvh)
+        if kvh != nh:
+            kk, vv = kk.repeat_interleave(nh // kvh, dim=1), vv.repeat_interleave(nh // kvh, dim=1)
+        if causal:
+            tri = torch.ones(width, width, dtype=torch.bool, device=kk.device).tril()
+            mask = tri if mask is None else mask & tri
         qq = heads(qg[done:done + n] if first_only else qg[row:row + n * width])
         done += n
         out = _attention(qq, kk, vv, mask, dropout, scale)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig, RunConfig
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, TunesmithError
 from .io import atomic_dir, hash_files, json_text, sha256_file
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -44,10 +44,16 @@ def is_path_like(name: str) -> bool:
     return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1)
 
 
-def resolve_model_name(cfg: ModelConfig) -> str:
-    """The model to load; a path-like name must be an existing folder (it is never looked up on the Hub)."""
+def resolve_model_name(cfg: ModelConfig, cache_dir: str | None = None) -> str:
+    """The model to load; a path-like name must be an existing folder (it is never looked up on the Hub),
+    or a GGUF file, converted once to a cached folder (`from_gguf`)."""
     if not cfg.name:
         return default_model_path()
+    if cfg.name.lower().endswith(".gguf"):
+        path = Path(cfg.name).expanduser()
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: '{cfg.name}' ({path.resolve()}); check model.name")
+        return from_gguf(path, cache_dir)
     if is_path_like(cfg.name):
         path = Path(cfg.name).expanduser()
         if not path.is_dir():
@@ -56,6 +62,35 @@ def resolve_model_name(cfg: ModelConfig) -> str:
                              + "; check model.name (a local folder, or a Hub name such as org/name)")
         return str(path)
     return cfg.name
+
+
+def from_gguf(path: Path, cache_dir: str | None = None) -> str:
+    """A GGUF model file as a transformers folder (safetensors, full precision), made once per file content.
+
+    transformers reads GGUF itself (`gguf_file=`; the `gguf` package) and dequantizes the weights; the folder
+    keeps no quantization config, so it loads, trains and exports as an ordinary model.
+    """
+    from .data.cache import cache_root
+
+    folder = cache_root(cache_dir) / "gguf" / f"{path.stem}-{sha256_file(path)[:16]}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as e:
+        raise ModelError(f"reading {path} needs the gguf package: pip install gguf ({e})") from None
+    except Exception as e:
+        raise ModelError(f"cannot read the GGUF file {path}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if hasattr(model.config, "quantization_config"):  # the weights are dequantized: nothing is quantized now
+        del model.config.quantization_config
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return str(folder)
 
 
 def _hub_error(name: str, e: Exception) -> ModelError:
@@ -129,10 +164,17 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
         kwargs.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     try:
         model = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
+    except TunesmithError:  # the task's own refusal (e.g. fp16 for T5) is already worded
+        raise
     except Exception as e:
         raise _hub_error(name, e) from None
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id
+    if cfg.lora is not None:
+        from . import lora
+
+        # the task's head and what its load_model created from scratch (a warm-started decoder's cross-attention)
+        model = lora.apply(model, cfg.lora, [*task.head_modules, *getattr(model, "tunesmith_new_modules", ())])
     return model
 
 
@@ -168,10 +210,19 @@ def portable_config(cfg: RunConfig) -> dict[str, Any]:
 def export_model(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: RunConfig, path: Path) -> None:
     """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state.
 
+    A LoRA model is exported merged (plain transformers loads it) and its adapter is written beside it,
+    to `adapter/`. The PeftModel is used up by the merge: export is a run's last use of its model.
+
     The state file records the sha256 of every file beside it, so that `Predictor.load` can refuse a
     folder whose weights, config or tokenizer went missing or changed (a lost tokenizer.json still
     loads a 5-token vocabulary and silently predicts wrong).
     """
+    from . import lora
+
+    if lora.is_peft(model):  # the adapter alone for PEFT users, then the merged model
+        with atomic_dir(path.parent / "adapter") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+        model = lora.merged(model)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -29,8 +29,9 @@ ATTENTION = "tunesmith_padding_free"
 """The name the attention function is registered under (never saved: config.json keeps no
 attention implementation, so an exported model loads with transformers' default)."""
 
-CLAIMED = ("bert",)
-"""model_type values with a parity test; position ids restart at 0 per sentence in these."""
+CLAIMED = ("bert", "llama", "gpt2")
+"""model_type values with a parity test; position ids restart at 0 per example in these. BERT's
+attention is bidirectional within an example; the causal models' (`module.is_causal`) causal."""
 
 _last: tuple[torch.Tensor, _Layout] | None = None  # the layout of the boundaries seen last (shared by all layers)
 
@@ -55,14 +56,18 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    if query.shape[0] != 1 or attention_mask is not None or (
+    causal = bool(getattr(module, "is_causal", False))
+    # a causal model's own mask for the flattened row is its plain causal mask: the boundaries replace it
+    if query.shape[0] != 1 or (attention_mask is not None and not causal) or (
             cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)):
-        raise ValueError("padding-free attention takes one flattened row of self-attention and no mask")
+        raise ValueError("padding-free attention takes one flattened row of self-attention and no padding mask")
     _, heads, n, d = query.shape
+    kv_heads = key.shape[1]
     lay = _boundaries_layout(cu_seq_lens_q)
-    rows = [t[0].transpose(0, 1).reshape(n, heads * d) for t in (query, key, value)]
+    rows = [t[0].transpose(0, 1).reshape(n, t.shape[1] * d) for t in (query, key, value)]
     scale = d ** -0.5 if scaling is None else scaling
-    out = _grouped_attention(*rows, lay, heads, d, dropout, scale, first_only=False)
+    out = _grouped_attention(*rows, lay, heads, d, dropout, scale, first_only=False, kv_heads=kv_heads,
+                             causal=causal)
     return out.view(1, n, heads, d), None
 
 
@@ -84,7 +89,7 @@ def unsupported(model: torch.nn.Module) -> str | None:
 
         return f"transformers {transformers.__version__} does not route {cfg.model_type} attention through its " \
                "attention interface (transformers 5 does)"
-    if cfg.is_decoder or getattr(cfg, "add_cross_attention", False) \
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False) \
             or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         return "decoder, cross-attention or relative-position configurations are not covered"
     return None
@@ -113,6 +118,24 @@ def is_enabled(model: torch.nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == ATTENTION
 
 
+def flat_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor] | None:
+    """The model's output on a right-padded batch run as one flattened row of its real tokens (each
+    example with its own position ids and boundaries), and the flat indices of those tokens in the padded
+    (batch * length) order; None when the batch is not right-padded."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    b, length = ids.shape
+    layout = right_padded(ids, mask)
+    if layout is None:
+        return None
+    positions, lengths, keep = layout
+    flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
+    cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(lengths.max())
+    out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    return out, keep
+
+
 def token_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], names: tuple[str, ...] = ("logits",),
                   fill: float = 0.0) -> tuple[torch.Tensor, ...]:
     """The token-level outputs `names` of a right-padded batch, computed on its real tokens only and
@@ -121,17 +144,12 @@ def token_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], names
     only, as if it ran alone (the padded forward also spreads probability over padding positions)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     b, length = ids.shape
-    layout = right_padded(ids, mask)
-    if layout is None:
+    flat = flat_call(model, inputs)
+    if flat is None:
         out = model(**inputs)  # not right-padded: the padded call (SDPA)
         return tuple(out[n].masked_fill(~mask.bool().view(b, length, *[1] * (out[n].dim() - 2)), fill)
                      for n in names)
-    positions, lengths, keep = layout
-    flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
-    cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-    longest = int(lengths.max())
-    out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
-                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    out, keep = flat
     padded = []
     for n in names:
         o = out[n][0]  # (real tokens, ...)

@@ -21,12 +21,16 @@ from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
+from .lora import parameter_counts
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
 from .tasks.base import Task, get_task
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
 from .training.progress import ProgressReporter
+
+SAMPLES_FILE = "samples.jsonl"  # generations for a few validation prompts at each evaluation
+
 
 @dataclass
 class _Owned:
@@ -84,7 +88,7 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     data = data if data is not None else load_splits(cfg.data, task.roles())
     task.fit(data.splits)
     make_missing_splits(data, cfg.data, task.stratify_keys)
-    model_name = resolve_model_name(cfg.model)
+    model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)
     tokenized, hits, rebuilt, tok_key = {}, {}, [], tokenizer_state(tokenizer)
@@ -142,6 +146,8 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
                    "lr": event.data["lr"], "grad_norm": event.data["grad_norm"],
                    "samples_per_second": event.data["samples"] / max(event.data["seconds"], 1e-9)}
         elif event.kind == "eval":
+            if event.data["metrics"].get("samples"):  # a few generations per evaluation (text generation)
+                append_jsonl(path.parent / SAMPLES_FILE, {"step": s.step, "samples": event.data["metrics"]["samples"]})
             scalars = {k: v for k, v in event.data["metrics"].items() if isinstance(v, (int, float))}
             row = {"kind": "eval", "step": s.step, "epoch": s.epoch, **scalars, "is_best": event.data["is_best"]}
         else:
@@ -261,18 +267,21 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
             append_jsonl(run_dir / rundir.CHANGES_FILE, {"resumed_from_step": latest[1].step if latest else 0,
                                                          "changes": {k: list(v) for k, v in changes.items()}})
         print_report(p.report, dropped_rows_file=run_dir / "dropped_rows.jsonl")
-        if latest:  # forget log lines written after the checkpoint we resume from
-            atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= latest[1].step])
-        else:
-            metrics_path.unlink(missing_ok=True)
+        for log in (metrics_path, run_dir / SAMPLES_FILE):
+            if latest and log.exists():  # forget log lines written after the checkpoint we resume from
+                atomic_write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= latest[1].step])
+            elif not latest:
+                log.unlink(missing_ok=True)
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
-    def infer(split: str, tune: bool = False) -> tuple[Any, float | None]:
+    def infer(split: str, tune: bool = False, predict: bool = True) -> tuple[Any, float | None]:
         return evaluate_split(loop.model, p.task, p.data.splits[split], p.tokenized[split], cfg.eval.batch_size,
-                              accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8, tune=tune)
+                              accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8, tune=tune,
+                              predict=predict)
 
     def evaluate() -> dict[str, Any]:
-        result, loss = infer("validation")
+        # generating the validation split is slow: skipped while training when the loss picks the best
+        result, loss = infer("validation", predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
         return {"loss": loss, **result.metrics}
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
@@ -316,6 +325,10 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
                   # what the task's load_model switched on (model.padding_free, the fast BERT forward)
                   "speed_paths": dict(getattr(final_model, "tunesmith_speed_paths", {})),
                   "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
+                  **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                     if accelerator.device.type == "cuda" else {}),
+                  "parameters": parameter_counts(final_model),
+                  "lora": cfg.model.lora.model_dump() if cfg.model.lora else None,
                   "loop_state": asdict(state)},
         "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import RunConfig, flat_keys
+from .data.readers import parallel_files
 from .errors import ConfigError
 from .io import host_tag, nearest_existing
 
@@ -167,6 +168,7 @@ def protected_inputs(cfg: RunConfig, config_file: Path | None) -> list[Path]:
     """What this run reads and --overwrite must never delete: data files, the config file, a local base
     model and the tokenization cache."""
     paths = [cfg.data.train, cfg.data.validation, cfg.data.test, cfg.data.cache_dir, config_file]
+    paths += [f for p in paths[:3] if p for f in parallel_files(p, cfg.data.languages).values()]
     if cfg.model.name and Path(cfg.model.name).expanduser().exists():
         paths.append(cfg.model.name)
     return [Path(p).expanduser().resolve() for p in paths if p]

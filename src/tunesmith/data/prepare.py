@@ -155,7 +155,7 @@ def read_configured(path: str | Path, cfg: DataConfig) -> list[Record]:
     """A data file's records read as the data section says (format, header, column names): training,
     evaluation and prediction read files one way."""
     return read_file(path, cfg.format, header=cfg.header is not False, column_names=cfg.column_names,
-                     conll_tag_column=cfg.conll_tag_column)
+                     conll_tag_column=cfg.conll_tag_column, languages=cfg.languages)
 
 
 def as_text(v: object, cfg: DataConfig, name: str, line: int, col: str) -> object:
@@ -199,7 +199,9 @@ def table_from_records(name: str, records: list[Record], cfg: DataConfig, roles:
         values, reason = {}, None
         for role, col in columns.items():
             v = row.get(col)
-            if is_missing(v):
+            if by_name[role].may_be_empty and (v is None or (isinstance(v, str) and not v.strip())):
+                v = ""
+            elif is_missing(v):
                 counts[role] = counts.get(role, 0) + 1
                 if cfg.on_missing == "error":
                     raise DataError(f"missing or empty value in split '{split}'", file=name, line=line,

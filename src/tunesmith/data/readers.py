@@ -291,10 +291,45 @@ def require_file(path: Path, hint: str = "check the path in data.train/validatio
         raise DataError(f"file not found{tried}", file=str(path), hint=hint)
 
 
+LANG = "{lang}"  # the placeholder of parallel text files: train.{lang}.gz
+
+
+def parallel_files(path: str | Path, languages: list[str] | None) -> dict[str, Path]:
+    """Language -> file of a parallel-text path (`train.{lang}.gz`), or {} for an ordinary path."""
+    if LANG not in str(path):
+        return {}
+    if not languages:
+        raise DataError(f"the path holds {LANG} (parallel text files) but data.languages is not set", file=str(path),
+                        hint="set data.languages: [en, de] to read train.en and train.de line by line")
+    return {lang: Path(str(path).replace(LANG, lang)) for lang in languages}
+
+
+def read_parallel(files: dict[str, Path]) -> list[Record]:
+    """One record per line number, a column per language; files of different line counts are an error
+    naming both (a shifted line would pair every later sentence with the wrong translation)."""
+    lines: dict[str, list[str]] = {}
+    for lang, f in files.items():
+        require_file(f)
+        text = _read_text(f)
+        lines[lang] = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    (first, a), *rest = lines.items()
+    for lang, b in rest:
+        if len(b) != len(a):
+            raise DataError(f"parallel files differ in length: {files[first]} has {len(a)} lines, {files[lang]} "
+                            f"has {len(b)}", file=str(files[lang]),
+                            hint="line i of each file must be the same sentence in its language")
+    return [(i + 1, {lang: lines[lang][i].rstrip("\r") for lang in lines}) for i in range(len(a))]
+
+
 def read_file(path: str | Path, fmt: str = "auto", header: bool = True,
-              column_names: list[str] | None = None, conll_tag_column: int = -1) -> list[Record]:
+              column_names: list[str] | None = None, conll_tag_column: int = -1,
+              languages: list[str] | None = None) -> list[Record]:
     """Records of a data file; `header`/`column_names` apply to CSV/TSV (JSON and Parquet name their fields),
-    `conll_tag_column` to CoNLL files."""
+    `conll_tag_column` to CoNLL files. A path holding {lang} names parallel text files, one per entry of
+    `languages` (one sentence per line), read into a column per language."""
+    files = parallel_files(path, languages)
+    if files:
+        return read_parallel(files)
     path = Path(path)
     require_file(path)
     if path.stat().st_size == 0:

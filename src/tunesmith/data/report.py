@@ -46,11 +46,11 @@ def _leakage(a_name: str, a: Table, a_keys: list, b_name: str, b: Table, b_keys:
     }
 
 
-def _lengths(features: Any, max_length: int, windowed: bool) -> dict[str, Any]:
+def _lengths(features: Any, max_length: int, windowed: bool, column: str = "n_tokens") -> dict[str, Any]:
     """Token counts per example (a windowed example's features all carry its whole count)."""
     example = np.asarray(features["example"])
     first = np.unique(example, return_index=True)[1]
-    n_tokens = np.asarray(features["n_tokens"])[first]
+    n_tokens = np.asarray(features[column])[first]
     q = np.percentile(n_tokens, [50, 90, 95, 99]) if len(n_tokens) else [0] * 4
     over = int((n_tokens > max_length).sum())
     return {"p50": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]),
@@ -81,6 +81,12 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
         "warnings": [],
     }
+    # generative tasks cut targets too (features then carry n_target_tokens)
+    targets_cut = {s: _lengths(f, task.target_max_length, False, "n_target_tokens") for s, f in features.items()
+                   if "n_target_tokens" in f.column_names}
+    if targets_cut:
+        report["target_max_length"] = task.target_max_length
+        report["target_token_lengths"] = targets_cut
     names = list(data.splits)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -93,7 +99,12 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
     for s, lens in report["token_lengths"].items():
         if lens.get("truncated_pct", 0) > 5:
             w.append(f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are truncated; "
-                     "consider a larger max_length or task.truncation: head_tail")
+                     "consider a larger max_length" + (" or task.truncation: head_tail"
+                                                       if "truncation" in type(task).Options.model_fields else ""))
+    for s, lens in targets_cut.items():
+        if lens["truncated_pct"] > 5:
+            w.append(f"{lens['truncated_pct']}% of {s} targets exceed task.max_target_length="
+                     f"{task.target_max_length} and are truncated in training")
     for s, d in report["duplicates"].items():
         if d["groups_with_conflicting_labels"]:
             w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
@@ -134,6 +145,10 @@ def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file:
                f"split into windows: {lens['windowed']} ({lens['windowed_pct']}%), {lens['features']} windows")
         say(f"  tokens p50/p95/max: {lens['p50']:.0f}/{lens['p95']:.0f}/{lens['max']}, {cut}, "
             f"duplicate rows: {report['duplicates'][s]['duplicate_rows']}")
+        target = report.get("target_token_lengths", {}).get(s)
+        if target:
+            say(f"  target tokens p50/p95/max: {target['p50']:.0f}/{target['p95']:.0f}/{target['max']}, "
+                f"truncated: {target['truncated']} ({target['truncated_pct']}%)")
     miss = report["missing"]
     say(f"missing values: policy={miss['policy']}, dropped rows={miss['dropped_rows']}, "
         f"per split={miss['per_split']}")

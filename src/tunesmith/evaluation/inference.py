@@ -14,8 +14,10 @@ from ..training.batching import eval_plan
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any, batch_size: int,
                    device: torch.device, *, accelerator: Any = None, pad_to_multiple_of: int | None = None,
-                   tune: bool = False) -> tuple[EvalResult, float | None]:
+                   tune: bool = False, predict: bool = True) -> tuple[EvalResult, float | None]:
     """(the evaluator's result, mean loss or None without targets) for one tokenized split.
+
+    `predict` False: the loss only (a generative task then skips generation and has no metrics).
 
     With an accelerator of several processes each one takes every n-th batch and the evaluators are
     gathered once, so evaluation is not repeated on every process.
@@ -31,7 +33,7 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
     loss_sum, items = 0.0, 0
     for b in batches:
         batch = task.collate(features.__getitems__(b.tolist()), pad_to_multiple_of).to(device)
-        loss, outputs = task.forward(model, batch)
+        loss, outputs = task.forward(model, batch, predict=predict)
         evaluator.add(batch, outputs)
         if loss is not None:
             loss_sum += float(loss)

@@ -27,6 +27,10 @@ from ..models import STATE_FILE
 from ..tasks.base import Role, Task, get_task
 
 
+_DECODING = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "length_penalty",
+             "no_repeat_ngram_size")
+
+
 class Predictor:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunConfig,
                  device: torch.device | None = None) -> None:
@@ -69,9 +73,24 @@ class Predictor:
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
         return cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
 
+    def set_generation(self, **options: Any) -> None:
+        """Decoding options for the predictions that follow (max_new_tokens, do_sample, temperature, top_p,
+        num_beams), over the run's task options; a task that does not generate text refuses them."""
+        if not self.task.generates:
+            raise ConfigError(f"{self.task.name} does not generate text: decoding options do not apply")
+        allowed = type(self.task).Options.model_fields
+        unknown = [k for k in options if k not in allowed]
+        if unknown:
+            raise ConfigError(f"{self.task.name} has no decoding option {unknown[0]} "
+                              f"(it has {', '.join(k for k in allowed if k in _DECODING)})")
+        self.task.generation = {**self.task.generation, **options}
+
     def _string_role(self) -> Role:
         """The role a bare string fills: the one required text input, or the only text input."""
         strings = [r for r in self.inputs if r.kind == "string"]
+        bare = [r for r in strings if r.bare]
+        if bare:
+            return bare[0]
         required = [r for r in strings if r.required]
         if len(required) == 1 or (not required and len(strings) == 1):
             return (required or strings)[0]
@@ -103,7 +122,9 @@ class Predictor:
                                         file=source, line=ln, column=role.name)
                     continue
                 v = rec.get(col)
-                if is_missing(v):
+                if role.may_be_empty and is_missing(v):
+                    v = ""
+                elif is_missing(v):
                     raise DataError(f"empty {role.name}: nothing to predict", file=source, line=ln, column=col,
                                     hint="remove the row or fill it in")
                 t.columns[role.name].append(check_kind(role, v, self.cfg.data, source, ln, col))

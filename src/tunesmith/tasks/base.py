@@ -42,7 +42,9 @@ class Role:
     `kind` is checked when the file is read (a "strings" role holding a string is an error naming the
     row); values reach the task unchanged otherwise. `columns` are the column names tried, in order,
     when `data.columns` does not map the role. A `target` role is gold data: needed to train and
-    evaluate, not to predict.
+    evaluate, not to predict. A `bare` role is the one a plain string given to `predict` fills (needed
+    only where several text roles are optional). A `may_be_empty` text keeps an empty value ("") instead of
+    going through data.on_missing (Alpaca's input is empty for most instructions).
     """
 
     name: str
@@ -51,6 +53,8 @@ class Role:
     target: bool = False
     columns: tuple[str, ...] = ()
     doc: str = ""
+    bare: bool = False
+    may_be_empty: bool = False
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -111,6 +115,12 @@ class Task(Protocol):
     #: "truncate": inputs longer than model.max_length lose tokens; "window": they are split into
     #: overlapping windows and merged back (nothing lost). The data report words its length table by it.
     long_inputs: ClassVar[str]
+    #: True when outputs come from generation (slow): evaluations during training skip it when eval.metric is
+    #: "loss" or one of `loss_metrics` (metrics computed from the loss alone, such as perplexity)
+    generates: ClassVar[bool]
+    loss_metrics: ClassVar[tuple[str, ...]]
+    #: names of the head modules its models add (trained in full under LoRA): ("classifier", "score"), ...
+    head_modules: ClassVar[tuple[str, ...]]
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None: ...
 
@@ -153,9 +163,11 @@ class Task(Protocol):
     def count_items(self, batch: Batch) -> int:
         """The number of loss terms in the batch (examples, labelled tokens): the loop normalises by it."""
 
-    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", Any]:
+    def forward(self, model: "torch.nn.Module", batch: Batch,
+                predict: bool = True) -> tuple["torch.Tensor | None", Any]:
         """One forward pass: (loss summed over the batch's items, or None without targets; outputs for
-        the evaluator)."""
+        the evaluator). `predict` False: only the loss is used (training steps, loss-only evaluations),
+        so a task whose outputs cost extra work (generation) may skip it."""
 
     # ---- evaluation and prediction
     @property

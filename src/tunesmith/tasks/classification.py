@@ -88,6 +88,9 @@ class TextClassification:
     aliases = ("classification",)
     Options = ClassificationOptions
     long_inputs = "truncate"
+    generates = False
+    loss_metrics = ()
+    head_modules = ("classifier", "score")
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
@@ -286,14 +289,20 @@ class TextClassification:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
             id2label=dict(enumerate(self.labels)), label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
-        model.tunesmith_speed_paths = {"fast_bert": "on (exact fast forward of BertForSequenceClassification)"
-                                       if speed_up_bert_classifier(model) else "off (not a covered BERT classifier)"}
+        if self.cfg.model.lora is not None:  # adapters wrap the layers: the stock forward runs them
+            fast = "off (model.lora: the stock forward)"
+        elif speed_up_bert_classifier(model):
+            fast = "on (exact fast forward of BertForSequenceClassification)"
+        else:
+            fast = "off (not a covered BERT classifier)"
+        model.tunesmith_speed_paths = {"fast_bert": fast}
         return model
 
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])
 
-    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", "torch.Tensor"]:
+    def forward(self, model: "torch.nn.Module", batch: Batch,
+                predict: bool = True) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
         logits = model(**batch.inputs).logits.float()

@@ -63,6 +63,9 @@ class QuestionAnswering:
     aliases = ("qa", "extractive-qa")
     Options = QuestionAnsweringOptions
     long_inputs = "window"
+    generates = False
+    loss_metrics = ()
+    head_modules = ("qa_outputs",)
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
@@ -245,7 +248,8 @@ class QuestionAnswering:
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])
 
-    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", Any]:
+    def forward(self, model: "torch.nn.Module", batch: Batch,
+                predict: bool = True) -> tuple["torch.Tensor | None", Any]:
         """Loss summed over windows of (CE(start) + CE(end)) / 2 over each window's own tokens: padding
         positions get -inf, so a window's loss does not depend on the batch it is padded in (without
         padding, the model's own loss divided by the windows)."""

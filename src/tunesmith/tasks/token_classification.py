@@ -194,6 +194,9 @@ class TokenClassification:
     aliases = ("ner",)
     Options = TokenClassificationOptions
     long_inputs = "window"
+    generates = False
+    loss_metrics = ()
+    head_modules = ("classifier", "score")
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
@@ -504,7 +507,8 @@ class TokenClassification:
         """Labelled sub-tokens (counted at collation, on the CPU): loss_sum / count = the HF model's mean loss."""
         return int(batch.meta["n_labelled"])
 
-    def forward(self, model: "torch.nn.Module", batch: Batch) -> tuple["torch.Tensor | None", "torch.Tensor"]:
+    def forward(self, model: "torch.nn.Module", batch: Batch,
+                predict: bool = True) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
         from ..padding_free import is_enabled, token_outputs

@@ -23,11 +23,13 @@ def shuffle(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int,
-               min_batch: int = 1) -> list[np.ndarray]:
+               min_batch: int = 1, max_tokens: int | None = None) -> list[np.ndarray]:
     """The global batches of one epoch, the same on every process and on every resume.
 
     bucket_batches=1 is plain random batching. A final batch smaller than `min_batch` (the number
     of processes) is merged into the one before, so every process always gets at least one example.
+    `max_tokens`: batches are cut where the next example would take the batch's tokens over the
+    budget (in the same shuffled order), not every batch_size examples.
     """
     order = shuffle(len(lengths), seed, epoch)
     if bucket_batches > 1:
@@ -35,13 +37,27 @@ def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buck
         chunks = [order[i:i + window] for i in range(0, len(order), window)]
         # stable sort inside each window: ties keep their random order
         order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _by_tokens(order, lengths, max_tokens, min_batch) if max_tokens else \
+        [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < min_batch:
         last = batches.pop()
         batches[-1] = np.concatenate([batches[-1], last])
     if bucket_batches > 1:
         # shuffle batch order so the epoch does not run short-to-long inside each window
         batches = [batches[i] for i in np.random.default_rng([seed, epoch]).permutation(len(batches))]
+    return batches
+
+
+def _by_tokens(order: np.ndarray, lengths: np.ndarray, budget: int, min_batch: int) -> list[np.ndarray]:
+    """`order` cut into runs of at most `budget` tokens (and at least `min_batch` examples)."""
+    batches, start, total = [], 0, 0
+    for k, i in enumerate(order):
+        n = int(lengths[i])
+        if k > start and total + n > budget and k - start >= min_batch:
+            batches.append(order[start:k])
+            start, total = k, 0
+        total += n
+    batches.append(order[start:])
     return batches
 
 

@@ -184,12 +184,20 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load saved weights into an existing model (tied weights are re-tied by the model)."""
     from safetensors.torch import load_file
 
+    from ..lora import ADAPTER_WEIGHTS, is_peft, load_adapter
+
+    if is_peft(model) and (Path(folder) / ADAPTER_WEIGHTS).exists():
+        return load_adapter(model, folder)
     files = sorted(Path(folder).glob("*.safetensors"))
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(f))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    # safetensors stores a tied parameter once, under one of its names: the others are loaded with it
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    tied = {n for group in names.values() if len(group) > 1 and any(n in state for n in group) for n in group}
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "

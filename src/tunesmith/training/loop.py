@@ -109,7 +109,7 @@ class TrainingLoop:
         model = model.to(accelerator.device)
         optimizer = build_optimizer(model, cfg)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world))
+        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world, cfg.batch_tokens))
         self.total_steps = total_steps(n_batches, cfg)
         self.scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
@@ -150,7 +150,7 @@ class TrainingLoop:
             b = b.to(device, non_blocking=True)
             sync = k == len(micro) - 1
             with nullcontext() if sync or self.world == 1 else self.acc.no_sync(self.model):
-                loss_sum, _ = self.task.forward(self.model, b)
+                loss_sum, _ = self.task.forward(self.model, b, predict=False)
                 # DDP averages gradients over processes, so scale by world size to get a global mean
                 self.acc.backward(loss_sum * self.world / items)
             loss_total += loss_sum.detach()
@@ -197,7 +197,7 @@ class TrainingLoop:
         stop = state.step >= self.total_steps
         while not stop:
             batches = batch_plan(self.lengths, cfg.batch_size, cfg.seed, state.epoch,
-                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world)
+                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world, cfg.batch_tokens)
             windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             done = state.batch_in_epoch
             if done == 0:

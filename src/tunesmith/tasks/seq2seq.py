@@ -1,0 +1,344 @@
+"""Translation and summarization: a target text generated from a source text by an encoder-decoder.
+
+Models. Any `AutoModelForSeq2SeqLM` (T5, BART, Marian, mBART, ...). A model that is not an encoder-decoder
+(an encoder such as BERT or the embedded MiniLM) is warm-started as one: `EncoderDecoderModel` with that
+model as encoder and `task.decoder` (default: the same model) as decoder, its cross-attention new. T5-style
+prompts come from `task.source_prefix`; mBART-style language codes from `task.source_lang` / `target_lang`
+(the tokenizer's src_lang/tgt_lang, and the target code forced as the first generated token).
+
+Data. A source and a target per row: JSONL/CSV columns (source, text, document, dialogue, ...; target,
+summary, ...), or parallel text files (`data.train: train.{lang}.gz`, `data.languages: [en, de]`: the
+first language is the source). A target may be a list of strings: several references, all scored; the
+first is the one trained on (teacher forcing).
+
+Training. Cross-entropy on the target tokens (label smoothing from `task.label_smoothing`, training only:
+validation loss is the plain negative log-likelihood). Sources and targets are cut to model.max_length and
+task.max_target_length tokens; the data report gives the share of targets cut.
+
+Evaluation. Generation (greedy or beam search, batched and length-sorted) scored with sacreBLEU (BLEU,
+chrF) for translation and ROUGE-1/2/L/Lsum with stemming for summarization. With eval.metric: loss the
+evaluations during training skip generation (it is slow); the final validation and test always generate.
+
+Prediction record: {"translation_text": ...} or {"summary_text": ...} (the keys of transformers'
+pipelines). Gold: the row's target as given (a string, or the list of references).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from ..data.prepare import Table
+from ..errors import ConfigError, DataError
+from .base import Batch, EvalResult, Role, TaskOptions, register_task
+from .classification import pad_inputs, truncate
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from ..config import RunConfig
+
+# fp16 overflows in T5's feed-forward activations (the T5 papers trained in bf16); the loss goes NaN
+FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
+
+
+class Seq2SeqOptions(TaskOptions):
+    source_prefix: str = ""
+    """Text put before every source, e.g. "translate English to German: " for T5."""
+    source_lang: str | None = None
+    """mBART-style source language code (en_XX) for the tokenizer's src_lang; null: none."""
+    target_lang: str | None = None
+    """mBART-style target language code (de_DE): the tokenizer's tgt_lang and the first generated token."""
+    decoder: str | None = None
+    """A model that is not an encoder-decoder is warm-started as one with this decoder (Hub name or
+    folder); null: model.name itself (BERT2BERT)."""
+    max_target_length: int = Field(128, ge=2)
+    """Target tokens kept for training (special tokens included); the data report counts those cut."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label smoothing of the training loss (0.1 in most translation recipes)."""
+    num_beams: int = Field(1, ge=1)
+    """Beams of the generation that is scored and predicted; 1: greedy."""
+    length_penalty: float = 1.0
+    """Beam search: exponent of the length normalisation (above 1 favours longer outputs)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Most tokens generated per example; null: task.max_target_length."""
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    """Forbid repeating any n-gram of this size in an output (0: off)."""
+
+
+def shift_right(labels: "torch.Tensor", start: int, pad: int) -> "torch.Tensor":
+    """Teacher forcing's decoder inputs: the start token, then the labels less their last (ignored -100 -> pad)."""
+    out = labels.new_full(labels.shape, pad)
+    out[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+    out[:, 0] = start
+    return out
+
+
+def _token_id(*values: Any) -> int | None:
+    """The first value that is a token id (0 is one)."""
+    return next((v for v in values if isinstance(v, int)), None)
+
+
+class Seq2SeqTask:
+    """Shared by translation and summarization; the subclasses differ in metrics and record key."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]]
+    record_key: ClassVar[str]
+    Options = Seq2SeqOptions
+    long_inputs = "truncate"
+    generates = True
+    loss_metrics = ()
+    head_modules = ()
+
+    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
+        self.cfg = cfg
+        self.opts = Seq2SeqOptions.model_validate(cfg.task.options)
+        self.tokenizer: Any = None  # set by load_model: generated ids are decoded with it
+        self.generation: dict[str, Any] = {}  # overrides of the decoding options (predict's command line)
+
+    def roles(self) -> list[Role]:
+        langs = self.cfg.data.languages or []
+        return [Role("source", "string", columns=("source", "src", "text", "document", "article", "dialogue",
+                                                  *langs[:1]), doc="the text to translate or summarize"),
+                Role("target", "any", target=True, columns=("target", "tgt", "summary", "highlights", "references",
+                                                            *langs[1:2]),
+                     doc="the reference output: a string, or a list of strings (several references)")]
+
+    # ------------------------------------------------------------------ data
+    def _references(self, t: Table, i: int) -> list[str]:
+        v = t["target"][i]
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v):
+            return list(v)
+        raise DataError(f"the target must be a string or a non-empty list of strings, got {str(v)[:80]!r}",
+                        file=t.file[i], line=t.line[i], column=t.column_of.get("target", "target"))
+
+    def fit(self, splits: dict[str, Table]) -> None:
+        for split, t in splits.items():
+            self.encode(split, t)
+
+    def encode(self, split: str, table: Table) -> None:
+        for i in range(len(table)):
+            self._references(table, i)
+
+    def stratify_keys(self, table: Table) -> list | None:
+        return None
+
+    def describe(self, table: Table) -> dict[str, Any]:
+        out: dict[str, Any] = {"examples": len(table),
+                               "mean_source_words": round(float(np.mean([len(s.split()) for s in table["source"]])), 1)}
+        if "target" in table:
+            refs = [self._references(table, i) for i in range(len(table))]
+            out["references"] = sum(len(r) for r in refs)
+            out["mean_target_words"] = round(float(np.mean([len(r[0].split()) for r in refs])), 1)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"source_prefix": self.opts.source_prefix, "max_target_length": self.opts.max_target_length}
+
+    def gold(self, table: Table, i: int) -> Any:
+        return table["target"][i]
+
+    # ------------------------------------------------------------------ tokens
+    def _languages(self, tokenizer: Any) -> None:
+        for attr, value in (("src_lang", self.opts.source_lang), ("tgt_lang", self.opts.target_lang)):
+            if value is not None:
+                if not hasattr(tokenizer, attr):
+                    raise ConfigError(f"task.{'source' if attr == 'src_lang' else 'target'}_lang is set, but the "
+                                      f"tokenizer ({type(tokenizer).__name__}) has no language codes (mBART-style "
+                                      f"models have them); remove the option")
+                setattr(tokenizer, attr, value)
+
+    @staticmethod
+    def _cut(enc: Any, max_length: int) -> tuple[list[list[int]], list[int]]:
+        """Token ids cut to max_length keeping special tokens (the end-of-sequence), and the uncut counts."""
+        ids = [truncate(x, m, None, max_length, "head")[0] if len(x) > max_length else x
+               for x, m in zip(enc["input_ids"], enc["special_tokens_mask"])]
+        return ids, [len(x) for x in enc["input_ids"]]
+
+    def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
+        import datasets
+
+        self._languages(tokenizer)
+        sources = [self.opts.source_prefix + s for s in table["source"]]
+        src, n_src = self._cut(tokenizer(sources, return_special_tokens_mask=True, verbose=False),
+                               self.cfg.model.max_length)
+        cols: dict[str, list] = {"input_ids": src, "example": list(range(len(table))),
+                                 "length": [len(x) for x in src], "n_tokens": n_src}
+        if "target" in table:
+            targets = [self._references(table, i)[0] for i in range(len(table))]
+            tgt, n_tgt = self._cut(tokenizer(text_target=targets, return_special_tokens_mask=True, verbose=False),
+                                   self.opts.max_target_length)
+            cols.update(labels=tgt, n_target_tokens=n_tgt)
+        return datasets.Dataset.from_dict(cols)
+
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
+        import torch
+
+        inputs = pad_inputs([{"input_ids": f["input_ids"]} for f in features], pad_to_multiple_of)
+        meta: dict[str, Any] = {"example": np.array([f["example"] for f in features]), "n_labelled": 0}
+        targets = {}
+        if "labels" in features[0]:
+            n = max(len(f["labels"]) for f in features)
+            if pad_to_multiple_of:
+                n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+            labels = torch.full((len(features), n), -100, dtype=torch.long)
+            for i, f in enumerate(features):
+                labels[i, :len(f["labels"])] = torch.as_tensor(f["labels"], dtype=torch.long)
+            targets["labels"] = labels
+            meta["n_labelled"] = sum(len(f["labels"]) for f in features)
+        return Batch(inputs, targets, meta)
+
+    def cache_key(self) -> dict:
+        return {"task": self.name, "max_length": self.cfg.model.max_length, "prefix": self.opts.source_prefix,
+                "source_lang": self.opts.source_lang, "target_lang": self.opts.target_lang,
+                "max_target_length": self.opts.max_target_length}
+
+    @property
+    def target_max_length(self) -> int:
+        return self.opts.max_target_length
+
+    # ------------------------------------------------------------------ model
+    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
+
+        hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+        self.tokenizer = tok = AutoTokenizer.from_pretrained(name_or_path, **hub)
+        self._languages(tok)
+        config = AutoConfig.from_pretrained(name_or_path, **hub)
+        if self.cfg.train.precision == "fp16" and config.model_type in FP16_UNSAFE:
+            raise ConfigError(f"train.precision: fp16 is refused for {config.model_type} models: their activations "
+                              "overflow in fp16 and the loss turns NaN; use bf16 (or fp32)")
+        if getattr(config, "is_encoder_decoder", False):
+            model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
+        else:
+            decoder = self.opts.decoder or name_or_path
+            both = {f"{side}_{k}": v for side in ("encoder", "decoder") for k, v in kwargs.items()
+                    if k != "ignore_mismatched_sizes"}
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(name_or_path, decoder, **both)
+            start = _token_id(tok.cls_token_id, tok.bos_token_id)
+            end = _token_id(tok.sep_token_id, tok.eos_token_id)
+            for c in (model.config, model.generation_config):
+                c.decoder_start_token_id, c.eos_token_id, c.pad_token_id = start, end, tok.pad_token_id
+            model.config.vocab_size = model.config.decoder.vocab_size
+            # new layers, which LoRA trains in full: the cross-attention, and (BERT decoders) the LM head's
+            # transform, absent from encoder checkpoints such as MiniLM's
+            model.tunesmith_new_modules = ("crossattention", "predictions.transform")
+        if self.opts.target_lang is not None:
+            model.generation_config.forced_bos_token_id = tok.convert_tokens_to_ids(self.opts.target_lang)
+        model.tunesmith_speed_paths = {}
+        return model
+
+    def count_items(self, batch: Batch) -> int:
+        """Target tokens: loss_sum / count is the model's own mean token loss."""
+        return int(batch.meta["n_labelled"])
+
+    def generation_config(self, model: "torch.nn.Module") -> Any:
+        """The model's generation defaults with the task's decoding options."""
+        import copy
+
+        gen = copy.deepcopy(model.generation_config)
+        opts = {"num_beams": self.opts.num_beams, "length_penalty": self.opts.length_penalty, "do_sample": False,
+                "max_new_tokens": self.opts.max_new_tokens or self.opts.max_target_length,
+                "no_repeat_ngram_size": self.opts.no_repeat_ngram_size, **self.generation}
+        gen.update(**opts, max_length=None, early_stopping=opts["num_beams"] > 1)
+        return gen
+
+    def forward(self, model: "torch.nn.Module", batch: Batch, predict: bool = True) -> tuple[Any, Any]:
+        import torch.nn.functional as F
+        from accelerate.utils import extract_model_from_parallel
+
+        inner = extract_model_from_parallel(model)
+        loss = generated = None
+        labels = batch.targets.get("labels")
+        if labels is not None:
+            gen, cfg = inner.generation_config, inner.config
+            start = _token_id(gen.decoder_start_token_id, cfg.decoder_start_token_id, gen.bos_token_id)
+            pad = _token_id(cfg.pad_token_id, gen.pad_token_id, 0)
+            logits = model(**batch.inputs, decoder_input_ids=shift_right(labels, start, pad)).logits
+            smoothing = self.opts.label_smoothing if model.training else 0.0
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                   reduction="sum", label_smoothing=smoothing)
+        if predict and not model.training:
+            generated = inner.generate(**batch.inputs, generation_config=self.generation_config(inner))
+        return loss, generated
+
+    # ------------------------------------------------------------------ evaluation
+    #: metric name -> higher is better; the first is the default eval.metric
+    metrics: ClassVar[dict[str, bool]]
+
+    @property
+    def default_metric(self) -> str:
+        return next(iter(self.metrics))
+
+    def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+        from ..evaluation import generation_metrics
+
+        return generation_metrics.bleu_chrf(hypotheses, references) if "bleu" in self.metrics else \
+            generation_metrics.rouge(hypotheses, references)
+
+    def evaluator(self, table: Table) -> "GenerationEvaluator":
+        return GenerationEvaluator(self, table)
+
+    def state(self) -> dict:
+        return {"task": self.name}
+
+
+@register_task
+class Translation(Seq2SeqTask):
+    """Source text -> target text in another language (scored with sacreBLEU)."""
+
+    name = "translation"
+    aliases = ()
+    record_key = "translation_text"
+    metrics = {"bleu": True, "chrf": True}
+
+
+@register_task
+class Summarization(Seq2SeqTask):
+    """Document -> summary (scored with ROUGE, Porter-stemmed)."""
+
+    name = "summarization"
+    aliases = ()
+    record_key = "summary_text"
+    metrics = {"rougeL": True, "rouge1": True, "rouge2": True, "rougeLsum": True}
+
+
+class GenerationEvaluator:
+    """Keeps each example's generated text; with no generation (loss-only evaluations) it has no metrics."""
+
+    def __init__(self, task: Seq2SeqTask, table: Table) -> None:
+        self.task, self.table = task, table
+        self.texts: dict[int, str] = {}
+        self.lengths: dict[int, int] = {}
+
+    def add(self, batch: Batch, outputs: "torch.Tensor | None") -> None:
+        if outputs is None:
+            return
+        tok = self.task.tokenizer
+        special = set(tok.all_special_ids)
+        for ex, ids in zip(batch.meta["example"], outputs.tolist()):
+            self.texts[int(ex)] = tok.decode(ids, skip_special_tokens=True).strip()
+            self.lengths[int(ex)] = sum(1 for x in ids if x not in special)
+
+    def merge(self, other: "GenerationEvaluator") -> None:
+        self.texts.update(other.texts)
+        self.lengths.update(other.lengths)
+
+    def result(self, tune: bool = False) -> EvalResult:
+        t = self.table
+        if not self.texts:
+            return EvalResult({}, [])
+        missing = [i for i in range(len(t)) if i not in self.texts]
+        if missing:
+            raise RuntimeError(f"example {missing[0]} was not generated: its batch never reached the evaluator")
+        hyps = [self.texts[i] for i in range(len(t))]
+        metrics: dict[str, Any] = {}
+        if "target" in t:
+            metrics = self.task.score(hyps, [self.task._references(t, i) for i in range(len(t))])
+            metrics["gen_len"] = float(np.mean([self.lengths[i] for i in range(len(t))]))
+        return EvalResult(metrics, [{self.task.record_key: h} for h in hyps])
