@@ -352,3 +352,11 @@ def test_data_columns_map_roles_and_unknown_roles_get_did_you_mean(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_splits(cfg.data, get_task(cfg).roles())
     assert "data.columns: unknown role 'questoin'. Did you mean 'question'?" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_config_is_valid(name: str) -> None:
+    """Every shipped config validates against the schema (their data files may live elsewhere)."""
+    raw = yaml.safe_load((REPO / "examples" / name).read_text(encoding="utf-8"))
+    cfg = RunConfig.model_validate(raw)
+    assert cfg.task.type == (raw["task"]["type"] if isinstance(raw["task"], dict) else raw["task"])

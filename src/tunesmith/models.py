@@ -85,7 +85,10 @@ def from_gguf(path: Path, cache_dir: str | None = None) -> str:
     except Exception as e:
         raise ModelError(f"cannot read the GGUF file {path}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if hasattr(model.config, "quantization_config"):  # the weights are dequantized: nothing is quantized now
+    # the weights are dequantized: nothing is quantized now, and transformers refuses to save a model that
+    # still names its GGUF quantizer
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -226,7 +226,8 @@ class TrainingLoop:
                 epoch_done = state.batch_in_epoch >= len(batches)
                 if epoch_done:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, seconds=dt,
+                tokens = int(sum(int(self.lengths[b].sum()) for b in window))  # real (unpadded) tokens
+                stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, tokens=tokens, seconds=dt,
                                   lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps)
                 if state.nonfinite_streak >= cfg.max_nonfinite_steps:
                     self._emit("end", state)
