@@ -203,3 +203,22 @@ def test_a_target_must_be_text_or_a_list_of_texts() -> None:
     for bad in (3, [], ["x", ""], {"a": 1}):
         with pytest.raises(DataError, match="string or a non-empty list of strings"):
             task.encode("test", _table([{"source": "a", "target": bad}]))
+
+
+def test_numbered_reference_columns_are_read_as_several_references(tmp_path: Path) -> None:
+    """DialogSum's test file has summary1..summary3 where train has summary: one list of references."""
+    from tunesmith.data.prepare import load_splits
+
+    write_jsonl(tmp_path / "train.jsonl", [{"dialogue": "a b", "summary": "a"}] * 3)
+    write_jsonl(tmp_path / "test.jsonl", [{"dialogue": "c d", "summary1": "c", "summary2": "d", "summary3": "c d"},
+                                          {"dialogue": "e", "summary1": "e", "summary2": " ", "summary3": "f"}])
+    cfg = RunConfig.model_validate({"task": "summarization", "data": {
+        "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")}})
+    task = get_task(cfg)
+    data = load_splits(cfg.data, task.roles())
+    test = data.splits["test"]
+    assert test.column_of["target"] == "summary{1..3}"
+    assert test["target"] == [["c", "d", "c d"], ["e", "f"]]  # a blank reference is left out
+    assert data.splits["train"]["target"] == ["a"] * 3
+    task.fit(data.splits)
+    assert task.score(["d", "e"], [task._references(test, i) for i in range(2)])["rouge1"] == pytest.approx(100.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable
@@ -107,6 +108,27 @@ def configured_columns(cfg: DataConfig, roles: list["Role"]) -> dict[str, tuple[
     return out
 
 
+_NUMBERED = re.compile(r"(.+)\{1\.\.(\d+)\}")
+
+
+def numbered(col: str, present: dict | set) -> str | None:
+    """`col{1..N}` when the file has columns col1 .. colN (and no colN+1), else None."""
+    n = 0
+    while f"{col}{n + 1}" in present:
+        n += 1
+    return f"{col}{{1..{n}}}" if n else None
+
+
+def column_value(row: dict, col: str) -> Any:
+    """A row's value of a column, or of numbered columns `col{1..N}` as the list of their present values."""
+    m = _NUMBERED.fullmatch(col)
+    if m is None or col in row:
+        return row.get(col)
+    values = [row.get(f"{m.group(1)}{k}") for k in range(1, int(m.group(2)) + 1)]
+    values = [v for v in values if not is_missing(v)]
+    return values or None
+
+
 def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: list["Role"],
                     needs_targets: bool = True) -> dict[str, str]:
     """Role -> column for one file: the configured column, else the first of the role's names present.
@@ -126,6 +148,8 @@ def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: li
             col, key = explicit[role.name]
         else:
             col = next((c for c in role.candidates if c in present), None)
+            if col is None and role.numbered:
+                col = next((n for c in role.candidates if (n := numbered(c, present))), None)
             if col is not None:
                 out[role.name] = col
                 continue
@@ -135,6 +159,9 @@ def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: li
             key = f"data.{LEGACY_COLUMNS[role.name]}" if role.name in LEGACY_COLUMNS else f"data.columns.{role.name}"
         if col in present:
             out[role.name] = col
+            continue
+        if role.numbered and numbered(col, present):
+            out[role.name] = numbered(col, present)
             continue
         if (cfg.header == "auto" and not cfg.hub_dataset and detect_format(Path(name), cfg.format) in DELIMITED
                 and first_row_looks_like_data(records)):
@@ -198,7 +225,7 @@ def table_from_records(name: str, records: list[Record], cfg: DataConfig, roles:
     for line, row in records:
         values, reason = {}, None
         for role, col in columns.items():
-            v = row.get(col)
+            v = column_value(row, col)
             if by_name[role].may_be_empty and (v is None or (isinstance(v, str) and not v.strip())):
                 v = ""
             elif is_missing(v):
@@ -215,7 +242,7 @@ def table_from_records(name: str, records: list[Record], cfg: DataConfig, roles:
             values[role] = v
         if reason:
             dropped.append({"split": split, "file": name, "line": line, "reason": reason,
-                            "row": {c: row.get(c) for c in columns.values()}})
+                            "row": {c: column_value(row, c) for c in columns.values()}})
             continue
         for role, v in values.items():
             t.columns[role].append(v)
@@ -246,7 +273,9 @@ def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
                 raise DataError(f"column '{columns[lacking[0]]}' ({lacking[0]}) is in the training data but not in "
                                 f"split '{split}'", file=name, column=columns[lacking[0]])
         counts = dict.fromkeys(columns, 0)
-        t = table_from_records(name, records, cfg, roles, columns, split, dropped, counts)
+        # each file's own columns for the training split's roles (a test file may spell a role otherwise:
+        # summary1..3 for summary)
+        t = table_from_records(name, records, cfg, roles, found, split, dropped, counts)
         if len(t) == 0:
             raise DataError(f"no usable rows left in split '{split}' after the missing-value policy",
                             file=name, hint="see the dropped rows report; check the column names")

@@ -44,7 +44,9 @@ class Role:
     when `data.columns` does not map the role. A `target` role is gold data: needed to train and
     evaluate, not to predict. A `bare` role is the one a plain string given to `predict` fills (needed
     only where several text roles are optional). A `may_be_empty` text keeps an empty value ("") instead of
-    going through data.on_missing (Alpaca's input is empty for most instructions).
+    going through data.on_missing (Alpaca's input is empty for most instructions). A `numbered` role that a
+    file lacks may be spread over numbered columns (summary1, summary2, ...), read as one list (several
+    references per example).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Role:
     doc: str = ""
     bare: bool = False
     may_be_empty: bool = False
+    numbered: bool = False
 
     @property
     def candidates(self) -> tuple[str, ...]:

@@ -103,9 +103,10 @@ class Seq2SeqTask:
         langs = self.cfg.data.languages or []
         return [Role("source", "string", columns=("source", "src", "text", "document", "article", "dialogue",
                                                   *langs[:1]), doc="the text to translate or summarize"),
-                Role("target", "any", target=True, columns=("target", "tgt", "summary", "highlights", "references",
-                                                            *langs[1:2]),
-                     doc="the reference output: a string, or a list of strings (several references)")]
+                Role("target", "any", target=True, numbered=True,
+                     columns=("target", "tgt", "summary", "highlights", "references", *langs[1:2]),
+                     doc="the reference output: a string, a list of strings, or numbered columns summary1, "
+                         "summary2, ... (several references)")]
 
     # ------------------------------------------------------------------ data
     def _references(self, t: Table, i: int) -> list[str]:
