@@ -62,7 +62,17 @@ def test_prompt_tokens_are_masked_and_eos_is_trained_even_when_pad_is_eos(train_
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_a_packed_batch_gives_each_example_its_unpacked_loss(kind: str, tiny_models: Any) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.padding_free import unsupported
+
     task = _task(packing=True)
+    why = unsupported(AutoModelForCausalLM.from_pretrained(tiny_models(kind)))
+    if why is not None:  # a transformers version the path does not cover (GPT-2 on 4.x): refused, never wrong
+        assert "does not route" in why
+        with pytest.raises(ConfigError, match="padding_free: on"):
+            task.load_model(tiny_models(kind))
+        return
     model = task.load_model(tiny_models(kind)).eval()
     rows = [{"prompt": "the movie was really", "response": "good and happy"}, {"prompt": "a", "response": "bad"},
             {"prompt": "it was a very sad day and the food", "response": "was awful"}]

@@ -33,7 +33,8 @@ def write_gguf(model: Any, path: Path) -> None:
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    theta = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]  # transformers 4 / 5
+    w.add_rope_freq_base(float(theta))
     w.add_tokenizer_model("gpt2")
     w.add_token_list(GEN_VOCAB)
     w.add_token_merges([])

@@ -29,9 +29,11 @@ ATTENTION = "tunesmith_padding_free"
 """The name the attention function is registered under (never saved: config.json keeps no
 attention implementation, so an exported model loads with transformers' default)."""
 
-CLAIMED = ("bert", "llama", "gpt2")
-"""model_type values with a parity test; position ids restart at 0 per example in these. BERT's
-attention is bidirectional within an example; the causal models' (`module.is_causal`) causal."""
+CLAIMED = {"bert": (5, 0), "llama": (4, 56), "gpt2": (5, 0)}
+"""model_type values with a parity test -> the first transformers version where it holds (the floor
+CI runs it on 4.56; GPT-2 there does not pass the boundaries on to its attention, BERT does not route
+attention through the interface). Position ids restart at 0 per example in these. BERT's attention is
+bidirectional within an example; the causal models' (`module.is_causal`) causal."""
 
 _last: tuple[torch.Tensor, _Layout] | None = None  # the layout of the boundaries seen last (shared by all layers)
 
@@ -81,14 +83,16 @@ def _register() -> None:
 
 def unsupported(model: torch.nn.Module) -> str | None:
     """Why the path cannot run on this model, or None when it can."""
+    import transformers
+
     cfg = model.config
     if cfg.model_type not in CLAIMED:
         return f"model type '{cfg.model_type}' has no parity test (padding-free covers {', '.join(CLAIMED)})"
-    if not getattr(model, "_supports_attention_backend", False):
-        import transformers
-
-        return f"transformers {transformers.__version__} does not route {cfg.model_type} attention through its " \
-               "attention interface (transformers 5 does)"
+    since = CLAIMED[cfg.model_type]
+    version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
+    if not getattr(model, "_supports_attention_backend", False) or version < since:
+        return f"transformers {transformers.__version__} does not route {cfg.model_type} attention and its " \
+               f"boundaries through its attention interface (transformers {'.'.join(map(str, since))} does)"
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False) \
             or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         return "decoder, cross-attention or relative-position configurations are not covered"
