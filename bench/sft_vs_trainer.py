@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     lora = args.lora == "on"
     hyper = tvt.Hyper(batch_size=8, eval_batch_size=16, lr=2e-4 if lora else 2e-5, epochs=1.0, max_length=768,
                       warmup_ratio=0.03, max_steps=args.max_steps)
-    lengths = [len(x) for x in AutoTokenizer.from_pretrained(converted).apply_chat_template(
-        [r["messages"] for r in train], tokenize=True)]
+    tok = AutoTokenizer.from_pretrained(converted)
+    lengths = [len(tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"])
+               for r in train]
     batch_tokens = args.batch_tokens or int(hyper.batch_size * sum(lengths) / len(lengths))
     facts = tvt.machine_facts()
     meta = {"argv": sys.argv, "train_dialogues": len(train), "test_dialogues": len(test), "gguf": str(gguf),
