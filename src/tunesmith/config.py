@@ -275,12 +275,17 @@ class RunConfig(_Section):
 
 # ---------------------------------------------------------------- loading and overrides
 
+def _sub_section(annotation: Any) -> type[BaseModel] | None:
+    """The section model inside an optional annotation (`LoraSection | None` -> LoraSection), else None."""
+    return next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     """The valid keys at a dotted location, for did-you-mean suggestions."""
     for part in path:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
-        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        ann = _sub_section(ann) or ann
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -428,9 +433,7 @@ def config_reference() -> str:
                         row(f"task.{opt}", of, f"({task}) ")
                 continue
             row(f"{section}.{key}" if key else section, f)
-            # an optional sub-section such as model.lora: its keys too
-            nested = next((a for a in typing.get_args(f.annotation)
-                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            nested = _sub_section(f.annotation)  # an optional sub-section such as model.lora: its keys too
             for sub, sf in (nested.model_fields.items() if nested else []):
                 row(f"{section}.{key}.{sub}", sf)
     return "\n".join(rows)

@@ -160,8 +160,8 @@ def resolve_columns(name: str, records: list[Record], cfg: DataConfig, roles: li
         if col in present:
             out[role.name] = col
             continue
-        if role.numbered and numbered(col, present):
-            out[role.name] = numbered(col, present)
+        if role.numbered and (spread := numbered(col, present)):
+            out[role.name] = spread
             continue
         if (cfg.header == "auto" and not cfg.hub_dataset and detect_format(Path(name), cfg.format) in DELIMITED
                 and first_row_looks_like_data(records)):
