@@ -142,6 +142,10 @@ def test_targets_are_cut_keeping_their_end_token_and_the_report_counts_them(tiny
     eos = task.tokenizer.eos_token_id
     assert [len(x) for x in features["labels"]] == [4, 3] and all(x[-1] == eos for x in features["labels"])
     assert features["n_target_tokens"] == [6, 3]
+    # batches are sorted and cut by the longer side of each pair (fairseq's num_tokens)
+    long_source = task.preprocess(_table([{"source": "a b c d e f g", "target": "x"}]), task.tokenizer)
+    assert [len(x) for x in features["input_ids"]] == [3, 2] and [len(x) for x in long_source["labels"]] == [2]
+    assert features["length"] == [4, 3] and long_source["length"] == [len(long_source["input_ids"][0])] == [8]
     write_jsonl(tmp_path / "train.jsonl", rows * 10)
     cfg = {"task": {"type": "translation", "max_target_length": 4}, "model": {"name": tiny_models("t5")},
            "data": {"train": str(tmp_path / "train.jsonl"), "cache_dir": str(tmp_path / "cache")}}
