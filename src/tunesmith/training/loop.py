@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..errors import TrainingDiverged
+from ..errors import RunPruned, TrainingDiverged
 from .batching import batch_plan, shard
 from .checkpoint import CheckpointManager, LoopState
 
@@ -29,6 +29,8 @@ STEADY_AFTER = 10  # steps excluded from steady-state throughput (allocator and 
 @dataclass
 class Control:
     stop: bool = False
+    prune: bool = False
+    """At an "eval" event: end the run now as pruned (RunPruned); no checkpoint, test or export."""
 
 
 @dataclass
@@ -116,12 +118,12 @@ class TrainingLoop:
                                        num_training_steps=self.total_steps)
         self.higher_better = higher_is_better
 
-    def _emit(self, kind: str, state: LoopState, **data: Any) -> bool:
-        stop = False
+    def _emit(self, kind: str, state: LoopState, **data: Any) -> Control:
+        out = Control()
         for cb in self.callbacks:
             ctl = cb(Event(kind, state, data))
-            stop = stop or bool(ctl and ctl.stop)
-        return stop
+            out.stop, out.prune = out.stop or bool(ctl and ctl.stop), out.prune or bool(ctl and ctl.prune)
+        return out
 
     def _epoch_loader(self, batches: list[np.ndarray], epoch: int) -> DataLoader:
         """The epoch's loader, with its own seeded generator: iterating a DataLoader draws a base seed,
@@ -180,7 +182,10 @@ class TrainingLoop:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
         else:
             state.bad_evals += 1
-        self._emit("eval", state, metrics=metrics, is_best=better)
+        # epochs: the share of the data trained on, which a pruner compares across batch sizes
+        if self._emit("eval", state, metrics=metrics, is_best=better, epochs=state.samples / len(self.data)).prune:
+            self._emit("end", state)
+            raise RunPruned(f"pruned at step {state.step}: {self.metric} {value}", {})
         path = self.ckpt.save(self.model, self.optimizer, self.scheduler, state, is_best=better)
         self._emit("checkpoint", state, path=str(path), is_best=better)
         patience = self.cfg.early_stopping_patience
@@ -192,6 +197,7 @@ class TrainingLoop:
     def run(self, resume: bool = False) -> LoopState:
         cfg = self.cfg
         state = (self.ckpt.load(self.model, self.optimizer, self.scheduler) if resume else None) or LoopState()
+        self.state = state  # where a run that ended by an exception (RunPruned) got to
         if resume:
             self._emit("resume", state)
         stop = state.step >= self.total_steps
@@ -228,7 +234,7 @@ class TrainingLoop:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 tokens = int(sum(int(self.lengths[b].sum()) for b in window))  # real (unpadded) tokens
                 stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, tokens=tokens, seconds=dt,
-                                  lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps)
+                                  lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps).stop
                 if state.nonfinite_streak >= cfg.max_nonfinite_steps:
                     self._emit("end", state)
                     raise TrainingDiverged(
