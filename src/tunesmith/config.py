@@ -286,7 +286,8 @@ class SearchConfig(_Section):
     bayes: Optuna's TPE sampler. random and bayes are reproducible with search.seed (one worker)."""
     space: dict[str, Dimension] = Field(min_length=1)
     """Config keys by dotted path, each with its values: {choice: [...]}, {uniform: [lo, hi]},
-    {loguniform: [lo, hi]} or {int: [lo, hi]}; checked against the config schema before any trial."""
+    {loguniform: [lo, hi]} or {int: [lo, hi]} (uniform and int take an optional step: {int: [8, 64], step: 8});
+    checked against the config schema before any trial."""
     metric: str | None = None
     """Validation metric to optimise; default: the task's (eval.metric or the task's main metric)."""
     direction: Literal["maximize", "minimize"] | None = None
@@ -518,10 +519,11 @@ def config_reference() -> str:
                     for opt, of in task_class(task).Options.model_fields.items():
                         row(f"task.{opt}", of, f"({task}) ")
                 continue
-            row(f"{section}.{key}" if key else section, f)
-            nested = _sub_section(f.annotation)  # an optional sub-section such as model.lora: its keys too
+            name = f"{section}.{key}" if key else section
+            row(name, f)
+            nested = _sub_section(f.annotation)  # an optional section such as model.lora or search: its keys too
             for sub, sf in (nested.model_fields.items() if nested else []):
-                row(f"{section}.{key}.{sub}", sf)
+                row(f"{name}.{sub}", sf)
     return "\n".join(rows)
 
 

@@ -177,7 +177,7 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource, reduction_factor=3),
               }[s.spec.pruner]
-    names = [x.study_name for x in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = optuna.get_all_study_names(storage)
     if s.study_name not in names:
         if not create:
             raise ConfigError(f"no study named '{s.study_name}' in {_shown(s.storage_url)}: start it with "
