@@ -136,7 +136,8 @@ def test_a_study_started_again_runs_only_what_is_missing(base_config: dict, tmp_
     assert sorted(rows) == [0, 1, 2, 3, 4]
     assert rows[2]["state"] == "failed" and rows[3]["state"] == "completed"
     assert rows[3]["train.lr"] == rows[2]["train.lr"]  # the interrupted trial, run again
-    assert rows[4]["state"] == "completed"
+    assert rows[4]["state"] == "completed"  # a new draw, not the first trials' values again
+    assert rows[4]["train.lr"] not in (rows[0]["train.lr"], rows[1]["train.lr"])
     assert sorted(p.name for p in (more.dir / "trials").iterdir()) == ["0000", "0001", "0003", "0004"]
 
 

@@ -311,7 +311,8 @@ class SearchConfig(_Section):
     """Local worker processes (GPUs are shared out one each when there are enough). More machines join
     with `tunesmith search CONFIG --join`."""
     seed: int = 0
-    """Seed of the sampler (random, bayes); worker k draws with seed + k."""
+    """Seed of the sampler (random, bayes), mixed with the worker's number and the trials already in
+    the study: a new one-worker study draws the same trials for the same seed; a resumed one draws new ones."""
     keep_models: bool = False
     """Keep every completed trial's model/; by default only the best trial keeps it."""
     heartbeat_seconds: int = Field(30, ge=1)

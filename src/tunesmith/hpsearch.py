@@ -6,7 +6,7 @@ it with `run.train`, and tells the study the validation score. Nothing here trai
 
 - grid: every combination is queued in the study once, before any worker starts; a worker takes queued
   trials only (the database hands each to one worker) and stops when none is left, so no point runs twice.
-- random / bayes: Optuna's RandomSampler / TPESampler, seeded (worker k with seed + k), until
+- random / bayes: Optuna's RandomSampler / TPESampler, seeded from (seed, worker, trials so far), until
   `search.trials` trials exist (a trial that ran out of time or was killed counts; one retried does not).
 - A running trial beats a heartbeat; one silent for 2 x heartbeat_seconds (its worker was killed) is
   marked failed by the next worker that looks and its parameters are queued again. A study interrupted
@@ -167,12 +167,6 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
         s.storage_url, heartbeat_interval=s.spec.heartbeat_seconds, grace_period=2 * s.spec.heartbeat_seconds,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
         engine_kwargs={"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else None)
-    seed = s.spec.seed + worker
-    if s.spec.method == "bayes":
-        # TPE's own default of 10 random startup trials is most of a 12-trial budget
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, s.trials // 4)))
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource, reduction_factor=3),
@@ -183,21 +177,36 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
             raise ConfigError(f"no study named '{s.study_name}' in {_shown(s.storage_url)}: start it with "
                               "`tunesmith search CONFIG` first, then add workers with --join")
         study = optuna.create_study(storage=storage, study_name=s.study_name, direction=s.direction,
-                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+                                    pruner=pruner, load_if_exists=True)
         if "tunesmith" not in study.user_attrs:
             study.set_user_attr("tunesmith", _fingerprint(s))
     else:
-        study = optuna.load_study(storage=storage, study_name=s.study_name, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(storage=storage, study_name=s.study_name, pruner=pruner)
     stored = study.user_attrs.get("tunesmith")
     if stored is not None and stored != json.loads(json.dumps(_fingerprint(s))):
         raise ConfigError(f"the study '{s.study_name}' in {_shown(s.storage_url)} was started with another "
                           f"search (method, space or metric): {json.dumps(stored)}; set search.study_name or "
                           "output_dir for a new study")
+    study.sampler = _sampler(s, worker, len(study.get_trials(deepcopy=False)))
     if create:
         for point in s.grid:
             study.enqueue_trial(point, skip_if_exists=True)
         _requeue_interrupted(study)
     return study
+
+
+def _sampler(s: Search, worker: int, existing: int) -> Any:
+    """This worker's sampler, seeded from (search.seed, worker, trials already in the study): a new study
+    with one worker draws the same trials for the same seed, and a resumed study does not draw its
+    first trials' values again."""
+    import numpy as np
+
+    optuna = _optuna()
+    seed = int(np.random.SeedSequence([s.spec.seed, worker, existing]).generate_state(1)[0])
+    if s.spec.method == "bayes":
+        # TPE's own default of 10 random startup trials is most of a 12-trial budget
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, s.trials // 4)))
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _shown(url: str) -> str:
