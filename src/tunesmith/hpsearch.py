@@ -324,6 +324,7 @@ def _objective(s: Search) -> Any:
             trial.set_user_attr("error", reason)
             raise
         finally:
+            _release_memory()
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             if run_dir.exists():
                 atomic_write_json(run_dir / TRIAL_FILE, {"trial": trial.number, "study": s.study_name,
@@ -331,6 +332,18 @@ def _objective(s: Search) -> Any:
                                                          "value": value, "reason": reason})
 
     return objective
+
+
+def _release_memory() -> None:
+    """The finished trial's model and optimizer, freed before the next trial loads its own (a GPU's
+    cached blocks too), so that a long study does not run out of memory trial by trial."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _drop_other_models(s: Search, study: Any) -> None:
