@@ -88,7 +88,10 @@ def resolve(config: str | Path | dict | RunConfig, overrides: list[str] | dict |
             except ConfigError as e:
                 raise ConfigError(f"search.space.{key}: the value {value!r} does not make a valid config:\n"
                                   + str(e).split("\n", 1)[-1]) from None
+    from .data.prepare import load_splits
+
     task = get_task(base)
+    task.fit(load_splits(base.data, task.roles()).splits)  # metrics can depend on the data (problem type)
     directions = {"loss": False, **task.metrics}
     metric = spec.metric or base.eval.metric or task.default_metric
     if metric not in directions:
@@ -293,7 +296,8 @@ def _objective(s: Search) -> Any:
     from .run import train
 
     def objective(trial: Any) -> float:
-        if s.spec.method == "grid" and "fixed_params" not in trial.system_attrs:
+        queued = "fixed_params" in trial.study._storage.get_trial(trial._trial_id).system_attrs
+        if s.spec.method == "grid" and not queued:
             trial.set_user_attr("surplus", True)
             raise _Surplus("the grid was used up while this worker asked for a trial; nothing was run")
         params = {key: suggest(trial, key, dim) for key, dim in s.spec.space.items()}
