@@ -5,7 +5,9 @@ tunesmith's bayes + hyperband pruning with 12 trials, and `transformers.Trainer.
 
 For each: the best validation accuracy, the test accuracy of its best config (retrained once), the
 training compute (samples trained, pruned trials' partial epochs included) and the search's wall time.
-Validation is a stratified 10% of train_5452 (seed 0); test is test_500. See bench/README.md.
+Validation is a stratified 10% of train_5452 (seed 0); test is test_500. tunesmith evaluates every
+quarter epoch (train.eval_every 0.25, hyperband's min_resource 25%), the grid too; the Trainer evaluates
+at each epoch's end (its recipe; its pruner sees global steps). See bench/README.md.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ cvt = tvt.cvt
 SPACE = {"lr": [2e-5, 5e-5, 1e-4], "epochs": [1, 2], "batch_size": [16, 32]}
 TRIALS = 12
 MAX_LENGTH = 64
+EVAL_EVERY = 0.25  # of an epoch (tunesmith)
 EVAL_BATCH = 64
 WARMUP_RATIO, WEIGHT_DECAY = 0.06, 0.01
 
@@ -64,10 +67,11 @@ def tunesmith_search(data: dict[str, list[tuple[str, str]]], tmp: Path, method: 
         "task": "text-classification",
         "model": {"max_length": MAX_LENGTH},
         "data": {**{k: str(v) for k, v in paths.items()}, "cache_dir": str(tmp / "cache")},
-        "train": {"precision": precision, "seed": seed, "warmup_ratio": WARMUP_RATIO, "weight_decay": WEIGHT_DECAY},
+        "train": {"precision": precision, "seed": seed, "warmup_ratio": WARMUP_RATIO, "weight_decay": WEIGHT_DECAY,
+                  "eval_every": EVAL_EVERY},
         "eval": {"batch_size": EVAL_BATCH, "metric": "accuracy"},
         "output_dir": str(tmp / f"study-{method}"),
-        "search": {"method": method, "pruner": pruner, "seed": seed,
+        "search": {"method": method, "pruner": pruner, "seed": seed, "min_resource": round(100 * EVAL_EVERY),
                    **({} if method == "grid" else {"trials": TRIALS}),
                    "space": {"train.lr": {"choice": SPACE["lr"]}, "train.epochs": {"choice": SPACE["epochs"]},
                              "train.batch_size": {"choice": SPACE["batch_size"]}}},
@@ -82,21 +86,28 @@ def tunesmith_search(data: dict[str, list[tuple[str, str]]], tmp: Path, method: 
             "best_validation_accuracy": 100 * best["accuracy"],
             "best": {k: best[f"train.{k}"] for k in SPACE},
             "test_accuracy_of_best": 100 * final.report["test"]["accuracy"],
-            "samples_trained": s["samples_trained"], "search_wall_s": wall,
-            "trials": s["trials"]}
+            "samples_trained": s["samples_trained"], "search_wall_s": wall, "trials": s["trials"],
+            "trained": sum(r["samples"] is not None for r in s["leaderboard"])}
 
 
 # ---------------------------------------------------------------- the Trainer
 
-class EpochSamples(TrainerCallback):
-    """Training samples over every trial: each finished epoch adds the training set (a pruned trial
-    stops at an epoch-end evaluation, so its partial work is whole epochs)."""
+class TrialSamples(TrainerCallback):
+    """Training samples over every trial: each trial's epochs trained (`state.epoch`, fractional, where
+    it ended or was pruned) times the training set."""
 
     def __init__(self, n_train: int) -> None:
-        self.n_train, self.samples = n_train, 0
+        self.n_train, self.done, self.current = n_train, 0.0, 0.0
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.samples += self.n_train
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.done, self.current = self.done + self.current, 0.0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.current = state.epoch
+
+    @property
+    def samples(self) -> int:
+        return round((self.done + self.current) * self.n_train)
 
 
 def trainer_search(data: dict[str, list[tuple[str, str]]], tmp: Path, seed: int) -> dict[str, Any]:
@@ -125,7 +136,7 @@ def trainer_search(data: dict[str, list[tuple[str, str]]], tmp: Path, seed: int)
                                  eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True,
                                  dataloader_num_workers=0, **hp)
 
-    counter = EpochSamples(len(train))
+    counter = TrialSamples(len(train))
     set_seed(seed)
     trainer = Trainer(model_init=model_init, args=args(), train_dataset=train, eval_dataset=validation,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
@@ -141,8 +152,12 @@ def trainer_search(data: dict[str, list[tuple[str, str]]], tmp: Path, seed: int)
     best = trainer.hyperparameter_search(
         direction="maximize", backend="optuna", hp_space=hp_space, n_trials=TRIALS,
         compute_objective=lambda m: m["eval_accuracy"],
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3), pruner=optuna.pruners.HyperbandPruner())
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3), pruner=optuna.pruners.HyperbandPruner(),
+        storage=f"sqlite:///{tmp / 'trainer.db'}", study_name="trainer")
     wall = time.perf_counter() - start
+    samples = counter.samples  # before the final retraining adds to it
+    trials = optuna.load_study(study_name="trainer", storage=f"sqlite:///{tmp / 'trainer.db'}").trials
+    states = {k: sum(t.state.name.lower() == k for t in trials) for k in ("complete", "pruned", "fail")}
     hp = best.hyperparameters
     set_seed(seed)
     final = Trainer(model_init=model_init, args=args(**hp), train_dataset=train, eval_dataset=validation,
@@ -153,7 +168,9 @@ def trainer_search(data: dict[str, list[tuple[str, str]]], tmp: Path, seed: int)
             "best_validation_accuracy": 100 * best.objective,
             "best": {"lr": hp["learning_rate"], "epochs": hp["num_train_epochs"],
                      "batch_size": hp["per_device_train_batch_size"]},
-            "test_accuracy_of_best": 100 * test_acc, "samples_trained": counter.samples, "search_wall_s": wall}
+            "test_accuracy_of_best": 100 * test_acc, "samples_trained": samples, "search_wall_s": wall,
+            "trials": {"completed": states["complete"], "pruned": states["pruned"], "failed": states["fail"]},
+            "trained": len(trials)}
 
 
 # ---------------------------------------------------------------- main
@@ -183,12 +200,14 @@ def main(argv: list[str] | None = None) -> None:
                                                 args.seed, args.precision))
             tvt.console.print(results[-1])
     grid = next((r for r in results if r["side"] == "tunesmith grid"), None)
-    table = ["| run | best val acc | test acc of best | samples trained | vs grid | search wall s |",
-             "|---|---|---|---|---|---|"]
+    table = ["| run | best val acc | test acc of best | best lr / epochs / batch | trials completed / pruned "
+             "(trained) | samples trained | vs grid | search wall s |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         share = f"{r['samples_trained'] / grid['samples_trained']:.2f}" if grid else "-"
+        b, t = r["best"], r["trials"]
         table.append(f"| {r['side']} | {r['best_validation_accuracy']:.2f} | {r['test_accuracy_of_best']:.2f} | "
-                     f"{r['samples_trained']:,} | {share} | {r['search_wall_s']:.0f} |")
+                     f"{b['lr']:g} / {b['epochs']} / {b['batch_size']} | {t['completed']} / {t['pruned']} "
+                     f"({r['trained']}) | {r['samples_trained']:,} | {share} | {r['search_wall_s']:.0f} |")
     tvt.console.print("\n".join(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"argv": sys.argv, "machine": facts, "results": results}, indent=2))

@@ -141,6 +141,63 @@ def test_a_study_started_again_runs_only_what_is_missing(base_config: dict, tmp_
     assert sorted(p.name for p in (more.dir / "trials").iterdir()) == ["0000", "0001", "0003", "0004"]
 
 
+def test_values_drawn_again_reuse_the_earlier_trials_score_without_training(base_config: dict,
+                                                                          tmp_path: Path) -> None:
+    base_config["train"].update(max_steps=2)
+    space = {"train.lr": {"choice": [5e-3, 1e-3]}}
+    result = tunesmith.search(_config(base_config, tmp_path, space, method="random", trials=6, seed=0))
+    rows = sorted(result.summary["leaderboard"], key=lambda r: r["trial"])
+    assert len(rows) == 6 and all(r["state"] == "completed" for r in rows)
+    first = {}
+    for r in rows:
+        first.setdefault(r["train.lr"], r)
+    assert len(first) == 2  # six draws from two values: each value trained once
+    for r in rows:
+        twin = first[r["train.lr"]]
+        if r is twin:
+            assert r["samples"] == 2 * 16 and Path(r["run_dir"]).is_dir()
+        else:
+            assert r["loss"] == twin["loss"] and r["samples"] is None and r["run_dir"] is None
+            assert r["reason"] == f"the values of trial {twin['trial']}: its scores reused, nothing trained"
+    assert sorted(p.name for p in (result.dir / "trials").iterdir()) == sorted(
+        f"{r['trial']:04d}" for r in first.values())
+    assert result.summary["samples_trained"] == 2 * 2 * 16
+
+
+def test_a_pruned_twins_scores_are_replayed_to_the_pruner_as_it_judges_now() -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tunesmith.hpsearch import _same_as_earlier
+
+    dist = {"x": CategoricalDistribution([1, 2, 3])}
+
+    def study_with(twin_score: float) -> Any:
+        study = optuna.create_study(direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+        for score in (1.0, 2.0):  # the median at step 100 is 1.5
+            study.add_trial(create_trial(params={"x": 2}, distributions=dist, value=score,
+                                         intermediate_values={100: score}))
+        study.add_trial(create_trial(params={"x": 1}, distributions=dist, state=TrialState.PRUNED,
+                                     intermediate_values={50: 9.0, 100: twin_score}))
+        study.enqueue_trial({"x": 1})
+        return study
+
+    trial = study_with(3.0).ask()
+    trial.suggest_categorical("x", [1, 2, 3])
+    with pytest.raises(optuna.TrialPruned, match="the values of trial 2, pruned at 100% of an epoch"):
+        _same_as_earlier(trial, {"x": 1})  # worse than the median at 100%: pruned there again
+
+    trial = study_with(1.2).ask()  # a twin pruned when the study knew less: better than today's median
+    trial.suggest_categorical("x", [1, 2, 3])
+    assert _same_as_earlier(trial, {"x": 1}) is None  # so this trial trains
+    assert trial.study.trials[-1].user_attrs["same_as_trial"] is None
+
+    trial = study_with(3.0).ask()
+    trial.suggest_categorical("x", [1, 2, 3])
+    assert _same_as_earlier(trial, {"x": 3}) is None  # values no trial has run
+
+
 def test_space_keys_and_values_are_checked_before_any_training(base_config: dict, tmp_path: Path) -> None:
     cases = [({"train.lrr": {"choice": [1e-3]}}, {}, "did you mean 'train.lr'"),
              ({"train.batch_size": {"choice": [16, "big"]}}, {}, "train.batch_size"),

@@ -5,7 +5,7 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
@@ -216,8 +216,10 @@ class TrainConfig(_Section):
     together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
-    eval_every: int | Literal["epoch"] = "epoch"
-    """Evaluate (and checkpoint) every N optimizer steps, or at the end of each epoch."""
+    eval_every: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)] | Literal["epoch"] = "epoch"
+    """Evaluate (and checkpoint) every N optimizer steps (an integer), at the end of each epoch ("epoch"),
+    or every fraction of an epoch (a number below 1: 0.25 = four times per epoch, which lets a search's
+    pruner stop bad trials earlier)."""
     log_every: int = Field(1, ge=1)
     """Steps between train records (loss, lr, grad norm, throughput) in metrics.jsonl."""
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -299,9 +301,10 @@ class SearchConfig(_Section):
     pruner: Literal["none", "median", "hyperband"] = "none"
     """Stop trials whose validation scores are bad at an evaluation: median (below the median of earlier
     trials at the same point) or hyperband (successive halving brackets). Scores are reported at each
-    evaluation, at the share of an epoch trained; evaluate more often (train.eval_every) to prune earlier."""
+    evaluation, at the share of an epoch trained; evaluate more often (train.eval_every: 0.25) to prune earlier."""
     min_resource: int = Field(100, ge=1)
-    """hyperband: percent of an epoch a trial trains before it can be pruned (100 = one epoch)."""
+    """hyperband: percent of an epoch a trial trains before it can be pruned (100 = one epoch); the
+    largest budget is the most epochs a trial can draw (train.epochs, or its search dimension)."""
     storage: str | None = None
     """Where the study lives: null = a SQLite file study.db in output_dir; or any SQLAlchemy URL
     (postgresql://user@host/db) that workers on several machines share."""

@@ -172,7 +172,8 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
         engine_kwargs={"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else None)
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-              "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource, reduction_factor=3),
+              "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource,
+                                                          max_resource=max_resource(s), reduction_factor=3),
               }[s.spec.pruner]
     names = optuna.get_all_study_names(storage)
     if s.study_name not in names:
@@ -196,6 +197,17 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
             study.enqueue_trial(point, skip_if_exists=True)
         _requeue_interrupted(study)
     return study
+
+
+def max_resource(s: Search) -> int:
+    """Hyperband's largest budget, in percent of an epoch: the most epochs a trial can train. Optuna's
+    "auto" takes the first finished trial's length instead, which is too short when that trial drew
+    fewer epochs than others will, and then no bracket ever reaches the longest trials."""
+    epochs = s.base.train.epochs
+    dim = s.spec.space.get("train.epochs")
+    if dim is not None:
+        epochs = max(dim.choice) if dim.choice is not None else getattr(dim, dim.kind)[1]
+    return max(s.spec.min_resource, math.ceil(100 * epochs))
 
 
 def _sampler(s: Search, worker: int, existing: int) -> Any:
@@ -301,6 +313,9 @@ def _objective(s: Search) -> Any:
             trial.set_user_attr("surplus", True)
             raise _Surplus("the grid was used up while this worker asked for a trial; nothing was run")
         params = {key: suggest(trial, key, dim) for key, dim in s.spec.space.items()}
+        reused = _same_as_earlier(trial, params)
+        if reused is not None:
+            return reused
         run_dir = _trial_dir(s, trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -338,6 +353,33 @@ def _objective(s: Search) -> Any:
     return objective
 
 
+def _same_as_earlier(trial: Any, params: dict[str, Any]) -> float | None:
+    """A sampler that draws values an earlier trial ran (TPE does, over a small discrete space) gets that
+    trial's result without training: runs are seeded, so training again gives the same scores. A
+    completed twin's score is returned; a pruned twin's scores are replayed to the pruner, which prunes
+    this trial where it would prune them now, and otherwise (the twin was stopped early by a study that
+    has moved on) the trial trains (None)."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    twins = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+             if t.params == params and not t.user_attrs.get("same_as_trial")]
+    if not twins:
+        return None
+    twin = twins[0]
+    trial.set_user_attr("same_as_trial", twin.number)
+    if twin.state == TrialState.COMPLETE:
+        _say(f"trial {trial.number}: the values of trial {twin.number}; its score {twin.value:.6g} is reused")
+        return float(twin.value)
+    for step, value in sorted(twin.intermediate_values.items()):
+        trial.report(value, step)
+        if trial.should_prune():
+            _say(f"trial {trial.number}: the values of trial {twin.number}; its scores replayed, pruned at {step}%")
+            raise optuna.TrialPruned(f"the values of trial {twin.number}, pruned at {step}% of an epoch")
+    trial.set_user_attr("same_as_trial", None)
+    return None
+
+
 def _release_memory() -> None:
     """The finished trial's model and optimizer, freed before the next trial loads its own (a GPU's
     cached blocks too), so that a long study does not run out of memory trial by trial."""
@@ -360,7 +402,9 @@ def _drop_other_models(s: Search, study: Any) -> None:
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return
-    best = study.best_trial.number
+    best = study.best_trial
+    twin = best.user_attrs.get("same_as_trial")  # a reused score: the model is its twin's
+    best = best.number if twin is None else twin
     for t in done:
         if t.number != best and "run_dir" in t.user_attrs:
             for sub in ("model", "adapter"):
@@ -412,6 +456,10 @@ def leaderboard(s: Search, study: Any) -> list[dict[str, Any]]:
         elif t.state == TrialState.PRUNED:
             last = max(t.intermediate_values) if t.intermediate_values else None
             reason = f"pruned at {last}% of an epoch" if last is not None else "pruned"
+        twin = t.user_attrs.get("same_as_trial")
+        if twin is not None and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            reason = f"the values of trial {twin}: its scores reused, nothing trained" + (
+                f"; {reason}" if reason else "")
         rows.append({"trial": t.number, "state": "completed" if state == "complete" else state,
                      **{k: t.params.get(k) for k in s.spec.space},
                      s.metric: t.value if t.state == TrialState.COMPLETE else None,

@@ -94,6 +94,13 @@ def total_steps(n_batches: int, cfg: TrainConfig) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
 
 
+def _crosses(before: int, after: int, span: float) -> bool:
+    """Whether going from `before` to `after` batches of an epoch passes a multiple of `span` batches
+    (train.eval_every as a fraction of an epoch); counted in batches, so a resumed run evaluates where
+    the uninterrupted one did."""
+    return math.floor(after / span + 1e-9) > math.floor(before / span + 1e-9)
+
+
 class TrainingLoop:
     def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
                  cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
@@ -224,6 +231,7 @@ class TrainingLoop:
                 dt = time.perf_counter() - t0
                 state.step += 1
                 state.samples += n
+                before = state.batch_in_epoch
                 state.batch_in_epoch += len(window)
                 state.train_seconds += dt
                 if state.step > STEADY_AFTER:
@@ -246,8 +254,11 @@ class TrainingLoop:
                         + (", or train in bf16 or fp32 rather than fp16" if self.acc.mixed_precision == "fp16"
                            else ""))
                 last = state.step >= self.total_steps
-                due = (cfg.eval_every == "epoch" and epoch_done) or \
-                      (isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0)
+                every = cfg.eval_every
+                due = (every == "epoch" and epoch_done) or \
+                      (isinstance(every, int) and state.step % every == 0) or \
+                      (isinstance(every, float) and (epoch_done or _crosses(before, before + len(window),
+                                                                             every * len(batches))))
                 if due or last or stop:
                     stop = self._eval_and_save(state) or stop
                 stop = stop or last
