@@ -145,7 +145,8 @@ def test_values_drawn_again_reuse_the_earlier_trials_score_without_training(base
                                                                           tmp_path: Path) -> None:
     base_config["train"].update(max_steps=2)
     space = {"train.lr": {"choice": [5e-3, 1e-3]}}
-    result = tunesmith.search(_config(base_config, tmp_path, space, method="random", trials=6, seed=0))
+    result = tunesmith.search(_config(base_config, tmp_path, space, method="random", trials=6, seed=0,
+                                              metric="loss"))
     rows = sorted(result.summary["leaderboard"], key=lambda r: r["trial"])
     assert len(rows) == 6 and all(r["state"] == "completed" for r in rows)
     first = {}
