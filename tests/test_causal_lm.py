@@ -80,16 +80,25 @@ def test_a_packed_batch_gives_each_example_its_unpacked_loss(kind: str, tiny_mod
     task.fit({"train": table})
     features = task.preprocess(table, task.tokenizer)
     batch = task.collate([features[i] for i in range(3)])
+    # packed rows compute the output layer at labelled positions only; the losses and gradients are those
+    # of padded batches with every position's logits
+    assert model.tunesmith_speed_paths["logits"] == "labelled positions only (logits_to_keep)"
+    packed_loss, packed = task.forward(model, batch, predict=False)
+    packed_loss.backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    enable(model, "off")
+    model.set_attn_implementation("sdpa")
+    padded_loss, padded = task.forward(model, batch, predict=False)
+    padded_loss.backward()
     with torch.no_grad():
-        packed_loss, packed = task.forward(model, batch, predict=False)
-        enable(model, "off")
-        model.set_attn_implementation("sdpa")
-        padded_loss, padded = task.forward(model, batch, predict=False)
         alone = [task.forward(model, task.collate([features[i]]), predict=False)[1]["loss"][0] for i in range(3)]
     assert packed["count"] == padded["count"] and sum(packed["count"]) == task.count_items(batch)
     torch.testing.assert_close(torch.tensor(packed["loss"]), torch.tensor(padded["loss"]), rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.tensor(packed["loss"]), torch.tensor(alone), rtol=0, atol=1e-5)
     torch.testing.assert_close(packed_loss, padded_loss, rtol=0, atol=1e-5)
+    for a, p in zip(packed_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_packing_on_an_uncovered_model_is_refused(tiny_models: Any) -> None:

@@ -17,7 +17,7 @@ transformers' interface (`_supports_attention_backend`; transformers 5 for BERT)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,10 +122,12 @@ def is_enabled(model: torch.nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == ATTENTION
 
 
-def flat_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor] | None:
+def flat_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+              extra: Callable[[torch.Tensor], dict[str, Any]] | None = None) -> tuple[Any, torch.Tensor] | None:
     """The model's output on a right-padded batch run as one flattened row of its real tokens (each
     example with its own position ids and boundaries), and the flat indices of those tokens in the padded
-    (batch * length) order; None when the batch is not right-padded."""
+    (batch * length) order; None when the batch is not right-padded. `extra(indices)`: more keyword
+    arguments for the call, made from those indices (text generation's logits_to_keep)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     b, length = ids.shape
     layout = right_padded(ids, mask)
@@ -136,7 +138,8 @@ def flat_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[
     cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     longest = int(lengths.max())
     out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
-                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+                **(extra(keep) if extra else {}))
     return out, keep
 
 

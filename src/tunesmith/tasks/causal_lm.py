@@ -54,6 +54,18 @@ def alpaca_prompt(instruction: str, input_text: str) -> str:
     return ALPACA.format(with_input="", instruction=instruction, input_block="")
 
 
+def takes_logits_to_keep(model: "torch.nn.Module") -> bool:
+    """Whether the causal LM under any DDP or PEFT wrapper takes `logits_to_keep` (transformers' causal LMs
+    do), so that a packed batch computes logits at its labelled positions only."""
+    import inspect
+
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 class CausalLMOptions(TaskOptions):
     train_on_prompt: bool = False
     """Train the prompt tokens too (default: the loss covers the response and its end-of-sequence token)."""
@@ -310,6 +322,10 @@ class CausalLM:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         model.tunesmith_speed_paths = {"packing": enable(model, "on") if self.opts.packing
                                        else "off (task.packing: false)"}
+        if self.opts.packing:
+            model.tunesmith_speed_paths["logits"] = (
+                "labelled positions only (logits_to_keep)" if takes_logits_to_keep(model)
+                else f"every position ({type(model).__name__}.forward takes no logits_to_keep)")
         return model
 
     def count_items(self, batch: Batch) -> int:
@@ -364,9 +380,19 @@ class CausalLM:
         outputs: dict[str, Any] = {}
         loss = None
         if labels is not None:
-            flat = flat_call(model, batch.inputs) if is_enabled(model) else None
+            scored: list = []
+
+            def labelled_only(keep: "torch.Tensor") -> dict[str, Any]:
+                # the output layer (vocabulary-wide) and softmax only where a label is: the response, not the
+                # prompt; a documented use of logits_to_keep (a 1D tensor of positions in a packed row)
+                scored.append((labels.reshape(-1).index_select(0, keep) != -100).nonzero().squeeze(1))
+                return {"logits_to_keep": scored[0]}
+
+            flat = flat_call(model, batch.inputs, labelled_only if takes_logits_to_keep(model) else None) \
+                if is_enabled(model) else None
             if flat is not None:
                 out, keep = flat
+                keep = keep.index_select(0, scored[0]) if scored else keep
                 logits, target = out.logits[0], labels.reshape(-1).index_select(0, keep)
                 rows = torch.div(keep, labels.shape[1], rounding_mode="floor")
             else:
