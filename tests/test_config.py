@@ -147,6 +147,14 @@ def test_override_int_stays_int():
     assert cfg.train.batch_size == 8
 
 
+def test_eval_every_as_a_fraction_of_an_epoch():
+    cfg = load_config(minimal(), ["train.eval_every=0.25"])
+    assert cfg.train.eval_every == 0.25 and isinstance(cfg.train.eval_every, float)
+    for bad in ("1.5", "0", "-2", "0.0"):
+        with pytest.raises(ConfigError, match="eval_every"):
+            load_config(minimal(), [f"train.eval_every={bad}"])
+
+
 def test_override_strings_null_and_bools():
     cfg = load_config(minimal(model={"name": "x"}), [
         "train.eval_every=epoch", "model.name=null", "model.trust_remote_code=true",

@@ -89,3 +89,25 @@ def test_a_gguf_file_is_converted_once_to_an_exact_transformers_folder(tiny_mode
 def test_a_missing_gguf_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="GGUF file not found"):
         resolve_model_name(ModelConfig(name=str(tmp_path / "nope.gguf")))
+
+
+def test_a_gguf_decoder_fine_tunes_as_a_sequence_classifier(tiny_models: Any, base_config: dict,
+                                                            tmp_path: Path) -> None:
+    """The README's model-selection recipe: a GGUF causal LM as `model.name` of a classification run."""
+    import tunesmith
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(AutoModelForCausalLM.from_pretrained(tiny_models("llama")), path)
+    base_config["model"]["name"] = str(path)
+    base_config["train"].update(max_steps=2, eval_every=2)
+    run = tunesmith.train(base_config)
+    folder = run.dir / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.pad_token_id is not None
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = ["great fun", "a dull and tedious film that I did not like at all"]
+    with torch.no_grad():  # padding in a batch changes no score: the pad token is known to the model
+        batched = model(**tok(texts, padding=True, return_tensors="pt")).logits
+        single = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts])
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)

@@ -124,6 +124,7 @@ def test_an_evaluation_with_a_nonfinite_metric_or_loss_is_never_best() -> None:
     loop.evaluate, loop.metric, loop.higher_better = lambda: next(results), "accuracy", True
     loop.ckpt, loop.callbacks, loop.model, loop.optimizer, loop.scheduler = Checkpoints(), [], None, None, None
     loop.cfg = load_config({"data": {"train": "x.csv"}}).train
+    loop.data = [None] * 100  # the training rows: an evaluation reports the epochs trained on them
     state = LoopState()
     for step in (1, 2, 3, 4):
         state.step = step

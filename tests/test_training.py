@@ -33,6 +33,14 @@ def test_learns_a_learnable_task(base_config: dict, tmp_path: Path) -> None:
     assert run.summary["best_step"] == best["step"]
 
 
+def test_evaluates_at_fractions_of_an_epoch(base_config: dict, tmp_path: Path) -> None:
+    # 192 train rows in batches of 20: 10 batches an epoch, so a quarter epoch is 2.5 batches and the
+    # evaluations come after the batch that passes each quarter (3, 5, 8, 10), in both epochs
+    run = tunesmith.train(run_config(base_config, tmp_path, "quarters", batch_size=20, epochs=2, eval_every=0.25))
+    evals = [r["step"] for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals == [3, 5, 8, 10, 13, 15, 18, 20]
+
+
 def test_gradient_accumulation_equals_full_batch(base_config: dict, tmp_path: Path) -> None:
     """4 micro-batches of 8 give the same updates as one batch of 32 (same examples, same order)."""
     common = dict(batching="random", max_steps=6, eval_every=6, warmup_ratio=0.0)

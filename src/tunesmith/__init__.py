@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .run import Run
+    from .hpsearch import SearchResult
     from .serving.predictor import Predictor
 
 
@@ -14,6 +15,12 @@ def train(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any)
     """Fine-tune from a YAML path, dict or RunConfig; overrides: ["train.lr=3e-5"] or {"train.lr": 3e-5}."""
     from .run import train as _train
     return _train(config, overrides, **kwargs)
+
+
+def search(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any) -> "SearchResult":
+    """Run a config's search section (see tunesmith.search.run_search); returns the leaderboard and best trial."""
+    from .hpsearch import run_search
+    return run_search(config, overrides, **kwargs)
 
 
 def load(run_dir: Any) -> "Predictor":

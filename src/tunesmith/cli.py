@@ -1,4 +1,4 @@
-"""The `tunesmith` command: train, check-data, evaluate, predict, init."""
+"""The `tunesmith` command: train, search, check-data, evaluate, predict, init."""
 from __future__ import annotations
 
 import json
@@ -108,6 +108,39 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
             f"; the run folder still holds its checkpoints. To continue: {_command(config, set_, '--resume')}"
             if resume else ""))
         raise typer.Exit(130)
+
+
+@app.command()
+def search(config: Path = typer.Argument(..., help="YAML config with a search section."),
+           set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+           join: bool = typer.Option(False, "--join",
+                                     help="Add this process as a worker to a study started elsewhere (shared "
+                                          "search.storage, e.g. PostgreSQL)."),
+           final: bool = typer.Option(False, "--final",
+                                      help="Then retrain the best config in the study's final/ folder and test it."),
+           workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                                 help="Local worker processes (default: search.workers)."),
+           worker_index: int = typer.Option(0, "--worker-index", hidden=True)) -> None:
+    """Search hyperparameters (grid, random, bayes) over any config keys; each trial is a run folder.
+
+    Writes trials/NNNN/, leaderboard.csv/.json, best_config.yaml and plots/ in output_dir. Run the same
+    command again to resume an interrupted study; on more machines, `--join` adds workers to it.
+    """
+    from .hpsearch import run_search
+
+    try:
+        result = run_search(config, set_, join=join, final=final, workers=workers, worker_index=worker_index,
+                            flag="--set")
+    except TunesmithError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _say("interrupted; the study keeps its finished trials. To continue: "
+             + shlex.join(["tunesmith", "search", str(config), *[a for s in set_ for a in ("--set", s)]]))
+        raise typer.Exit(130)
+    if not join:
+        best = result.best
+        _say(f"study folder: {result.dir}" + (f"; best trial {best['trial']}, config: {result.dir / 'best_config.yaml'}"
+                                              if best else "; no trial completed"))
 
 
 def _command(config: Path, set_: list[str], flag: str) -> str:

@@ -5,7 +5,7 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
@@ -216,8 +216,10 @@ class TrainConfig(_Section):
     together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
-    eval_every: int | Literal["epoch"] = "epoch"
-    """Evaluate (and checkpoint) every N optimizer steps, or at the end of each epoch."""
+    eval_every: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)] | Literal["epoch"] = "epoch"
+    """Evaluate (and checkpoint) every N optimizer steps (an integer), at the end of each epoch ("epoch"),
+    or every fraction of an epoch (a number below 1: 0.25 = four times per epoch, which lets a search's
+    pruner stop bad trials earlier)."""
     log_every: int = Field(1, ge=1)
     """Steps between train records (loss, lr, grad norm, throughput) in metrics.jsonl."""
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -236,6 +238,91 @@ class EvalConfig(_Section):
     """Examples per evaluation and prediction batch."""
 
 
+class Dimension(_Section):
+    """One key's values in a search space: exactly one of choice, uniform, loguniform or int."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+    choice: list[Any] | None = Field(None, min_length=1)
+    """Values to pick from (text, numbers, booleans or null)."""
+    uniform: tuple[float, float] | None = None
+    """[low, high], drawn uniformly."""
+    loguniform: tuple[float, float] | None = None
+    """[low, high], drawn uniformly on a log scale (learning rates); both above 0."""
+    integer: tuple[int, int] | None = Field(None, alias="int")
+    """[low, high], integers with both ends included (grid: every one of them)."""
+    step: float | None = Field(None, gt=0)
+    """With uniform or int: values are low + k * step."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        kinds = [k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, int "
+                             f"(got {', '.join(kinds) or 'none'})")
+        bounds = self.uniform or self.loguniform or self.integer
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"[low, high] with low <= high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {list(self.loguniform)}")
+        if self.step is not None and self.uniform is None and self.integer is None:
+            raise ValueError("step goes with uniform or int")
+        if self.choice is not None and any(not isinstance(v, (str, int, float, bool, type(None))) for v in self.choice):
+            raise ValueError("choice values must be text, numbers, booleans or null")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None)
+
+    @model_serializer(mode="plain")
+    def _compact(self) -> dict[str, Any]:
+        """As written: {int: [1, 4]}, not every kind with nulls."""
+        value = getattr(self, self.kind)
+        out = {"int" if self.kind == "integer" else self.kind: list(value)}
+        return out | ({"step": self.step} if self.step is not None else {})
+
+
+class SearchConfig(_Section):
+    method: Literal["grid", "random", "bayes"] = "bayes"
+    """grid: every combination once (choice and int dimensions only); random: independent draws;
+    bayes: Optuna's TPE sampler. random and bayes are reproducible with search.seed (one worker)."""
+    space: dict[str, Dimension] = Field(min_length=1)
+    """Config keys by dotted path, each with its values: {choice: [...]}, {uniform: [lo, hi]},
+    {loguniform: [lo, hi]} or {int: [lo, hi]} (uniform and int take an optional step: {int: [8, 64], step: 8});
+    checked against the config schema before any trial."""
+    metric: str | None = None
+    """Validation metric to optimise; default: the task's (eval.metric or the task's main metric)."""
+    direction: Literal["maximize", "minimize"] | None = None
+    """Default: the metric's own (loss and perplexity lower, accuracy higher, ...)."""
+    trials: int | None = Field(None, ge=1)
+    """Trials in all, over every worker; default: the grid's size (grid), 20 (random, bayes)."""
+    timeout: float | None = Field(None, gt=0)
+    """Seconds after which a worker starts no new trial."""
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    """Stop trials whose validation scores are bad at an evaluation: median (below the median of earlier
+    trials at the same point) or hyperband (successive halving brackets). Scores are reported at each
+    evaluation, at the share of an epoch trained; evaluate more often (train.eval_every: 0.25) to prune earlier."""
+    min_resource: int = Field(100, ge=1)
+    """hyperband: percent of an epoch a trial trains before it can be pruned (100 = one epoch); the
+    largest budget is the most epochs a trial can draw (train.epochs, or its search dimension)."""
+    storage: str | None = None
+    """Where the study lives: null = a SQLite file study.db in output_dir; or any SQLAlchemy URL
+    (postgresql://user@host/db) that workers on several machines share."""
+    study_name: str | None = None
+    """Default: the name of output_dir's folder."""
+    workers: int = Field(1, ge=1)
+    """Local worker processes (GPUs are shared out one each when there are enough). More machines join
+    with `tunesmith search CONFIG --join`."""
+    seed: int = 0
+    """Seed of the sampler (random, bayes), mixed with the worker's number and the trials already in
+    the study: a new one-worker study draws the same trials for the same seed; a resumed one draws new ones."""
+    keep_models: bool = False
+    """Keep every completed trial's model/; by default only the best trial keeps it."""
+    heartbeat_seconds: int = Field(30, ge=1)
+    """A running trial's heartbeat; a trial silent for twice this long (its worker was killed) is marked
+    failed and its parameters are queued again."""
+
+
 class RunConfig(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -243,7 +330,11 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str = "runs/run"
-    """The run folder: config, data report, metrics, checkpoints, predictions, plots, model."""
+    """The run folder: config, data report, metrics, checkpoints, predictions, plots, model. For
+    `tunesmith search`, the study folder (trials/, leaderboard, best_config.yaml, plots)."""
+    search: SearchConfig | None = None
+    """Hyperparameter search (`tunesmith search`; `tunesmith train` ignores it): keys method, space,
+    metric, direction, trials, timeout, pruner, storage, workers, seed (see the search.* rows)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -418,10 +509,10 @@ def config_reference() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
 
     def row(name: str, f: Any, note: str = "") -> None:
-        default = f.default_factory() if f.default_factory is not None else f.default
+        default = f.default_factory() if f.default_factory is not None else (None if f.is_required() else f.default)
         desc = note + " ".join((f.description or "").split()).replace("|", "\\|")
         shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-        rows.append(f"| `{name}` | `{shown}` | {desc} |")
+        rows.append(f"| `{name}` | {'(required)' if f.is_required() else f'`{shown}`'} | {desc} |")
 
     for section, field in RunConfig.model_fields.items():
         sub = field.annotation
@@ -432,10 +523,11 @@ def config_reference() -> str:
                     for opt, of in task_class(task).Options.model_fields.items():
                         row(f"task.{opt}", of, f"({task}) ")
                 continue
-            row(f"{section}.{key}" if key else section, f)
-            nested = _sub_section(f.annotation)  # an optional sub-section such as model.lora: its keys too
+            name = f"{section}.{key}" if key else section
+            row(name, f)
+            nested = _sub_section(f.annotation)  # an optional section such as model.lora or search: its keys too
             for sub, sf in (nested.model_fields.items() if nested else []):
-                row(f"{section}.{key}.{sub}", sf)
+                row(f"{name}.{sub}", sf)
     return "\n".join(rows)
 
 

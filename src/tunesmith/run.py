@@ -5,6 +5,8 @@ Everything a run does reads top to bottom here; each stage lives in its own modu
 from __future__ import annotations
 
 import resource
+import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +20,7 @@ from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report, prediction_rows
-from .errors import ConfigError, TrainingInterrupted, TunesmithError
+from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
 from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
 from .lora import parameter_counts
@@ -299,6 +301,14 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     owned.started = True
     try:
         state = loop.run(resume=resume)
+    except RunPruned as e:  # a search's pruner: the folder says so, and holds no model
+        e.report.update(status="pruned", task=p.task.name, reason=str(e),
+                        train=_train_summary(loop.state, precision, accelerator, accelerator.unwrap_model(loop.model),
+                                             cfg, metric))
+        if accelerator.is_main_process:
+            atomic_write_json(run_dir / "report.json", e.report)
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        raise
     finally:
         progress.stop()
 
@@ -307,35 +317,49 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     final_model = accelerator.unwrap_model(loop.model)
     if best:
         load_weights(final_model, ckpt.path(best))
+    started = time.perf_counter()
     val, val_loss = infer("validation", tune=True)  # decision thresholds are fitted on validation
+    seconds = time.perf_counter() - started
     test, test_loss = infer("test")
+    n_val = len(p.data.splits["validation"])
     report = {
         "task": p.task.name,
+        "status": "completed",
         "validation": {"loss": val_loss, **val.metrics},
         "test": {"loss": test_loss, **test.metrics},
-        "train": {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
-                  "train_runtime_s": round(state.train_seconds, 3),
-                  "train_samples_per_second": state.samples_per_second,
-                  "throughput_over": "steps after the first 10 (steady state)" if state.steady_seconds
-                  else "all steps (the run was too short for a steady-state figure)",
-                  "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
-                  "nonfinite_steps": state.nonfinite_steps,
-                  "precision": precision, "processes": accelerator.num_processes,
-                  "device": str(accelerator.device),
-                  # what the task's load_model switched on (model.padding_free, the fast BERT forward)
-                  "speed_paths": dict(getattr(final_model, "tunesmith_speed_paths", {})),
-                  "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
-                  **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-                     if accelerator.device.type == "cuda" else {}),
-                  "parameters": parameter_counts(final_model),
-                  "lora": cfg.model.lora.model_dump() if cfg.model.lora else None,
-                  "loop_state": asdict(state)},
+        "train": _train_summary(state, precision, accelerator, final_model, cfg, metric),
+        # the final validation pass, batched as eval.batch_size (generation included where the task generates)
+        "inference": {"split": "validation", "examples": n_val, "batch_size": cfg.eval.batch_size,
+                      "device": str(accelerator.device), "seconds": round(seconds, 3),
+                      "ms_per_example": round(1000 * seconds / max(n_val, 1), 3)},
         "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }
     if accelerator.is_main_process:
         _finish_run_folder(run_dir, p, report, test, final_model, metric)
     accelerator.wait_for_everyone()
     return Run(run_dir, report)
+
+
+def _train_summary(state: Any, precision: str, accelerator: Any, model: torch.nn.Module, cfg: RunConfig,
+                   metric: str) -> dict[str, Any]:
+    """report.json's train section: what the loop did and on what."""
+    return {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
+            "train_runtime_s": round(state.train_seconds, 3),
+            "train_samples_per_second": state.samples_per_second,
+            "throughput_over": "steps after the first 10 (steady state)" if state.steady_seconds
+            else "all steps (the run was too short for a steady-state figure)",
+            "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
+            "nonfinite_steps": state.nonfinite_steps,
+            "precision": precision, "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            # what the task's load_model switched on (model.padding_free, the fast BERT forward)
+            "speed_paths": dict(getattr(model, "tunesmith_speed_paths", {})),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
+            **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+               if accelerator.device.type == "cuda" else {}),
+            "parameters": parameter_counts(model),
+            "lora": cfg.model.lora.model_dump() if cfg.model.lora else None,
+            "loop_state": asdict(state)}
 
 
 def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, model: torch.nn.Module,

@@ -91,3 +91,45 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if "processes" in t:  # a launch that meant N processes but ran one shows here, not only in speed
             out.append(f"processes: {t['processes']} (device {t.get('device')}, precision {t.get('precision')})")
     return out
+
+
+def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool, path: Path) -> None:
+    """Each completed trial's validation score in trial order, and the best so far."""
+    done = sorted((r["trial"], r[metric]) for r in rows if r["state"] == "completed")
+    fig = _figure((7, 4))
+    ax = fig.subplots()
+    if done:
+        xs, ys = zip(*done)
+        best = [max(ys[:i + 1]) if maximize else min(ys[:i + 1]) for i in range(len(ys))]
+        ax.plot(xs, ys, "o", label="trial", alpha=0.8)
+        ax.step(xs, best, where="post", color="tab:red", label="best so far")
+        ax.legend()
+    pruned = [r["trial"] for r in rows if r["state"] == "pruned"]
+    if pruned:
+        ax.set_title(f"{len(done)} completed, {len(pruned)} pruned")
+    ax.set_xlabel("trial"), ax.set_ylabel(f"validation {metric}"), ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_param_importances(importances: dict[str, float], metric: str, path: Path) -> None:
+    """Optuna's importance of each searched key for the validation score (fANOVA), largest on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = _figure((7, max(2.5, 0.5 * len(items) + 1.2)))
+    ax = fig.subplots()
+    ax.barh([printable(k) for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlabel(f"importance for validation {metric}"), ax.grid(alpha=0.3, axis="x")
+    _save(fig, path)
+
+
+def plot_score_vs_latency(rows: list[dict[str, Any]], metric: str, label_key: str, path: Path) -> None:
+    """Model selection at a glance: validation score against inference time per example."""
+    done = [r for r in rows if r["state"] == "completed" and r.get("ms_per_example") is not None]
+    fig = _figure((7, 4.5))
+    ax = fig.subplots()
+    for r in done:
+        ax.scatter(r["ms_per_example"], r[metric], color="tab:blue")
+        ax.annotate(printable(str(r.get(label_key)))[-40:], (r["ms_per_example"], r[metric]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("ms per example (validation, batched)"), ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    _save(fig, path)

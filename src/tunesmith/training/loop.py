@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..errors import TrainingDiverged
+from ..errors import RunPruned, TrainingDiverged
 from .batching import batch_plan, shard
 from .checkpoint import CheckpointManager, LoopState
 
@@ -29,6 +29,8 @@ STEADY_AFTER = 10  # steps excluded from steady-state throughput (allocator and 
 @dataclass
 class Control:
     stop: bool = False
+    prune: bool = False
+    """At an "eval" event: end the run now as pruned (RunPruned); no checkpoint, test or export."""
 
 
 @dataclass
@@ -92,6 +94,13 @@ def total_steps(n_batches: int, cfg: TrainConfig) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
 
 
+def _crosses(before: int, after: int, span: float) -> bool:
+    """Whether going from `before` to `after` batches of an epoch passes a multiple of `span` batches
+    (train.eval_every as a fraction of an epoch); counted in batches, so a resumed run evaluates where
+    the uninterrupted one did."""
+    return math.floor(after / span + 1e-9) > math.floor(before / span + 1e-9)
+
+
 class TrainingLoop:
     def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
                  cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
@@ -116,12 +125,12 @@ class TrainingLoop:
                                        num_training_steps=self.total_steps)
         self.higher_better = higher_is_better
 
-    def _emit(self, kind: str, state: LoopState, **data: Any) -> bool:
-        stop = False
+    def _emit(self, kind: str, state: LoopState, **data: Any) -> Control:
+        out = Control()
         for cb in self.callbacks:
             ctl = cb(Event(kind, state, data))
-            stop = stop or bool(ctl and ctl.stop)
-        return stop
+            out.stop, out.prune = out.stop or bool(ctl and ctl.stop), out.prune or bool(ctl and ctl.prune)
+        return out
 
     def _epoch_loader(self, batches: list[np.ndarray], epoch: int) -> DataLoader:
         """The epoch's loader, with its own seeded generator: iterating a DataLoader draws a base seed,
@@ -180,7 +189,10 @@ class TrainingLoop:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
         else:
             state.bad_evals += 1
-        self._emit("eval", state, metrics=metrics, is_best=better)
+        # epochs: the share of the data trained on, which a pruner compares across batch sizes
+        if self._emit("eval", state, metrics=metrics, is_best=better, epochs=state.samples / len(self.data)).prune:
+            self._emit("end", state)
+            raise RunPruned(f"pruned at step {state.step}: {self.metric} {value}", {})
         path = self.ckpt.save(self.model, self.optimizer, self.scheduler, state, is_best=better)
         self._emit("checkpoint", state, path=str(path), is_best=better)
         patience = self.cfg.early_stopping_patience
@@ -192,6 +204,7 @@ class TrainingLoop:
     def run(self, resume: bool = False) -> LoopState:
         cfg = self.cfg
         state = (self.ckpt.load(self.model, self.optimizer, self.scheduler) if resume else None) or LoopState()
+        self.state = state  # where a run that ended by an exception (RunPruned) got to
         if resume:
             self._emit("resume", state)
         stop = state.step >= self.total_steps
@@ -218,6 +231,7 @@ class TrainingLoop:
                 dt = time.perf_counter() - t0
                 state.step += 1
                 state.samples += n
+                before = state.batch_in_epoch
                 state.batch_in_epoch += len(window)
                 state.train_seconds += dt
                 if state.step > STEADY_AFTER:
@@ -228,7 +242,7 @@ class TrainingLoop:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 tokens = int(sum(int(self.lengths[b].sum()) for b in window))  # real (unpadded) tokens
                 stop = self._emit("step", state, loss=loss, grad_norm=grad_norm, samples=n, tokens=tokens, seconds=dt,
-                                  lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps)
+                                  lr=self.scheduler.get_last_lr()[0], total_steps=self.total_steps).stop
                 if state.nonfinite_streak >= cfg.max_nonfinite_steps:
                     self._emit("end", state)
                     raise TrainingDiverged(
@@ -240,8 +254,11 @@ class TrainingLoop:
                         + (", or train in bf16 or fp32 rather than fp16" if self.acc.mixed_precision == "fp16"
                            else ""))
                 last = state.step >= self.total_steps
-                due = (cfg.eval_every == "epoch" and epoch_done) or \
-                      (isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0)
+                every = cfg.eval_every
+                due = (every == "epoch" and epoch_done) or \
+                      (isinstance(every, int) and state.step % every == 0) or \
+                      (isinstance(every, float) and (epoch_done or _crosses(before, before + len(window),
+                                                                             every * len(batches))))
                 if due or last or stop:
                     stop = self._eval_and_save(state) or stop
                 stop = stop or last
