@@ -18,7 +18,7 @@ def train(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any)
 
 
 def search(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any) -> "SearchResult":
-    """Run a config's search section (see tunesmith.search.run_search); returns the leaderboard and best trial."""
+    """Run a config's search section (see tunesmith.hpsearch.run_search); returns the leaderboard and best trial."""
     from .hpsearch import run_search
     return run_search(config, overrides, **kwargs)
 

@@ -363,7 +363,7 @@ def _same_as_earlier(trial: Any, params: dict[str, Any]) -> float | None:
     from optuna.trial import TrialState
 
     twins = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-             if t.params == params and not t.user_attrs.get("same_as_trial")]
+             if t.params == params and t.user_attrs.get("same_as_trial") is None]
     if not twins:
         return None
     twin = twins[0]

@@ -112,7 +112,7 @@ def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool,
 
 
 def plot_param_importances(importances: dict[str, float], metric: str, path: Path) -> None:
-    """Optuna's importance of each searched key for the validation score (fANOVA), largest on top."""
+    """Optuna's importance of each searched key for the validation score (its default evaluator), largest on top."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig = _figure((7, max(2.5, 0.5 * len(items) + 1.2)))
     ax = fig.subplots()
