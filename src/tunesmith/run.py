@@ -22,7 +22,8 @@ from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
-from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
+from .evaluation.report import (plot_confusion_matrix, plot_learning_curves, plot_precision_recall,
+                                plot_top_confusions, summary_lines)
 from .lora import parameter_counts
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
@@ -287,8 +288,12 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
         return {"loss": loss, **result.metrics}
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
-    loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
-                        lengths=np.asarray(p.tokenized["train"]["length"]), cfg=cfg.train,
+    train_data = p.tokenized["train"]
+    if hasattr(p.task, "training_features"):
+        train_data = p.task.training_features(train_data)
+    classes = p.task.sampling_labels(train_data) if cfg.train.sampler == "balanced" else None
+    loop = TrainingLoop(model=model, task=p.task, train_data=train_data,
+                        lengths=np.asarray(train_data["length"]), cfg=cfg.train, classes=classes,
                         accelerator=accelerator, evaluate=evaluate, metric=metric,
                         higher_is_better=directions[metric], checkpoints=ckpt,
                         callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
@@ -384,6 +389,8 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
     if test_metrics.get("top_confusions"):
         extras.append(("plots/top_confusions.png",
                        lambda path: plot_top_confusions(test_metrics["top_confusions"], path)))
+    if test_metrics.get("pr_curve"):
+        extras.append(("plots/precision_recall.png", lambda path: plot_precision_recall(test_metrics, path)))
     console = Console()
     warnings = []
     for rel, write in extras:
