@@ -64,18 +64,13 @@ def one_run(k: int, name: str, files: dict[str, Path], tmp: Path, args: argparse
     return {"run": name, "spam_f1": 100 * test["f1"], "spam_precision": 100 * test["precision"],
             "spam_recall": 100 * test["recall"], "accuracy": 100 * test["accuracy"],
             "average_precision": 100 * test["average_precision"], "threshold": test["threshold"],
-            "validation_spam_f1": 100 * run.report["validation"]["f1"], "train_s": run.report["train"]["train_runtime_s"]}
+            "validation_spam_f1": 100 * run.report["validation"]["f1"],
+            "train_s": run.report["train"]["train_runtime_s"]}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", type=Path, default=tvt.DEFAULT_DATA_ROOT)
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of: {'; '.join(RUNS)}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
-    p.add_argument("--out", type=Path, default=tvt.REPO_ROOT / "bench/results/imbalance.json")
+    tvt.add_variant_args(p, list(RUNS), 2.0, "imbalance.json")
     args = p.parse_args(argv)
     tvt.quiet_libraries()
     splits = {k: v[:args.limit] for k, v in load_sms(args.data_root, args.seed).items()}
@@ -85,10 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{facts['torch_threads']}, precision {args.precision}")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-imbalance-") as tmp:
-        files = {}
-        for s, rows in splits.items():
-            files[s] = Path(tmp) / f"{s}.jsonl"
-            files[s].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        files = tvt.write_splits(splits, Path(tmp))
         for k, name in enumerate(args.runs.split(",")):
             results.append(one_run(k, name, files, Path(tmp), args))
             tvt.console.print(results[-1])

@@ -69,14 +69,8 @@ def one_run(name: str, files: dict[str, Path], tmp: Path, args: argparse.Namespa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", type=Path, default=tvt.DEFAULT_DATA_ROOT)
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--limit", type=int, default=None, help="first N train and test reviews (smoke runs)")
+    tvt.add_variant_args(p, list(RUNS), 1.0, "long_text.json")
     p.add_argument("--predict-n", type=int, default=1000, help="test reviews timed through tunesmith.load().predict")
-    p.add_argument("--out", type=Path, default=tvt.REPO_ROOT / "bench/results/long_text.json")
     args = p.parse_args(argv)
     tvt.quiet_libraries()
     root = args.data_root / "imdb"
@@ -86,16 +80,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"{facts['cpu_model']}, torch threads {facts['torch_threads']}, precision {args.precision}")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
-        files = {}
-        for s, rs in rows.items():
-            files[s] = Path(tmp) / f"{s}.jsonl"
-            files[s].write_text("".join(json.dumps(r) + "\n" for r in rs), encoding="utf-8")
+        files = tvt.write_splits(rows, Path(tmp))
         for name in args.runs.split(","):
             results.append(one_run(name, files, Path(tmp), args, rows["test"]))
             tvt.console.print(results[-1])
     ref = next((r for r in results if r["run"] == "truncate-512"), None)
     base = next((r for r in results if r["run"] == "truncate-128"), None)
-    table = ["| run | test accuracy | vs truncate 128 | vs truncate 512 | train s | train windows | predict ms/review |",
+    table = ["| run | test accuracy | vs truncate 128 | vs truncate 512 | train s | train windows "
+             "| predict ms/review |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         d128 = f"{r['test_accuracy'] - base['test_accuracy']:+.2f}" if base else "-"

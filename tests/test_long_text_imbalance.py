@@ -32,24 +32,28 @@ def _single(n: int) -> tuple[list[int], list[int]]:
 
 # ---------------------------------------------------------------- windows and head_tail
 
-@pytest.mark.parametrize("n,max_length,stride", [(40, 10, 3), (8, 10, 3), (9, 10, 3), (23, 12, 4), (100, 16, 0)])
+@pytest.mark.parametrize("n,max_length,stride", [(40, 10, 3), (8, 10, 3), (9, 10, 3), (23, 12, 4), (100, 16, 0),
+                                                (30, 10, 7)])
 def test_windows_cover_every_token_with_the_given_overlap(n: int, max_length: int, stride: int) -> None:
     ids, special = _single(n)
     parts = windows(ids, special, None, max_length, stride)
     contents = [p[0][1:-1] for p in parts]
     assert all(p[0][0] == CLS and p[0][-1] == SEP and len(p[0]) <= max_length for p in parts)
-    assert [p[2] for p in parts] == [len(c) for c in contents]
     size = max_length - 2
     if n <= size:
-        assert contents == [list(range(1, n + 1))]
+        assert contents == [list(range(1, n + 1))] and parts[0][2] == n
         return
-    step = size - stride
-    # window k starts at token k * step; together they hold every token, in order
-    assert [c[0] for c in contents] == [1 + k * step for k in range(len(parts))]
-    assert contents[-1][-1] == n and sorted(set(t for c in contents for t in c)) == list(range(1, n + 1))
-    for a, b in zip(contents, contents[1:]):
-        assert len(a) == size and len(set(a) & set(b)) == min(stride, len(b))
-    assert len(parts) == 1 + -(-(n - size) // step)
+    step = size - min(stride, size // 2)  # the overlap is at most half a window
+    m = 1 + -(-(n - size) // step)
+    # window k starts at token k * step, the last one ends with the text; every window is full
+    assert [c[0] for c in contents] == [1 + k * step for k in range(m - 1)] + [n - size + 1]
+    assert all(c == list(range(c[0], c[0] + size)) for c in contents)
+    for a, b in zip(contents[:-2], contents[1:-1]):
+        assert len(set(a) & set(b)) == size - step
+    assert len(set(contents[-2]) & set(contents[-1])) >= size - step
+    # the tokens each window adds sum to the text: aggregation by them counts every token once
+    assert [p[2] for p in parts] == [size] + [len(set(b) - set(a)) for a, b in zip(contents, contents[1:])]
+    assert sum(p[2] for p in parts) == n
 
 
 def test_windows_keep_the_second_text_of_a_pair_whole() -> None:
@@ -57,8 +61,13 @@ def test_windows_keep_the_second_text_of_a_pair_whole() -> None:
     special = [1] + [0] * 20 + [1, 0, 0, 0, 1]
     types = [0] * 22 + [1] * 4
     parts = windows(ids, special, types, 12, 2)  # 6 fixed tokens, 6 of the first text per window, step 4
-    assert [p[0] for p in parts] == [[CLS, *range(s, min(s + 6, 21)), SEP, 50, 51, 52, SEP] for s in (1, 5, 9, 13, 17)]
+    assert [p[0] for p in parts] == [[CLS, *range(s + 1, s + 7), SEP, 50, 51, 52, SEP] for s in (0, 4, 8, 12, 14)]
     assert all(p[1] == [0] * (len(p[0]) - 4) + [1] * 4 for p in parts)
+    # a second text that leaves the first under a quarter of the window: one cut window, not dozens
+    ids = [CLS, *range(1, 41), SEP, *range(50, 60), SEP]
+    special = [1] + [0] * 40 + [1] + [0] * 10 + [1]
+    (only,) = windows(ids, special, None, 12, 2)
+    assert len(only[0]) == 12 and only[0][0] == CLS and only[0][-1] == SEP
 
 
 def _long_rows(n: int, seed: int) -> list[dict]:
@@ -315,14 +324,16 @@ def test_tuned_threshold_is_saved_and_applied_at_predict(tiny_model_dir: str, tm
 
 # ---------------------------------------------------------------- config
 
-def test_old_truncation_keys_still_work_and_map_to_long_text(tiny_model_dir: str, tmp_path: Path) -> None:
+def test_old_truncation_keys_still_work_and_map_to_long_text() -> None:
     from tunesmith.tasks.classification import ClassificationOptions
 
     for raw, expected in (({"model": {"truncation": "head_tail"}}, "head_tail"),
                           ({"task": {"type": "text-classification", "truncation": "head"}}, "truncate")):
         cfg = load_config({"task": "text-classification", "data": {"train": "x.csv"}, **raw})
         assert ClassificationOptions.model_validate(cfg.task.options).long_text == expected
-    with pytest.raises(Exception, match="old name of task.long_text"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="old name of task.long_text"):
         ClassificationOptions.model_validate({"truncation": "head", "long_text": "chunks"})
 
 
@@ -349,3 +360,65 @@ def test_report_recommends_a_long_text_strategy_beyond_ten_percent(tiny_model_di
     p = prepare(load_config(_config(tiny_model_dir, tmp_path, {})))
     assert any("consider task.long_text: chunks" in w for w in p.report["warnings"])
     assert p.report["token_lengths"]["train"]["truncated_pct"] == 100.0
+
+
+def test_evaluators_of_several_processes_merge_into_the_single_process_result() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0], [3.0, 2.0, 0.0], [0.0, 5.0, 1.0], [-2.0, 0.5, 4.0], [1.0, 1.0, 1.0]])
+    example, weight = np.array([0, 1, 0, 2, 1]), np.array([6.0, 6.0, 2.0, 3.0, 1.0])
+    for aggregation in ("mean", "max", "weighted_mean"):
+        _, whole = _evaluator(aggregation, 3)
+        whole.add(Batch({}, {}, {"example": example, "weight": weight}), logits)
+        _, a = _evaluator(aggregation, 3)
+        _, b = _evaluator(aggregation, 3)
+        a.add(Batch({}, {}, {"example": example[::2], "weight": weight[::2]}), logits[::2])
+        b.add(Batch({}, {}, {"example": example[1::2], "weight": weight[1::2]}), logits[1::2])
+        a.merge(b)
+        np.testing.assert_allclose(a.logits(), whole.logits(), rtol=1e-6)
+
+
+def _binary_task(state: dict | None = None, **options: object):
+    cfg = load_config({"task": {"type": "text-classification", **options}, "data": {"train": "x.csv"}})
+    return get_task(cfg, state)
+
+
+def test_a_binary_model_saved_before_positive_classes_still_evaluates() -> None:
+    task = _binary_task({"problem_type": "single_label", "labels": ["neg", "pos"], "threshold": 0.5})
+    assert task.positive == 1
+    from tunesmith.data.prepare import Table
+
+    ev = task.evaluator(Table({"text": ["x", "y"], "label": [0, 1]}, ["f", "f"], [1, 2]))
+    ev.add(Batch({}, {}, {"example": np.array([0, 1])}), torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    m = ev.result().metrics
+    assert m["positive_label"] == "pos" and m["f1"] == 1.0 and m["accuracy"] == 1.0
+
+
+def test_a_fixed_threshold_decides_and_a_one_class_split_has_no_average_precision() -> None:
+    task = _binary_task({"problem_type": "single_label", "labels": ["ham", "spam"], "positive": 1}, threshold=0.9)
+    assert task.threshold == 0.9
+    probs = np.array([[0.2, 0.8], [0.05, 0.95], [0.9, 0.1]])
+    assert task.decide(probs).tolist() == [0, 1, 0]  # 0.8 is the more probable class, but under 0.9
+    m = binary_metrics(np.array([0.8, 0.95]), np.array([True, True]), 0.9, "spam")
+    assert m["average_precision"] is None and "pr_curve" not in m and m["recall"] == 0.5
+
+
+def test_labels_written_as_numbers_in_the_config_name_their_classes(tiny_model_dir: str, tmp_path: Path) -> None:
+    rows = [{"text": r["text"], "label": int(r["label"] == "spam")} for r in _spam_rows(60, 4)]
+    cfg = _spam_config(tiny_model_dir, tmp_path, {"positive_label": 0}, class_weights={1: 3.0})
+    for s in ("train", "validation", "test"):
+        cfg["data"][s] = str(write_jsonl(tmp_path / f"num-{s}.jsonl", rows))
+    p = prepare(load_config(cfg))
+    assert p.task.labels == ["0", "1"] and p.task.positive == 0 and p.task.class_weights == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "accuracy"])
+def test_threshold_metric_picks_the_threshold_that_maximises_it(metric: str) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(200) < 0.2
+    p = np.clip(0.3 * positive + rng.normal(0.35, 0.15, 200), 0, 1)
+    t = tune_binary_threshold(p, positive, metric)
+    score = {"macro_f1": lambda q: f1_score(positive, q, average="macro"),
+             "accuracy": lambda q: accuracy_score(positive, q)}[metric]
+    best = max(score(p >= c) for c in np.unique(np.concatenate([p, [1.01]])))
+    assert score(p >= t) == pytest.approx(best)

@@ -284,7 +284,10 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
 
     def evaluate() -> dict[str, Any]:
         # generating the validation split is slow: skipped while training when the loss picks the best
-        result, loss = infer("validation", predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
+        # decision thresholds are fitted at every evaluation, so the best checkpoint is chosen on the scores
+        # that its own threshold gives (tuned F1 can pick a checkpoint that F1 at 0.5 scores 0)
+        result, loss = infer("validation", tune=True,
+                             predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
         return {"loss": loss, **result.metrics}
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
@@ -323,7 +326,7 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     if best:
         load_weights(final_model, ckpt.path(best))
     started = time.perf_counter()
-    val, val_loss = infer("validation", tune=True)  # decision thresholds are fitted on validation
+    val, val_loss = infer("validation", tune=True)  # the best checkpoint's own thresholds
     seconds = time.perf_counter() - started
     test, test_loss = infer("test")
     n_val = len(p.data.splits["validation"])

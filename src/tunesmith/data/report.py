@@ -100,10 +100,12 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
     for s, lens in report["token_lengths"].items():
         if long_text is not None:  # a task with long-text strategies recommends one beyond 10%
             if lens.get("truncated_pct", 0) > 10:
+                lost, other = ("their end", "chunks (every token is read, slower) or head_tail (keeps the end "
+                               "too, same cost)") if long_text == "truncate" else \
+                    ("their middle", "chunks (every token is read, slower)")
                 w.append(f"{lens['truncated_pct']}% of {s} texts ({lens['truncated']}) exceed model.max_length="
-                         f"{max_length} and lose their end (task.long_text: {long_text}); consider task.long_text: "
-                         "chunks (every token is read, slower) or head_tail (keeps the end too, same cost), or a "
-                         "larger max_length")
+                         f"{max_length} and lose {lost} (task.long_text: {long_text}); consider task.long_text: "
+                         f"{other}, or a larger max_length")
         elif lens.get("truncated_pct", 0) > 5:
             w.append(f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are truncated; "
                      "consider a larger max_length")

@@ -99,6 +99,8 @@ def _binary_counts(p: np.ndarray, positive: np.ndarray, thresholds: np.ndarray) 
 
 
 def _binary_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray, metric: str) -> np.ndarray:
+    """`metric` (the positive class's F1, macro-F1 or accuracy) at every threshold's counts; an empty
+    class's F1 is 0, as scikit-learn's zero_division=0 gives."""
     with np.errstate(invalid="ignore", divide="ignore"):
         f1_pos = np.nan_to_num(2 * tp / (2 * tp + fp + fn))
         if metric == "f1":
@@ -112,10 +114,11 @@ def _binary_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarra
 def tune_binary_threshold(p: np.ndarray, positive: np.ndarray, metric: str = "f1") -> float:
     """The threshold on the positive class's probability that maximises `metric` (the positive class's F1,
     macro-F1 or accuracy) on validation. Candidates are 0.5 and the midpoints between consecutive distinct
-    probabilities, so each reachable split of the examples is tried once and the threshold sits between
-    the examples it separates; ties go to the candidate nearest 0.5 (the untuned decision)."""
+    probabilities, and the two ends (everything positive, nothing positive), so each reachable split of
+    the examples is tried once and the threshold sits between the examples it separates; ties go to the
+    candidate nearest 0.5 (the untuned decision)."""
     u = np.unique(p.astype(np.float64))
-    candidates = np.unique(np.concatenate([[0.5], (u[1:] + u[:-1]) / 2]))
+    candidates = np.unique(np.concatenate([[0.5, u[0], np.nextafter(u[-1], np.inf)], (u[1:] + u[:-1]) / 2]))
     values = _binary_scores(*_binary_counts(p.astype(np.float64), positive, candidates), metric)
     best = np.flatnonzero(values >= values.max() - 1e-12)
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
@@ -132,7 +135,7 @@ def binary_metrics(p: np.ndarray, positive: np.ndarray, threshold: float, name: 
     pred = p >= threshold
     prec, rec, f1, _ = precision_recall_fscore_support(positive, pred, average="binary", zero_division=0)
     out: dict[str, Any] = {"f1": float(f1), "precision": float(prec), "recall": float(rec),
-                           "threshold": float(threshold), "positive_label": name}
+                           "average_precision": None, "threshold": float(threshold), "positive_label": name}
     if positive.any() and not positive.all() and np.isfinite(p).all():  # a diverged model's NaN has no curve
         out["average_precision"] = float(average_precision_score(positive, p))
         cp, cr, _ = precision_recall_curve(positive, p)

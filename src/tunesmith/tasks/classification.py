@@ -7,8 +7,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any, Hashable, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..config import label_name
 from ..data.prepare import Table
 from ..errors import DataError
 from .base import Batch, EvalResult, Role, TaskOptions, register_task
@@ -62,29 +63,33 @@ def truncate(ids: list[int], special: list[int], types: list[int] | None, max_le
 
 def windows(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
             stride: int) -> list[tuple[list[int], list[int] | None, int]]:
-    """A long text as windows of at most max_length tokens, consecutive ones overlapping by `stride`
-    content tokens (at most half a window), each with the special tokens and any second text whole:
-    [(ids, token types, content tokens)]. Together the windows hold every token of the first text. A
-    text that fits is one window; a pair whose second text leaves no room is cut (longer text first)."""
+    """A long text as windows of max_length tokens, each with the special tokens and any second text
+    whole: [(ids, token types, tokens of the first text it adds to the windows before it)].
+
+    Window k starts k * (size - stride) tokens into the first text, so consecutive windows share
+    `stride` tokens (at most half a window); the last one ends where the text ends (it may share more,
+    never fewer: every window is full). Together they hold every token of the first text. A text that
+    fits is one window. A pair whose second text leaves the first under a quarter of max_length is cut
+    instead (longer text first): windows that small would multiply the features and read little each.
+    """
     runs = _content_runs(special)
-    n_special = len(ids) - sum(len(r) for r in runs)
-    size = max_length - (len(ids) - len(runs[0])) if runs else 0
-    if len(ids) <= max_length or size <= 0:
+    first = runs[0] if runs else []
+    size = max_length - (len(ids) - len(first))
+    if len(ids) <= max_length or size < max_length // 4:
         if len(ids) > max_length:
             ids, types = truncate(ids, special, types, max_length, "head")
-        return [(ids, types, len(ids) - n_special)]
-    first = runs[0]
+        return [(ids, types, min(len(first), len(ids)))]
     stride = min(stride, size // 2)
     step = size - stride
     in_first = set(first)
     fixed = [i for i in range(len(ids)) if i not in in_first]
-    out = []
-    for start in range(0, len(first), step):
+    starts = list(range(0, len(first) - size, step)) + [len(first) - size]
+    out, seen = [], 0
+    for start in starts:
         keep = sorted(fixed + first[start:start + size])
         out.append(([ids[i] for i in keep], [types[i] for i in keep] if types is not None else None,
-                    len(keep) - n_special))
-        if start + size >= len(first):
-            break
+                    start + size - seen))
+        seen = start + size
     return out
 
 
@@ -127,7 +132,8 @@ class ClassificationOptions(TaskOptions):
     """chunks: train on only the first n windows of each document; evaluation and prediction use all."""
     aggregation: Literal["mean", "max", "weighted_mean"] = "mean"
     """chunks: one document's logits from its windows': the mean, the element-wise max, or the mean
-    weighted by each window's content tokens (a short last window counts less)."""
+    weighted by the tokens each window adds to the ones before it (so each token counts once, and a
+    last window that mostly repeats the one before counts little)."""
     positive_label: str | None = None
     """Binary tasks: the class whose F1, precision-recall curve and threshold are reported; default the
     rarer class of the training split (the second label on a tie)."""
@@ -138,6 +144,12 @@ class ClassificationOptions(TaskOptions):
     threshold_metric: Literal["f1", "macro_f1", "accuracy"] = "f1"
     """What a tuned threshold maximises: the positive class's F1 (binary) or micro-F1 (multi-label),
     macro-F1, or accuracy (subset accuracy for multi-label)."""
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _label_name(cls, v: Any) -> Any:
+        """A label written as a number or a boolean (YAML 1, true) names the class spelled "1", "true"."""
+        return label_name(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -159,6 +171,7 @@ class TextClassification:
     name = "text-classification"
     aliases = ("classification",)
     Options = ClassificationOptions
+    long_inputs = "truncate"  # "window" for an instance with long_text: chunks
     generates = False
     loss_metrics = ()
     head_modules = ("classifier", "score")
@@ -173,7 +186,9 @@ class TextClassification:
         self.labels: list[str] = state.get("labels", [])
         fixed = self.opts.threshold if isinstance(self.opts.threshold, float) else 0.5
         self.threshold: float = state.get("threshold", fixed)
-        self.positive: int | None = state.get("positive")
+        # a binary model saved before positive classes existed: class 1, which its 0.5 threshold favoured
+        self.positive: int | None = state.get("positive", 1 if self.problem_type == "single_label"
+                                              and len(self.labels) == 2 else None)
         self.class_weights: list[float] | None = state.get("class_weights")  # fitted on the training split
 
     def roles(self) -> list[Role]:
@@ -267,7 +282,7 @@ class TextClassification:
         for split, t in splits.items():
             self.encode(split, t)
         self._check_label_options(train)
-        if self.problem_type == "single_label" and len(self.labels) == 2:
+        if self.binary:
             self.positive = self._positive_index(train)
         self.class_weights = self._class_weights(train)
 
@@ -275,12 +290,14 @@ class TextClassification:
         """The options that only some problem types have, refused where they would do nothing."""
         from ..errors import ConfigError
 
+        from .base import LABEL_TRAIN_OPTIONS
+
         tr = self.cfg.train
-        for key, default in (("class_weights", "none"), ("loss", "cross_entropy"), ("sampler", "uniform")):
+        for key, default in LABEL_TRAIN_OPTIONS.items():
             if getattr(tr, key) != default and self.problem_type != "single_label":
                 raise ConfigError(f"train.{key}: {getattr(tr, key)!r} needs single-label classification; this "
                                   f"task is {self.problem_type}")
-        binary = self.problem_type == "single_label" and len(self.labels) == 2
+        binary = self.binary
         if self.opts.positive_label is not None and not binary:
             raise ConfigError("task.positive_label is for binary classification; this task has "
                               f"{len(self.labels)} {self.problem_type} labels")
@@ -300,10 +317,12 @@ class TextClassification:
                                   + f" Labels: {', '.join(self.labels)}")
 
     def _positive_index(self, train: Table) -> int:
+        """task.positive_label; else a clearly rarer class (under 40% of train: spam, fraud); else the
+        second label, scikit-learn's pos_label=1 convention, so near-balanced data does not flip it."""
         if self.opts.positive_label is not None:
             return self.labels.index(self.opts.positive_label)
         counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=2)
-        return 0 if counts[0] < counts[1] else 1
+        return 0 if counts[0] < 0.4 * counts.sum() else 1
 
     def _class_weights(self, train: Table) -> list[float] | None:
         w = self.cfg.train.class_weights
@@ -485,8 +504,8 @@ class TextClassification:
         tr = self.cfg.train
         logp = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
         per_example = -logp
-        if tr.loss == "focal":
-            per_example = per_example * (1 - logp.exp()).pow(tr.focal_gamma)
+        if tr.loss == "focal":  # clamped: (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1
+            per_example = per_example * (-torch.expm1(logp)).clamp_min(1e-12).pow(tr.focal_gamma)
         if self.class_weights is not None:
             per_example = per_example * torch.as_tensor(self.class_weights, dtype=logits.dtype,
                                                         device=logits.device)[y]
@@ -495,6 +514,7 @@ class TextClassification:
     # ------------------------------------------------------------------ evaluation
     @property
     def binary(self) -> bool:
+        """Two single-label classes: the positive class, its threshold and its F1 apply."""
         return self.problem_type == "single_label" and len(self.labels) == 2
 
     @property
