@@ -222,6 +222,28 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def add_variant_args(p: argparse.ArgumentParser, runs: list[str], epochs: float, out_name: str) -> None:
+    """The arguments of a benchmark that compares tunesmith option sets on one data set (long_text.py,
+    imbalance.py): no Trainer side, the same hyperparameters in every run."""
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                   help="folder holding the shared data sets (default: %(default)s)")
+    p.add_argument("--runs", default=",".join(runs), help=f"comma-separated, of: {'; '.join(runs)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke runs)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results" / out_name)
+
+
+def write_splits(splits: dict[str, list[dict[str, Any]]], folder: Path) -> dict[str, Path]:
+    """Each split as a JSONL file in `folder`: {split: path}."""
+    paths = {}
+    for split, rows in splits.items():
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return paths
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--side", choices=["trainer", "tunesmith", "both"], default="both")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,

@@ -255,8 +255,11 @@ def test_train_run_folder_contents(trained, workdir):
     assert cfg.train.epochs == 1 and cfg.train.eval_every == 6          # the --set overrides
     assert Path(cfg.output_dir) == run_dir
     assert Path(cfg.data.train) == (workdir / "data" / "train.csv").resolve()  # relative path resolved
+    train_counts = json.loads((run_dir / "data_report.json").read_text())["label_distribution"]["train"]
     assert json.loads((run_dir / "label_map.json").read_text()) == {
         "task": "text-classification", "problem_type": "single_label", "labels": ["neg", "pos"],
+        # binary: the class whose F1 and threshold are reported is the rarer one in train
+        "positive_label": "neg" if train_counts["neg"] < train_counts["pos"] else "pos",
         "id2label": {"0": "neg", "1": "pos"}}
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {m["kind"] for m in metrics} == {"train", "eval"}

@@ -206,7 +206,7 @@ def test_override_label_separator_pipe():
 def test_moved_keys_still_work_as_task_options():
     """model.truncation and data.label_separator, written before they became classification options."""
     cfg = load_config(minimal(model={"truncation": "head_tail"}, data={"train": "x.csv", "label_separator": "|"}))
-    assert cfg.task.options["truncation"] == "head_tail" and cfg.task.options["label_separator"] == "|"
+    assert cfg.task.options["long_text"] == "head_tail" and cfg.task.options["label_separator"] == "|"
     assert "truncation" not in cfg.model_dump()["model"]
 
 

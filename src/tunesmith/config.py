@@ -16,6 +16,16 @@ from .data.readers import parallel_files
 from .errors import ConfigError, DataError
 
 
+def label_name(v: Any) -> Any:
+    """How a class written in a config (YAML 1, 1.0, true) is spelled among the labels ("1", "true"):
+    as text classification spells numbers and booleans read from the data."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
+        return str(int(v))
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
@@ -214,6 +224,25 @@ class TrainConfig(_Section):
     bucket_batches: int = Field(16, ge=1)
     """With batching: bucket, how many batches are drawn at random and then sorted by length
     together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
+    sampler: Literal["uniform", "balanced"] = "uniform"
+    """uniform: every training example once per epoch. balanced: each class gets the same share of every
+    epoch (rare classes oversampled, repeated; common ones drawn without repeats), for imbalanced labels.
+    Single-label classification only."""
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    """Weights of the classes in the loss: none; balanced (n / (classes x n_class), scikit-learn's
+    rule, from the training split); or {label: weight} (labels left out weigh 1). Single-label
+    classification only."""
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys(cls, v: Any) -> Any:
+        return {label_name(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    """focal: cross-entropy scaled by (1 - p_true)^focal_gamma, which down-weights easy examples (Lin et
+    al., 2017); class_weights apply to it too. Single-label classification only."""
+    focal_gamma: float = Field(2.0, ge=0)
+    """The focal loss's gamma; 0 is plain cross-entropy."""
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
     eval_every: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)] | Literal["epoch"] = "epoch"

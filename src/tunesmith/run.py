@@ -22,7 +22,8 @@ from .data.prepare import LoadedData, load_splits, make_missing_splits
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
-from .evaluation.report import plot_confusion_matrix, plot_learning_curves, plot_top_confusions, summary_lines
+from .evaluation.report import (plot_confusion_matrix, plot_learning_curves, plot_precision_recall,
+                                plot_top_confusions, summary_lines)
 from .lora import parameter_counts
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
@@ -283,12 +284,19 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
 
     def evaluate() -> dict[str, Any]:
         # generating the validation split is slow: skipped while training when the loss picks the best
-        result, loss = infer("validation", predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
+        # decision thresholds are fitted at every evaluation, so the best checkpoint is chosen on the scores
+        # that its own threshold gives (tuned F1 can pick a checkpoint that F1 at 0.5 scores 0)
+        result, loss = infer("validation", tune=True,
+                             predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
         return {"loss": loss, **result.metrics}
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
-    loop = TrainingLoop(model=model, task=p.task, train_data=p.tokenized["train"],
-                        lengths=np.asarray(p.tokenized["train"]["length"]), cfg=cfg.train,
+    train_data = p.tokenized["train"]
+    if hasattr(p.task, "training_features"):
+        train_data = p.task.training_features(train_data)
+    classes = p.task.sampling_labels(train_data) if cfg.train.sampler == "balanced" else None
+    loop = TrainingLoop(model=model, task=p.task, train_data=train_data,
+                        lengths=np.asarray(train_data["length"]), cfg=cfg.train, classes=classes,
                         accelerator=accelerator, evaluate=evaluate, metric=metric,
                         higher_is_better=directions[metric], checkpoints=ckpt,
                         callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
@@ -318,7 +326,7 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     if best:
         load_weights(final_model, ckpt.path(best))
     started = time.perf_counter()
-    val, val_loss = infer("validation", tune=True)  # decision thresholds are fitted on validation
+    val, val_loss = infer("validation", tune=True)  # the best checkpoint's own thresholds
     seconds = time.perf_counter() - started
     test, test_loss = infer("test")
     n_val = len(p.data.splits["validation"])
@@ -384,6 +392,8 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
     if test_metrics.get("top_confusions"):
         extras.append(("plots/top_confusions.png",
                        lambda path: plot_top_confusions(test_metrics["top_confusions"], path)))
+    if test_metrics.get("pr_curve"):
+        extras.append(("plots/precision_recall.png", lambda path: plot_precision_recall(test_metrics, path)))
     console = Console()
     warnings = []
     for rel, write in extras:

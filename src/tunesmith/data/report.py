@@ -96,11 +96,19 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         if leak["rows"]:
             w.append(f"{leak['rows']} texts appear in both {pair.replace('-', ' and ')}: "
                      "held-out scores will be optimistic")
+    long_text = getattr(getattr(task, "opts", None), "long_text", None)
     for s, lens in report["token_lengths"].items():
-        if lens.get("truncated_pct", 0) > 5:
+        if long_text is not None:  # a task with long-text strategies recommends one beyond 10%
+            if lens.get("truncated_pct", 0) > 10:
+                lost, other = ("their end", "chunks (every token is read, slower) or head_tail (keeps the end "
+                               "too, same cost)") if long_text == "truncate" else \
+                    ("their middle", "chunks (every token is read, slower)")
+                w.append(f"{lens['truncated_pct']}% of {s} texts ({lens['truncated']}) exceed model.max_length="
+                         f"{max_length} and lose {lost} (task.long_text: {long_text}); consider task.long_text: "
+                         f"{other}, or a larger max_length")
+        elif lens.get("truncated_pct", 0) > 5:
             w.append(f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are truncated; "
-                     "consider a larger max_length" + (" or task.truncation: head_tail"
-                                                       if "truncation" in type(task).Options.model_fields else ""))
+                     "consider a larger max_length")
     for s, lens in targets_cut.items():
         if lens["truncated_pct"] > 5:
             w.append(f"{lens['truncated_pct']}% of {s} targets exceed task.max_target_length="

@@ -72,8 +72,74 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
-def tune_threshold(scores: np.ndarray, y: np.ndarray) -> float:
-    """The multi-label decision threshold that maximises micro-F1 on validation."""
+def tune_threshold(scores: np.ndarray, y: np.ndarray, metric: str = "f1") -> float:
+    """The multi-label decision threshold (one for all labels, on a 0.05 grid) that maximises micro-F1
+    (metric "f1"), macro-F1 or subset accuracy on validation."""
+    y = y.astype(int)
+    score = {"f1": lambda p: f1_score(y, p, average="micro", zero_division=0),
+             "macro_f1": lambda p: f1_score(y, p, average="macro", zero_division=0),
+             "accuracy": lambda p: accuracy_score(y, p)}[metric]
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    f1s = [f1_score(y.astype(int), (scores >= t).astype(int), average="micro", zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(f1s))])
+    values = [score((scores >= t).astype(int)) for t in grid]
+    return float(grid[int(np.argmax(values))])
+
+
+def _binary_counts(p: np.ndarray, positive: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tp, fp, fn, tn) for every threshold (predict positive when p >= threshold), in O(n log n)."""
+    order = np.argsort(-p, kind="stable")
+    ps, pos = p[order], positive[order].astype(np.int64)
+    cum_pos = np.concatenate([[0], np.cumsum(pos)])
+    # number of scores >= t: the insertion point of t in the descending scores
+    k = np.searchsorted(-ps, -thresholds, side="right")
+    tp = cum_pos[k]
+    fp = k - tp
+    fn = pos.sum() - tp
+    tn = len(p) - k - fn
+    return tp, fp, fn, tn
+
+
+def _binary_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray, metric: str) -> np.ndarray:
+    """`metric` (the positive class's F1, macro-F1 or accuracy) at every threshold's counts; an empty
+    class's F1 is 0, as scikit-learn's zero_division=0 gives."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_pos = np.nan_to_num(2 * tp / (2 * tp + fp + fn))
+        if metric == "f1":
+            return f1_pos
+        if metric == "accuracy":
+            return (tp + tn) / (tp + fp + fn + tn)
+        f1_neg = np.nan_to_num(2 * tn / (2 * tn + fn + fp))
+        return (f1_pos + f1_neg) / 2
+
+
+def tune_binary_threshold(p: np.ndarray, positive: np.ndarray, metric: str = "f1") -> float:
+    """The threshold on the positive class's probability that maximises `metric` (the positive class's F1,
+    macro-F1 or accuracy) on validation. Candidates are 0.5 and the midpoints between consecutive distinct
+    probabilities, and the two ends (everything positive, nothing positive), so each reachable split of
+    the examples is tried once and the threshold sits between the examples it separates; ties go to the
+    candidate nearest 0.5 (the untuned decision)."""
+    u = np.unique(p.astype(np.float64))
+    candidates = np.unique(np.concatenate([[0.5, u[0], np.nextafter(u[-1], np.inf)], (u[1:] + u[:-1]) / 2]))
+    values = _binary_scores(*_binary_counts(p.astype(np.float64), positive, candidates), metric)
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+PR_CURVE_POINTS = 200  # points of the precision-recall curve kept in report.json
+
+
+def binary_metrics(p: np.ndarray, positive: np.ndarray, threshold: float, name: str) -> dict[str, Any]:
+    """The positive class's precision, recall and F1 at the threshold, average precision, and the
+    precision-recall curve (at most PR_CURVE_POINTS points) for the report's plot."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    pred = p >= threshold
+    prec, rec, f1, _ = precision_recall_fscore_support(positive, pred, average="binary", zero_division=0)
+    out: dict[str, Any] = {"f1": float(f1), "precision": float(prec), "recall": float(rec),
+                           "average_precision": None, "threshold": float(threshold), "positive_label": name}
+    if positive.any() and not positive.all() and np.isfinite(p).all():  # a diverged model's NaN has no curve
+        out["average_precision"] = float(average_precision_score(positive, p))
+        cp, cr, _ = precision_recall_curve(positive, p)
+        keep = np.unique(np.linspace(0, len(cp) - 1, min(len(cp), PR_CURVE_POINTS)).round().astype(int))
+        out["pr_curve"] = {"precision": [round(float(x), 5) for x in cp[keep]],
+                           "recall": [round(float(x), 5) for x in cr[keep]]}
+    return out

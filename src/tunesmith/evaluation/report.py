@@ -71,6 +71,21 @@ def plot_top_confusions(confusions: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_precision_recall(metrics: dict[str, Any], path: Path) -> None:
+    """A binary task's precision-recall curve on test, with the operating point of its threshold."""
+    curve = metrics["pr_curve"]
+    fig = _figure((5.5, 4.5))
+    ax = fig.subplots()
+    ax.step(curve["recall"], curve["precision"], where="post", color="tab:blue",
+            label=f"AP {metrics.get('average_precision', float('nan')):.3f}")
+    ax.plot([metrics["recall"]], [metrics["precision"]], "o", color="tab:red",
+            label=f"threshold {metrics['threshold']:.3g}: F1 {metrics['f1']:.3f}")
+    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_xlim(0, 1.02), ax.set_ylim(0, 1.02)
+    ax.set_title(f"precision-recall, positive class {printable(str(metrics['positive_label']))} (test)")
+    ax.legend(loc="lower left"), ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of report.json."""
     out = []

@@ -124,6 +124,8 @@ class Task(Protocol):
     loss_metrics: ClassVar[tuple[str, ...]]
     #: names of the head modules its models add (trained in full under LoRA): ("classifier", "score"), ...
     head_modules: ClassVar[tuple[str, ...]]
+    #: the LABEL_TRAIN_OPTIONS keys it implements (optional; none by default)
+    train_options: ClassVar[tuple[str, ...]]
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None: ...
 
@@ -186,6 +188,11 @@ class Task(Protocol):
     def state(self) -> dict:
         """What prediction needs besides the weights, saved beside the model."""
 
+    # ---- optional hooks (looked up with getattr)
+    # training_features(features) -> features: the training split's features as trained on (e.g. only
+    #     the first windows of each document); evaluation always sees them all.
+    # sampling_labels(features) -> np.ndarray: one class per training feature, for train.sampler: balanced.
+
 
 # ---------------------------------------------------------------- registry
 
@@ -237,5 +244,18 @@ def task_class(name: str) -> type:
     return _REGISTRY[name]
 
 
+#: train.* keys that change the loss or the sampling of labels, and their defaults: a task that does not
+#: list a key in its `train_options` refuses a non-default value rather than ignoring it
+LABEL_TRAIN_OPTIONS = {"class_weights": "none", "loss": "cross_entropy", "sampler": "uniform"}
+
+
 def get_task(cfg: "RunConfig", state: dict | None = None) -> Task:
-    return task_class(cfg.task.type)(cfg, state)
+    from ..errors import ConfigError
+
+    cls = task_class(cfg.task.type)
+    for key, default in LABEL_TRAIN_OPTIONS.items():
+        if getattr(cfg.train, key) != default and key not in getattr(cls, "train_options", ()):
+            users = [n for n in task_names() if key in getattr(task_class(n), "train_options", ())]
+            raise ConfigError(f"train.{key}: {getattr(cfg.train, key)!r} is not supported by the {cls.name} task"
+                              + (f" (only by {', '.join(users)})" if users else ""))
+    return cls(cfg, state)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Hashable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Hashable, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
+from ..config import label_name
 from ..data.prepare import Table
 from ..errors import DataError
 from .base import Batch, EvalResult, Role, TaskOptions, register_task
@@ -24,32 +26,71 @@ _HF_PROBLEM = {"single_label": "single_label_classification",
                "multi_label": "multi_label_classification", "regression": "regression"}
 
 
-def truncate(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
-             strategy: str) -> tuple[list[int], list[int] | None]:
-    """Cut content tokens (never special ones) down to max_length.
-
-    Pairs lose tokens from the longer text first; `head_tail` keeps the first quarter and last
-    three quarters of the budget (Sun et al., 2019: how to fine-tune BERT for long texts).
-    """
-    content_runs: list[list[int]] = []
+def _content_runs(special: list[int]) -> list[list[int]]:
+    """Positions of each text's content tokens (the runs between special tokens)."""
+    runs: list[list[int]] = []
     prev_special = True
     for i, s in enumerate(special):
         if not s:
             if prev_special:
-                content_runs.append([])
-            content_runs[-1].append(i)
+                runs.append([])
+            runs[-1].append(i)
         prev_special = bool(s)
+    return runs
+
+
+def truncate(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
+             strategy: str, head_tokens: int | None = None) -> tuple[list[int], list[int] | None]:
+    """Cut content tokens (never special ones) down to max_length.
+
+    Pairs lose tokens from the longer text first; `head_tail` keeps each cut text's first `head_tokens`
+    (default a quarter of its budget) and fills the rest of its budget from its end (Sun et al., 2019:
+    how to fine-tune BERT for long texts).
+    """
+    content_runs = _content_runs(special)
     budget = max_length - (len(ids) - sum(len(r) for r in content_runs))
     lens = _longest_first([len(r) for r in content_runs], budget)
     keep = [i for i, s in enumerate(special) if s]
     for run, n in zip(content_runs, lens):
         if strategy == "head_tail" and n < len(run):
-            head = n // 4
+            head = n // 4 if head_tokens is None else min(head_tokens, n)
             keep += run[:head] + run[len(run) - (n - head):]
         else:
             keep += run[:n]
     keep.sort()
     return [ids[i] for i in keep], ([types[i] for i in keep] if types is not None else None)
+
+
+def windows(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
+            stride: int) -> list[tuple[list[int], list[int] | None, int]]:
+    """A long text as windows of max_length tokens, each with the special tokens and any second text
+    whole: [(ids, token types, tokens of the first text it adds to the windows before it)].
+
+    Window k starts k * (size - stride) tokens into the first text, so consecutive windows share
+    `stride` tokens (at most half a window); the last one ends where the text ends (it may share more,
+    never fewer: every window is full). Together they hold every token of the first text. A text that
+    fits is one window. A pair whose second text leaves the first under a quarter of max_length is cut
+    instead (longer text first): windows that small would multiply the features and read little each.
+    """
+    runs = _content_runs(special)
+    first = runs[0] if runs else []
+    size = max_length - (len(ids) - len(first))
+    if len(ids) <= max_length or size < max_length // 4:
+        if len(ids) > max_length:
+            ids, types = truncate(ids, special, types, max_length, "head")
+        return [(ids, types, min(len(first), len(ids)))]
+    stride = min(stride, size // 2)
+    step = size - stride
+    in_first = set(first)
+    fixed = [i for i in range(len(ids)) if i not in in_first]
+    starts = list(range(0, len(first) - size, step)) + [len(first) - size]
+    out, seen = [], 0
+    for start in starts:
+        keep = sorted(fixed + first[start:start + size])
+        out.append(([ids[i] for i in keep], [types[i] for i in keep] if types is not None else None,
+                    start + size - seen))
+        seen = start + size
+    return out
 
 
 def _longest_first(lens: list[int], budget: int) -> list[int]:
@@ -75,9 +116,52 @@ class ClassificationOptions(TaskOptions):
     Regression is never guessed: a float label in a classification task is an error."""
     label_separator: str | None = None
     """Delimiter for multi-label strings such as "sports|politics" (formerly data.label_separator)."""
-    truncation: Literal["head", "head_tail"] = "head"
-    """Texts longer than model.max_length: head keeps their start; head_tail keeps the first and last
-    tokens (long reviews). Formerly model.truncation."""
+    long_text: Literal["truncate", "head_tail", "chunks"] = "truncate"
+    """Texts longer than model.max_length. truncate: keep their start. head_tail: keep their first
+    head_tokens and fill the rest from their end (long reviews; Sun et al., 2019). chunks: split them
+    into windows of max_length overlapping by `stride` tokens, train on every window with its
+    document's label, and combine the windows' logits into one prediction per document at evaluation
+    and prediction (`aggregation`): metrics are per document. Formerly task.truncation / model.truncation
+    (head = truncate)."""
+    head_tokens: int | None = Field(None, ge=0)
+    """head_tail: content tokens kept from the start; default a quarter of the budget (Sun et al.'s
+    best split: 128 + 382 of 512)."""
+    stride: int = Field(64, ge=0)
+    """chunks: content tokens shared by consecutive windows (at most half a window)."""
+    max_chunks: int | None = Field(None, ge=1)
+    """chunks: train on only the first n windows of each document; evaluation and prediction use all."""
+    aggregation: Literal["mean", "max", "weighted_mean"] = "mean"
+    """chunks: one document's logits from its windows': the mean, the element-wise max, or the mean
+    weighted by the tokens each window adds to the ones before it (so each token counts once, and a
+    last window that mostly repeats the one before counts little)."""
+    positive_label: str | None = None
+    """Binary tasks: the class whose F1, precision-recall curve and threshold are reported; default the
+    rarer class of the training split (the second label on a tie)."""
+    threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["tune"] | None = None
+    """Decision threshold on the probability of the positive class (binary) or of each label
+    (multi-label). tune: chosen on validation to maximise threshold_metric, saved with the model and
+    used by predict. Default: 0.5 for binary (the more probable class wins), tune for multi-label."""
+    threshold_metric: Literal["f1", "macro_f1", "accuracy"] = "f1"
+    """What a tuned threshold maximises: the positive class's F1 (binary) or micro-F1 (multi-label),
+    macro-F1, or accuracy (subset accuracy for multi-label)."""
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _label_name(cls, v: Any) -> Any:
+        """A label written as a number or a boolean (YAML 1, true) names the class spelled "1", "true"."""
+        return label_name(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_truncation(cls, raw: Any) -> Any:
+        """task.truncation (head | head_tail) became long_text; configs written with it keep working."""
+        if isinstance(raw, dict) and "truncation" in raw:
+            raw = dict(raw)
+            old = raw.pop("truncation")
+            if "long_text" in raw:
+                raise ValueError("task.truncation is the old name of task.long_text: set only long_text")
+            raw["long_text"] = {"head": "truncate"}.get(old, old)
+        return raw
 
 
 @register_task
@@ -87,18 +171,25 @@ class TextClassification:
     name = "text-classification"
     aliases = ("classification",)
     Options = ClassificationOptions
-    long_inputs = "truncate"
+    long_inputs = "truncate"  # "window" for an instance with long_text: chunks
     generates = False
     loss_metrics = ()
     head_modules = ("classifier", "score")
+    train_options = ("class_weights", "loss", "sampler")
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
         self.opts = ClassificationOptions.model_validate(cfg.task.options)
+        self.long_inputs = "window" if self.opts.long_text == "chunks" else "truncate"
         state = state or {}
         self.problem_type: str = state.get("problem_type", self.opts.problem_type)
         self.labels: list[str] = state.get("labels", [])
-        self.threshold: float = state.get("threshold", 0.5)
+        fixed = self.opts.threshold if isinstance(self.opts.threshold, float) else 0.5
+        self.threshold: float = state.get("threshold", fixed)
+        # a binary model saved before positive classes existed: class 1, which its 0.5 threshold favoured
+        self.positive: int | None = state.get("positive", 1 if self.problem_type == "single_label"
+                                              and len(self.labels) == 2 else None)
+        self.class_weights: list[float] | None = state.get("class_weights")  # fitted on the training split
 
     def roles(self) -> list[Role]:
         return [Role("text", "string", doc="the text"),
@@ -190,6 +281,57 @@ class TextClassification:
             self.labels = names
         for split, t in splits.items():
             self.encode(split, t)
+        self._check_label_options(train)
+        if self.binary:
+            self.positive = self._positive_index(train)
+        self.class_weights = self._class_weights(train)
+
+    def _check_label_options(self, train: Table) -> None:
+        """The options that only some problem types have, refused where they would do nothing."""
+        from ..errors import ConfigError
+
+        from .base import LABEL_TRAIN_OPTIONS
+
+        tr = self.cfg.train
+        for key, default in LABEL_TRAIN_OPTIONS.items():
+            if getattr(tr, key) != default and self.problem_type != "single_label":
+                raise ConfigError(f"train.{key}: {getattr(tr, key)!r} needs single-label classification; this "
+                                  f"task is {self.problem_type}")
+        binary = self.binary
+        if self.opts.positive_label is not None and not binary:
+            raise ConfigError("task.positive_label is for binary classification; this task has "
+                              f"{len(self.labels)} {self.problem_type} labels")
+        if self.opts.threshold is not None and not (binary or self.problem_type == "multi_label"):
+            raise ConfigError("task.threshold is for binary and multi-label classification")
+        if self.opts.positive_label is not None and self.opts.positive_label not in self.labels:
+            raise ConfigError(f"task.positive_label '{self.opts.positive_label}' is not a label of the training "
+                              f"split ({', '.join(self.labels)})")
+        if isinstance(tr.class_weights, dict):
+            unknown = [k for k in tr.class_weights if k not in self.labels]
+            if unknown:
+                import difflib
+
+                close = difflib.get_close_matches(unknown[0], self.labels, n=1)
+                raise ConfigError(f"train.class_weights names '{unknown[0]}', which is not a label of the training "
+                                  "split" + (f". Did you mean '{close[0]}'?" if close else "")
+                                  + f" Labels: {', '.join(self.labels)}")
+
+    def _positive_index(self, train: Table) -> int:
+        """task.positive_label; else a clearly rarer class (under 40% of train: spam, fraud); else the
+        second label, scikit-learn's pos_label=1 convention, so near-balanced data does not flip it."""
+        if self.opts.positive_label is not None:
+            return self.labels.index(self.opts.positive_label)
+        counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=2)
+        return 0 if counts[0] < 0.4 * counts.sum() else 1
+
+    def _class_weights(self, train: Table) -> list[float] | None:
+        w = self.cfg.train.class_weights
+        if w == "none" or self.problem_type != "single_label":
+            return None
+        if w == "balanced":  # scikit-learn's rule: n / (classes x n_class)
+            counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=len(self.labels))
+            return [len(train) / (len(self.labels) * c) if c else 0.0 for c in counts]
+        return [float(w.get(n, 1.0)) for n in self.labels]
 
     def encode(self, split: str, t: Table) -> None:
         """Replace raw labels by model targets, against the label set fixed by the training split."""
@@ -231,7 +373,12 @@ class TextClassification:
         return {n: c.get(k, 0) for k, n in enumerate(self.labels)}
 
     def summary(self) -> dict[str, Any]:
-        return {"problem_type": self.problem_type, "labels": self.labels}
+        out: dict[str, Any] = {"problem_type": self.problem_type, "labels": self.labels}
+        if self.positive is not None:
+            out["positive_label"] = self.labels[self.positive]
+        if self.class_weights is not None:
+            out["class_weights"] = dict(zip(self.labels, self.class_weights))
+        return out
 
     def gold(self, table: Table, i: int) -> Any:
         v = table["label"][i]
@@ -252,19 +399,44 @@ class TextClassification:
         cols: dict[str, list] = {"input_ids": [], "n_tokens": [], "length": []}
         if types_all is not None:
             cols["token_type_ids"] = []
+        chunks = self.opts.long_text == "chunks"
+        if chunks:
+            cols.update(example=[], window=[], n_content=[])
         for k, ids in enumerate(enc["input_ids"]):
             types = types_all[k] if types_all is not None else None
-            cols["n_tokens"].append(len(ids))
-            if len(ids) > max_len:
-                ids, types = truncate(ids, enc["special_tokens_mask"][k], types, max_len, self.opts.truncation)
-            cols["input_ids"].append(ids)
-            cols["length"].append(len(ids))
-            if types is not None:
-                cols["token_type_ids"].append(types)
-        cols["example"] = list(range(len(table)))
+            special = enc["special_tokens_mask"][k]
+            if chunks:
+                parts = windows(ids, special, types, max_len, self.opts.stride)
+            elif len(ids) > max_len:
+                parts = [(*truncate(ids, special, types, max_len, "head" if self.opts.long_text == "truncate"
+                                    else "head_tail", self.opts.head_tokens), 0)]
+            else:
+                parts = [(ids, types, 0)]
+            for w, (part, part_types, content) in enumerate(parts):
+                cols["n_tokens"].append(len(ids))
+                cols["input_ids"].append(part)
+                cols["length"].append(len(part))
+                if types is not None:
+                    cols["token_type_ids"].append(part_types)
+                if chunks:
+                    cols["example"].append(k)
+                    cols["window"].append(w)
+                    cols["n_content"].append(content)
+        if not chunks:
+            cols["example"] = list(range(len(table)))
         if "label" in table:
-            cols["labels"] = table["label"]
+            cols["labels"] = [table["label"][k] for k in cols["example"]]
         return datasets.Dataset.from_dict(cols)
+
+    def training_features(self, features: "datasets.Dataset") -> "datasets.Dataset":
+        """With chunks and max_chunks: only the first max_chunks windows of each document."""
+        if self.opts.long_text != "chunks" or self.opts.max_chunks is None:
+            return features
+        return features.select(np.flatnonzero(np.asarray(features["window"]) < self.opts.max_chunks))
+
+    def sampling_labels(self, features: "datasets.Dataset") -> np.ndarray:
+        """The class of each training feature (a window takes its document's), for train.sampler: balanced."""
+        return np.asarray(features["labels"], dtype=np.int64)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
@@ -274,11 +446,16 @@ class TextClassification:
         if "labels" in features[0]:
             dtype = torch.long if self.problem_type == "single_label" else torch.float
             targets["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
-        return Batch(inputs, targets, {"example": np.array([f["example"] for f in features])})
+        meta = {"example": np.array([f["example"] for f in features])}
+        if "n_content" in features[0]:
+            meta["weight"] = np.array([f["n_content"] for f in features], dtype=np.float64)
+        return Batch(inputs, targets, meta)
 
     def cache_key(self) -> dict:
+        o = self.opts
         return {"task": self.name, "problem_type": self.problem_type, "max_length": self.cfg.model.max_length,
-                "truncation": self.opts.truncation}
+                "long_text": o.long_text, **({"head_tokens": o.head_tokens} if o.long_text == "head_tail" else {}),
+                **({"stride": o.stride} if o.long_text == "chunks" else {})}
 
     # ------------------------------------------------------------------ model
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
@@ -310,16 +487,41 @@ class TextClassification:
             return None, logits
         y = batch.targets["labels"]
         if self.problem_type == "single_label":
-            loss = F.cross_entropy(logits, y, reduction="sum")
+            loss = self._single_label_loss(logits, y)
         elif self.problem_type == "multi_label":
             loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1).sum()
         else:
             loss = F.mse_loss(logits.squeeze(-1), y, reduction="sum")
         return loss, logits
 
+    def _single_label_loss(self, logits: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+        """Summed cross-entropy, each example weighted by its class's weight (train.class_weights), and
+        for train.loss: focal scaled by (1 - p_true)^gamma. Weights are applied in evaluation too, so
+        the validation loss is the loss being minimised."""
+        import torch
+        import torch.nn.functional as F
+
+        tr = self.cfg.train
+        logp = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
+        per_example = -logp
+        if tr.loss == "focal":  # clamped: (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1
+            per_example = per_example * (-torch.expm1(logp)).clamp_min(1e-12).pow(tr.focal_gamma)
+        if self.class_weights is not None:
+            per_example = per_example * torch.as_tensor(self.class_weights, dtype=logits.dtype,
+                                                        device=logits.device)[y]
+        return per_example.sum()
+
     # ------------------------------------------------------------------ evaluation
     @property
+    def binary(self) -> bool:
+        """Two single-label classes: the positive class, its threshold and its F1 apply."""
+        return self.problem_type == "single_label" and len(self.labels) == 2
+
+    @property
     def metrics(self) -> dict[str, bool]:
+        if self.binary:
+            return {"accuracy": True, "macro_f1": True, "weighted_f1": True, "f1": True, "precision": True,
+                    "recall": True, "average_precision": True}
         return {"single_label": {"accuracy": True, "macro_f1": True, "weighted_f1": True},
                 "multi_label": {"micro_f1": True, "macro_f1": True, "subset_accuracy": True},
                 "regression": {"mse": False, "mae": False, "pearson": True, "spearman": True}}[self.problem_type]
@@ -342,7 +544,7 @@ class TextClassification:
     def record(self, s: np.ndarray) -> dict:
         """The prediction record of one example's scores."""
         if self.problem_type == "single_label":
-            k = int(s.argmax())
+            k = self.decide(s[None])[0]
             return {"label": self.labels[k], "score": float(s[k]),
                     "probs": {n: float(p) for n, p in zip(self.labels, s)}}
         if self.problem_type == "multi_label":
@@ -350,40 +552,73 @@ class TextClassification:
                     "probs": {n: float(p) for n, p in zip(self.labels, s)}}
         return {"value": float(s)}
 
+    def decide(self, s: np.ndarray) -> np.ndarray:
+        """Class indices from probability rows: the most probable class, or for a binary task the
+        positive one when its probability reaches the threshold."""
+        if self.binary and self.positive is not None:
+            return np.where(s[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
+        return s.argmax(-1)
+
     def state(self) -> dict:
         return {"task": self.name, "problem_type": self.problem_type, "labels": self.labels,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "positive": self.positive, "class_weights": self.class_weights}
 
 
 class ClassificationEvaluator:
-    """Keeps one score row per example (probabilities, or the predicted value)."""
+    """Keeps one row of logits per example: a document split into windows (long_text: chunks) combines
+    its windows' logits as they arrive (sum and weight, or running max), so memory is per document."""
 
     def __init__(self, task: TextClassification, table: Table) -> None:
         self.task, self.table = task, table
-        width = () if task.problem_type == "regression" else (len(task.labels),)
-        self.scores = np.full((len(table), *width), np.nan, dtype=np.float32)
-        self.seen = np.zeros(len(table), dtype=bool)
+        width = 1 if task.problem_type == "regression" else len(task.labels)
+        self.total = np.zeros((len(table), width), dtype=np.float64)
+        self.weight = np.zeros(len(table), dtype=np.float64)
+        self.top = np.full((len(table), width), -np.inf, dtype=np.float64)
 
     def add(self, batch: Batch, outputs: "torch.Tensor") -> None:
         idx = batch.meta["example"]
-        self.scores[idx] = self.task.scores(outputs.float())
-        self.seen[idx] = True
+        logits = outputs.float().cpu().numpy().astype(np.float64).reshape(len(idx), -1)
+        w = batch.meta.get("weight") if self.task.opts.aggregation == "weighted_mean" else None
+        w = np.ones(len(idx)) if w is None else np.maximum(w, 1.0)
+        np.add.at(self.total, idx, logits * w[:, None])
+        np.add.at(self.weight, idx, w)
+        np.maximum.at(self.top, idx, logits)
 
     def merge(self, other: "ClassificationEvaluator") -> None:
-        self.scores[other.seen] = other.scores[other.seen]
-        self.seen |= other.seen
+        self.total += other.total
+        self.weight += other.weight
+        self.top = np.maximum(self.top, other.top)
+
+    def logits(self) -> np.ndarray:
+        """One row per example: its only window's logits, or its windows' combined."""
+        if self.task.opts.aggregation == "max":
+            return self.top.astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.total / self.weight[:, None]).astype(np.float32)
 
     def result(self, tune: bool = False) -> EvalResult:
-        from ..evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics, tune_threshold
+        import torch
 
-        task, s = self.task, self.scores
+        from ..evaluation.metrics import (binary_metrics, classification_metrics, multilabel_metrics,
+                                          regression_metrics, tune_binary_threshold, tune_threshold)
+
+        task = self.task
+        s = task.scores(torch.from_numpy(self.logits()))
         metrics: dict[str, Any] = {}
+        tuning = tune and np.isfinite(s).all() and (task.opts.threshold == "tune" or (
+            task.opts.threshold is None and task.problem_type == "multi_label"))
         if "label" in self.table:
             y = np.asarray(self.table["label"])
-            if task.problem_type == "multi_label" and tune:
-                task.threshold = tune_threshold(s, y)
+            if task.problem_type == "multi_label" and tuning:
+                task.threshold = tune_threshold(s, y, task.opts.threshold_metric)
+            if task.binary and tuning:
+                task.threshold = tune_binary_threshold(s[:, task.positive], y == task.positive,
+                                                       task.opts.threshold_metric)
             if task.problem_type == "single_label":
-                metrics = classification_metrics(s.argmax(-1), y, task.labels)
+                metrics = classification_metrics(task.decide(s), y, task.labels)
+                if task.binary:
+                    metrics.update(binary_metrics(s[:, task.positive], y == task.positive, task.threshold,
+                                                  task.labels[task.positive]))
             elif task.problem_type == "multi_label":
                 metrics = multilabel_metrics(s >= task.threshold, y, task.labels, task.threshold)
             else:

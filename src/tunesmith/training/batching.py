@@ -22,16 +22,34 @@ def shuffle(n: int, seed: int, epoch: int) -> np.ndarray:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
 
 
+def balanced_order(classes: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """An epoch in which every class takes the same share, shuffled: `round(n / k)` draws per class out
+    of k classes. A rare class repeats its examples (whole shuffled passes first, then a random part of
+    one more), a common one gives a random subset, another one each epoch. The epoch keeps about n draws,
+    so the schedule's length does not change."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    names = np.unique(classes)
+    quota = max(1, round(len(classes) / len(names)))
+    parts = []
+    for c in names:
+        members = np.flatnonzero(classes == c)
+        passes = -(-quota // len(members))
+        parts.append(np.concatenate([rng.permutation(members) for _ in range(passes)])[:quota])
+    return rng.permutation(np.concatenate(parts))
+
+
 def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int,
-               min_batch: int = 1, max_tokens: int | None = None) -> list[np.ndarray]:
+               min_batch: int = 1, max_tokens: int | None = None,
+               classes: np.ndarray | None = None) -> list[np.ndarray]:
     """The global batches of one epoch, the same on every process and on every resume.
 
     bucket_batches=1 is plain random batching. A final batch smaller than `min_batch` (the number
     of processes) is merged into the one before, so every process always gets at least one example.
     `max_tokens`: batches are cut where the next example would take the batch's tokens over the
-    budget (in the same shuffled order), not every batch_size examples.
+    budget (in the same shuffled order), not every batch_size examples. `classes` (one per example):
+    the epoch is drawn class-balanced (`balanced_order`) instead of as a permutation.
     """
-    order = shuffle(len(lengths), seed, epoch)
+    order = shuffle(len(lengths), seed, epoch) if classes is None else balanced_order(classes, seed, epoch)
     if bucket_batches > 1:
         window = batch_size * bucket_batches
         chunks = [order[i:i + window] for i in range(0, len(order), window)]

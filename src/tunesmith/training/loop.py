@@ -105,10 +105,10 @@ class TrainingLoop:
     def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
                  cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
                  higher_is_better: bool, checkpoints: CheckpointManager, callbacks: list[Callback] = (),
-                 pad_to_multiple_of: int | None = None) -> None:
+                 pad_to_multiple_of: int | None = None, classes: np.ndarray | None = None) -> None:
         from transformers import get_scheduler
 
-        self.task, self.data, self.lengths, self.cfg = task, train_data, lengths, cfg
+        self.task, self.data, self.lengths, self.cfg, self.classes = task, train_data, lengths, cfg, classes
         self.acc, self.evaluate, self.metric, self.ckpt = accelerator, evaluate, metric, checkpoints
         self.callbacks = list(callbacks)
         self.collate = partial(task.collate, pad_to_multiple_of=pad_to_multiple_of)
@@ -118,7 +118,7 @@ class TrainingLoop:
         model = model.to(accelerator.device)
         optimizer = build_optimizer(model, cfg)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world, cfg.batch_tokens))
+        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world, cfg.batch_tokens, classes))
         self.total_steps = total_steps(n_batches, cfg)
         self.scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
@@ -210,7 +210,8 @@ class TrainingLoop:
         stop = state.step >= self.total_steps
         while not stop:
             batches = batch_plan(self.lengths, cfg.batch_size, cfg.seed, state.epoch,
-                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world, cfg.batch_tokens)
+                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world, cfg.batch_tokens,
+                                 self.classes)
             windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             done = state.batch_in_epoch
             if done == 0:
