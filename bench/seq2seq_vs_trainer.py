@@ -137,6 +137,9 @@ def run_trainer(name: str, data: dict[str, list[dict]], corpus: Corpus, seed: in
         ids = np.where(pred.predictions != -100, pred.predictions, tokenizer.pad_token_id)
         hyps = [h.strip() for h in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         result.metrics = score(name, hyps, [r["target"] for r in data["test"]])
+        special = set(tokenizer.all_special_ids)
+        result.extra["gen_len"] = float(np.mean([sum(x not in special for x in row) for row in ids.tolist()]))
+        result.extra["hypotheses"] = hyps
     return result
 
 
@@ -158,9 +161,61 @@ def run_tunesmith(name: str, data: dict[str, list[dict]], corpus: Corpus, seed: 
             "eval": {"batch_size": hyper.eval_batch_size, "metric": "loss"},  # generation only for the test
             "output_dir": str(Path(tmp) / "run"),
         }
-        return tvt.run_tunesmith(config, seed, skip_steps, lambda t: {
+        result = tvt.run_tunesmith(config, seed, skip_steps, lambda t: {
             "BLEU": t["bleu"], "chrF": t["chrf"]} if name == "multi30k" else {
             "ROUGE-L": t["rougeL"], "ROUGE-1": t["rouge1"], "ROUGE-2": t["rouge2"]}, overrides)
+        rows = (Path(tmp) / "run" / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+        key = "translation_text" if name == "multi30k" else "summary_text"
+        result.extra["gen_len"] = result.extra["report_test"]["gen_len"]
+        result.extra["hypotheses"] = [json.loads(r)["prediction"][key] for r in rows]
+        return result
+
+
+# ---------------------------------------------------------------- paired comparison
+
+def paired_bootstrap(name: str, references: list[str], base: list[str], other: list[str],
+                     samples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """`other` minus `base` on the main metric (ROUGE-L or BLEU) of the same test examples, with a 95%
+    paired-bootstrap interval: both hypothesis lists are resampled with the same indices, so the interval
+    is that of the difference on this test set (one training seed; seed-to-seed spread is not in it)."""
+    metric = CORPORA[name].metrics[0]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(references), size=(samples, len(references)))
+    if name == "dialogsum":  # ROUGE is a mean of per-example scores: score each example once
+        per = np.array([[score(name, [h], [r])[metric] for h in (b, o)]
+                        for r, b, o in zip(references, base, other)])
+        diffs = per[draws, 1].mean(1) - per[draws, 0].mean(1)
+        delta = float(per[:, 1].mean() - per[:, 0].mean())
+    else:  # BLEU is a corpus statistic: rescore each resample
+        def pick(rows: list[str], idx: np.ndarray) -> list[str]:
+            return [rows[i] for i in idx]
+        diffs = np.array([score(name, pick(other, d), pick(references, d))[metric]
+                          - score(name, pick(base, d), pick(references, d))[metric] for d in draws])
+        delta = score(name, other, references)[metric] - score(name, base, references)[metric]
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"metric": metric, "delta": delta, "low": float(low), "high": float(high),
+            "share_above_minus_0_5": float((diffs >= -0.5).mean())}
+
+
+def compare(name: str, base_file: Path, other_file: Path) -> None:
+    """Print the paired bootstrap of two result files' runs of one seed (base: the Trainer run of the
+    first file; other: the tunesmith run of the second, or of the same file)."""
+    def run_of(path: Path, side: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        runs = [r for r in payload["runs"] if r["side"] == side and "hypotheses" in r["extra"]]
+        if not runs:
+            raise SystemExit(f"{path}: no {side} run with hypotheses (run it with this version of the script)")
+        return payload["meta"], runs[0]
+
+    meta, base = run_of(base_file, "trainer")
+    _, other = run_of(other_file, "tunesmith")
+    refs = meta["test_references"]
+    r = paired_bootstrap(name, refs, base["extra"]["hypotheses"], other["extra"]["hypotheses"])
+    tvt.console.print(
+        f"{r['metric']}: tunesmith (seed {other['seed']}) - Trainer (seed {base['seed']}) = {r['delta']:+.2f}, "
+        f"95% paired bootstrap [{r['low']:+.2f}, {r['high']:+.2f}] over {len(refs)} test examples; "
+        f"{100 * r['share_above_minus_0_5']:.0f}% of resamples at or above -0.5; generated length "
+        f"{base['extra'].get('gen_len', float('nan')):.1f} vs {other['extra'].get('gen_len', float('nan')):.1f} tokens")
 
 
 # ---------------------------------------------------------------- main
@@ -172,6 +227,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=None, help="default: 1")
     p.add_argument("--out", type=Path, default=None,
                    help="results JSON (default: bench/results/seq2seq_vs_trainer_<dataset>.json)")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("TRAINER_JSON", "TUNESMITH_JSON"),
+                   help="no training: the paired bootstrap of the Trainer run in the first results file "
+                        "against the tunesmith run in the second (the same file twice for a --side both run)")
     tvt.add_common_args(p)
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -184,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     tvt.quiet_libraries()
+    if args.compare:
+        compare(args.dataset, *args.compare)
+        return
     corpus = CORPORA[args.dataset]
     data = load(args.dataset, args.data_root, args.limit, args.eval_limit or corpus.eval_limit)
     hyper = tvt.Hyper(batch_size=corpus.batch_size, eval_batch_size=32, lr=corpus.lr,
@@ -192,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"argv": sys.argv, "dataset": args.dataset, **{f"{k}_examples": len(v) for k, v in data.items()},
             "machine": facts, "hyperparameters": asdict(hyper) | {"skip_steps": args.skip_steps,
                                                                   "max_target_length": corpus.max_target},
-            "tunesmith_precision": args.precision, "tunesmith_overrides": args.tunesmith_set, "throughput_unit": UNIT}
+            "tunesmith_precision": args.precision, "tunesmith_overrides": args.tunesmith_set, "throughput_unit": UNIT,
+            "test_references": [r["target"] for r in data["test"]]}
     tvt.print_header(
         f"seq2seq {args.dataset}: Seq2SeqTrainer (example recipe) vs tunesmith, MiniLM2MiniLM", facts, hyper,
         args.precision,
