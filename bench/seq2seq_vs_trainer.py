@@ -201,6 +201,8 @@ def compare(name: str, base_file: Path, other_file: Path) -> None:
     """Print the paired bootstrap of two result files' runs of one seed (base: the Trainer run of the
     first file; other: the tunesmith run of the second, or of the same file)."""
     def run_of(path: Path, side: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such results file")
         payload = json.loads(path.read_text(encoding="utf-8"))
         runs = [r for r in payload["runs"] if r["side"] == side and "hypotheses" in r["extra"]]
         if not runs:
