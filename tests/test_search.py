@@ -199,6 +199,28 @@ def test_a_pruned_twins_scores_are_replayed_to_the_pruner_as_it_judges_now() -> 
     assert _same_as_earlier(trial, {"x": 3}) is None  # values no trial has run
 
 
+@pytest.mark.parametrize("trials, min_resource, epochs, expected", [
+    (12, 25, [1, 2], 2),   # 2 brackets share a quarter of 12 trials: 2 random draws each
+    (12, 100, [1, 2], 3),  # 1 bracket: the whole quarter
+    (40, 10, [1, 3], 3),   # 4 brackets share 10
+])
+def test_tpe_startup_trials_are_shared_out_between_hyperband_brackets(
+        base_config: dict, tmp_path: Path, trials: int, min_resource: int, epochs: list[int], expected: int) -> None:
+    import optuna
+
+    from tunesmith.hpsearch import max_resource, startup_trials
+
+    cfg = _config(base_config, tmp_path, {"train.epochs": {"choice": epochs}}, method="bayes", trials=trials,
+                  pruner="hyperband", min_resource=min_resource)
+    s = resolve(cfg, None, "override")
+    pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource(s))
+    pruner._try_initialization(optuna.create_study())  # Optuna's own bracket count, the reference
+    quarter = min(10, max(3, trials // 4))
+    assert startup_trials(s) == -(-quarter // pruner._n_brackets) == expected
+    cfg["search"]["pruner"] = "median"
+    assert startup_trials(resolve(cfg, None, "override")) == quarter
+
+
 def test_space_keys_and_values_are_checked_before_any_training(base_config: dict, tmp_path: Path) -> None:
     cases = [({"train.lrr": {"choice": [1e-3]}}, {}, "did you mean 'train.lr'"),
              ({"train.batch_size": {"choice": [16, "big"]}}, {}, "train.batch_size"),

@@ -38,6 +38,8 @@ from .config import Dimension, RunConfig, SearchConfig, build_config, load_confi
 from .errors import ConfigError, RunPruned, TunesmithError
 from .io import atomic_write_json, atomic_write_text
 
+HYPERBAND_REDUCTION = 3  # Optuna's default: each rung keeps the best third
+
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 STUDY_DB = "study.db"
@@ -173,7 +175,7 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource,
-                                                          max_resource=max_resource(s), reduction_factor=3),
+                                                          max_resource=max_resource(s), reduction_factor=HYPERBAND_REDUCTION),
               }[s.spec.pruner]
     names = optuna.get_all_study_names(storage)
     if s.study_name not in names:
@@ -219,9 +221,18 @@ def _sampler(s: Search, worker: int, existing: int) -> Any:
     optuna = _optuna()
     seed = int(np.random.SeedSequence([s.spec.seed, worker, existing]).generate_state(1)[0])
     if s.spec.method == "bayes":
-        # TPE's own default of 10 random startup trials is most of a 12-trial budget
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, s.trials // 4)))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(s))
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def startup_trials(s: Search) -> int:
+    """TPE's random startup trials: a quarter of the budget, 3 to 10 (TPE's own default of 10 is most of a
+    12-trial budget). Under hyperband, TPE sees only the trials of the current trial's bracket, so each
+    bracket makes its own startup draws: the quarter is shared out between the brackets."""
+    n = min(10, max(3, s.trials // 4))
+    if s.spec.pruner == "hyperband":  # Optuna's bracket count for these resources
+        n = math.ceil(n / (math.floor(math.log(max_resource(s) / s.spec.min_resource, HYPERBAND_REDUCTION)) + 1))
+    return n
 
 
 def _shown(url: str) -> str:
