@@ -147,13 +147,14 @@ def run_trainer(name: str, data: dict[str, list[dict]], corpus: Corpus, seed: in
 
 def run_tunesmith(name: str, data: dict[str, list[dict]], corpus: Corpus, seed: int, hyper: tvt.Hyper,
                   precision: str, skip_steps: int, overrides: list[str]) -> tvt.SideResult:
+    cvt.import_tunesmith()
+    from tunesmith.tasks.seq2seq import Summarization, Translation
+
+    task = Translation if name == "multi30k" else Summarization
     with tempfile.TemporaryDirectory(prefix="bench-s2s-tunesmith-") as tmp:
-        paths = {}
-        for split, rows in data.items():
-            paths[split] = Path(tmp) / f"{split}.jsonl"
-            paths[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        paths = tvt.write_splits(data, Path(tmp))
         config = {
-            "task": {"type": "translation" if name == "multi30k" else "summarization",
+            "task": {"type": task.name,
                      "max_target_length": corpus.max_target, "max_new_tokens": corpus.max_target},
             "model": {"name": None, "max_length": corpus.max_source},
             "data": {**{k: str(v) for k, v in paths.items()}, "cache_dir": str(Path(tmp) / "cache")},
@@ -165,9 +166,8 @@ def run_tunesmith(name: str, data: dict[str, list[dict]], corpus: Corpus, seed: 
             "BLEU": t["bleu"], "chrF": t["chrf"]} if name == "multi30k" else {
             "ROUGE-L": t["rougeL"], "ROUGE-1": t["rouge1"], "ROUGE-2": t["rouge2"]}, overrides)
         rows = (Path(tmp) / "run" / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
-        key = "translation_text" if name == "multi30k" else "summary_text"
         result.extra["gen_len"] = result.extra["report_test"]["gen_len"]
-        result.extra["hypotheses"] = [json.loads(r)["prediction"][key] for r in rows]
+        result.extra["hypotheses"] = [json.loads(r)["prediction"][task.record_key] for r in rows]
         return result
 
 

@@ -174,8 +174,8 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
         engine_kwargs={"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else None)
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-              "hyperband": optuna.pruners.HyperbandPruner(min_resource=s.spec.min_resource,
-                                                          max_resource=max_resource(s), reduction_factor=HYPERBAND_REDUCTION),
+              "hyperband": optuna.pruners.HyperbandPruner(
+                  min_resource=s.spec.min_resource, max_resource=max_resource(s), reduction_factor=HYPERBAND_REDUCTION),
               }[s.spec.pruner]
     names = optuna.get_all_study_names(storage)
     if s.study_name not in names:

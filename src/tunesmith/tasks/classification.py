@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import label_name
 from ..data.prepare import Table
-from ..errors import DataError
-from .base import Batch, EvalResult, Role, TaskOptions, register_task
+from ..errors import ConfigError, DataError
+from .base import LABEL_TRAIN_OPTIONS, Batch, EvalResult, Role, TaskOptions, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -288,10 +288,6 @@ class TextClassification:
 
     def _check_label_options(self, train: Table) -> None:
         """The options that only some problem types have, refused where they would do nothing."""
-        from ..errors import ConfigError
-
-        from .base import LABEL_TRAIN_OPTIONS
-
         tr = self.cfg.train
         for key, default in LABEL_TRAIN_OPTIONS.items():
             if getattr(tr, key) != default and self.problem_type != "single_label":
