@@ -310,6 +310,15 @@ def test_readme_config_reference_matches_the_schema() -> None:
         "README config reference is stale: regenerate it from tunesmith.config.config_reference()"
 
 
+def test_every_config_field_has_a_description() -> None:
+    """A field without a docstring gets an empty row in the README's reference (data.conll_tag_column had one)."""
+    from tunesmith.config import config_reference
+
+    empty = [line.split("|")[1].strip() for line in config_reference().splitlines()[2:]
+             if not line.rstrip().rstrip("|").rsplit("|", 1)[-1].strip()]
+    assert empty == []
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     command = next(line.strip() for line in readme.splitlines() if "pytest" in line and "pip install" in line)
@@ -368,3 +377,36 @@ def test_every_example_config_is_valid(name: str) -> None:
     raw = yaml.safe_load((REPO / "examples" / name).read_text(encoding="utf-8"))
     cfg = RunConfig.model_validate(raw)
     assert cfg.task.type == (raw["task"]["type"] if isinstance(raw["task"], dict) else raw["task"])
+
+
+def _offline_command(text: str) -> list[str] | None:
+    """The `tunesmith train ... --set k=v` command in an example's comments, as its --set values."""
+    import shlex
+
+    lines = [ln.lstrip("#").strip() for ln in text.splitlines() if ln.startswith("#")]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("tunesmith train") and ln.endswith("\\")), None)
+    if start is None:
+        return None
+    command = ""
+    for ln in lines[start:]:
+        command += " " + ln.removesuffix("\\")
+        if not ln.endswith("\\"):
+            break
+    words = shlex.split(command)
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_names_its_data_and_its_offline_command_works(name: str) -> None:
+    """An example reads a Hub dataset a user can download, or local files; the offline command in its comments
+    points at the benchmark copy beside the repository, and (where that copy exists) its files are found."""
+    path = REPO / "examples" / name
+    text = path.read_text(encoding="utf-8")
+    cfg = load_config(path) if "hub_dataset" in text or "../../shared" not in text else None
+    sets = _offline_command(text)
+    if cfg is not None and cfg.data.hub_dataset:
+        assert sets is not None and "data.hub_dataset=null" in sets, "a Hub example shows its offline command"
+    if sets is None or not (REPO.parent / "shared" / "data").is_dir():
+        return
+    offline = load_config(path, [s for s in sets if s.startswith("data.")])  # checks that every data file exists
+    assert offline.data.hub_dataset is None and Path(offline.data.train).is_relative_to(REPO.parent / "shared")

@@ -12,7 +12,7 @@ from conftest import TOPICS, load_splits, sentiment_rows, write_csv, write_jsonl
 from tunesmith.config import DataConfig, load_config
 from tunesmith.data.prepare import make_missing_splits
 from tunesmith.data.readers import read_file
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.run import prepare
 from tunesmith.tasks.base import get_task
 from tunesmith.tasks.classification import TextClassification, truncate
@@ -566,6 +566,29 @@ def test_data_report_says_splits_were_made(tmp_path, make_cfg):
     assert {s: info["rows"] for s, info in splits.items()} == {"train": 210, "test": 60, "validation": 30}
 
 
+def test_max_rows_keep_seeded_stratified_samples_of_each_split(tmp_path, make_cfg):
+    """300 rows (60/30/10%): held-out splits come from the whole file, then each split is sampled."""
+    p = prepare(make_cfg({"train": write_csv(tmp_path / "imb.csv", _imbalanced_rows()),
+                          "max_train_rows": 50, "max_eval_rows": 20}))
+    splits = p.report["splits"]
+    assert {s: info["rows"] for s, info in splits.items()} == {"train": 50, "test": 20, "validation": 20}
+    assert splits["train"]["sampled"] == "50 of 240 rows, seed 42, stratified by label"
+    assert splits["test"]["sampled"] == "20 of 30 rows, seed 42, stratified by label"
+    labels = {s: Counter(p.task.labels[y] for y in p.data.splits[s]["label"]) for s in ("train", "test")}
+    assert labels["train"] == {"a": 30, "b": 15, "c": 5} and labels["test"] == {"a": 12, "b": 6, "c": 2}
+    # the held-out rows are those of the unsampled run, so no sample size moves a row into training
+    full = prepare(make_cfg({"train": write_csv(tmp_path / "imb.csv", _imbalanced_rows())}))
+    for s in ("train", "validation", "test"):
+        assert set(p.data.splits[s].line) <= set(full.data.splits[s].line)
+    again = prepare(make_cfg({"train": str(tmp_path / "imb.csv"), "max_train_rows": 50, "max_eval_rows": 20}))
+    assert again.data.splits["train"].line == p.data.splits["train"].line
+
+
+def test_max_rows_above_a_splits_size_keep_it_whole(tmp_path, make_cfg):
+    p = prepare(make_cfg({"train": write_csv(tmp_path / "imb.csv", _imbalanced_rows()), "max_train_rows": 1000}))
+    assert p.report["splits"]["train"]["rows"] == 240 and "sampled" not in p.report["splits"]["train"]
+
+
 def test_too_few_rows_to_split(tmp_path, make_cfg):
     train = write_csv(tmp_path / "tiny.csv", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}])
     msg = str(data_error(prepare, make_cfg({"train": train})))
@@ -674,6 +697,29 @@ def test_cache_misses_when_tokenization_settings_change(tmp_path, make_cfg):
 
 
 # ---------------------------------------------------------------- Hub datasets
+
+def test_hub_class_labels_are_read_as_their_names(tmp_path):
+    """A Hub dataset stores labels as ClassLabel ids: rows get the names (and -1, "no label", is missing)."""
+    import datasets
+    from tunesmith.data.readers import read_hub
+
+    feats = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                               "ner_tags": datasets.List(datasets.ClassLabel(names=["O", "B-loc", "I-loc"])),
+                               "label": datasets.ClassLabel(names=["neg", "pos"])})
+    ds = datasets.Dataset.from_dict({"tokens": [["in", "new", "york"], ["hi"]], "ner_tags": [[0, 1, 2], [0]],
+                                     "label": [1, -1]}, features=feats)
+    (tmp_path / "hub").mkdir()
+    ds.to_parquet(str(tmp_path / "hub" / "train.parquet"))
+    assert read_hub(str(tmp_path / "hub"), None, "train") == [
+        (1, {"tokens": ["in", "new", "york"], "ner_tags": ["O", "B-loc", "I-loc"], "label": "pos"}),
+        (2, {"tokens": ["hi"], "ner_tags": ["O"], "label": None})]
+
+
+def test_hub_dataset_and_files_together_are_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        load_config({"data": {"hub_dataset": "stanfordnlp/imdb", "train": "train.csv"}})
+    assert "data.hub_dataset and data.train are both set" in str(err.value)
+
 
 def test_hub_dataset_offline_is_a_clean_data_error(make_cfg):
     err = data_error(prepare, make_cfg({"hub_dataset": "glue"}))

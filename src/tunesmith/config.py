@@ -126,11 +126,11 @@ class DataConfig(_Section):
     """File format; auto reads it from the extension (.conll, .iob and .bio are CoNLL column files; a .txt
     CoNLL file needs format: conll). JSON recognises SQuAD files and Label Studio exports."""
     conll_tag_column: int = -1
+    """CoNLL files: the column holding the tag (0-based; negative counts from the end)."""
     languages: list[str] | None = None
     """Parallel text: with data.train: train.{lang}.gz and languages: [en, de], train.en.gz and
     train.de.gz are read line by line into columns en and de (map them with data.columns, e.g.
     {source: en, target: de}). Files of different line counts are an error naming both."""
-    """CoNLL files: the column holding the tag (0-based; negative counts from the end)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Role -> column, e.g. {question: q, context: passage}; the roles depend on the task (README). Roles
     not listed read the column of their own name (or a usual alias, such as label for NER spans)."""
@@ -154,7 +154,13 @@ class DataConfig(_Section):
     test_ratio: float = Field(0.1, gt=0.0, lt=0.5)
     """Share of all training rows held out for testing when no test file is given."""
     split_seed: int = 42
-    """Seed of the made splits (stratified by label where possible)."""
+    """Seed of the made splits (stratified by label where possible), and of the max_*_rows samples."""
+    max_train_rows: int | None = Field(None, ge=1)
+    """Train on a seeded sample of this many training rows (stratified by label where possible), for a
+    quick run on a large file; the data report says how many of how many were kept."""
+    max_eval_rows: int | None = Field(None, ge=1)
+    """Validate and test on seeded samples of at most this many rows each (held-out splits are made from
+    the whole training file first, so they never overlap the training rows)."""
     on_missing: Literal["drop", "fill", "error"] = "drop"
     """Rows with a missing or empty text or label: drop (listed in dropped_rows.jsonl), fill, or error."""
     fill_value: str = ""
@@ -387,6 +393,10 @@ class RunConfig(_Section):
     def _has_data(self) -> "RunConfig":
         if not self.data.train and not self.data.hub_dataset:
             raise ValueError("data.train (a file) or data.hub_dataset (a Hub name) is required")
+        files = [k for k in ("train", "validation", "test") if getattr(self.data, k)]
+        if self.data.hub_dataset and files:
+            raise ValueError(f"data.hub_dataset and data.{files[0]} are both set: use the Hub dataset or files, "
+                             "not both (for local files, set data.hub_dataset: null)")
         return self
 
     def to_yaml(self) -> str:

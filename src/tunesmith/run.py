@@ -18,7 +18,7 @@ from . import rundir
 from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
-from .data.prepare import LoadedData, load_splits, make_missing_splits
+from .data.prepare import LoadedData, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
@@ -91,6 +91,7 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     data = data if data is not None else load_splits(cfg.data, task.roles())
     task.fit(data.splits)
     make_missing_splits(data, cfg.data, task.stratify_keys)
+    sample_rows(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)

@@ -63,6 +63,7 @@ class LoadedData:
     missing: dict[str, dict[str, int]]
     made_splits: dict[str, str]
     columns: dict[str, str]  # role -> the column it was read from
+    sampled: dict[str, str] = field(default_factory=dict)  # split -> how data.max_*_rows sampled it
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
@@ -284,15 +285,11 @@ def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
     return LoadedData(tables, dropped, missing, {}, columns or {})
 
 
-def _split_off(table: Table, ratio_of_total: float, total: int, seed: int,
+def _split_off(table: Table, n_held: int, seed: int,
                stratify: Callable[[Table], list[Hashable]] | None) -> tuple[Table, Table, bool]:
-    """Split `table` into (rest, held) with `held` about ratio_of_total * total rows."""
+    """Split `table` into (rest, held) with `n_held` rows held, seeded, stratified where every class can be."""
     from sklearn.model_selection import train_test_split
 
-    n_held = max(1, int(round(ratio_of_total * total)))
-    if n_held >= len(table):
-        raise DataError(f"only {len(table)} training rows: too few to make a held-out split of {n_held}",
-                        hint="provide data.validation / data.test files or lower the split ratios")
     idx = np.arange(len(table))
     keys = stratify(table) if stratify else None
     stratified = False
@@ -311,10 +308,32 @@ def make_missing_splits(data: LoadedData, cfg: DataConfig,
     for split, ratio in (("test", cfg.test_ratio), ("validation", cfg.validation_ratio)):
         if split in data.splits:
             continue
-        rest, held, stratified = _split_off(data.splits["train"], ratio, total, cfg.split_seed, stratify)
+        n_held = max(1, int(round(ratio * total)))
+        if n_held >= len(data.splits["train"]):
+            raise DataError(f"only {len(data.splits['train'])} training rows: too few to make a held-out split "
+                            f"of {n_held}", hint="provide data.validation / data.test files or lower the split ratios")
+        rest, held, stratified = _split_off(data.splits["train"], n_held, cfg.split_seed, stratify)
         data.splits["train"], data.splits[split] = rest, held
         data.made_splits[split] = (f"{len(held)} rows ({ratio:.0%}) taken from train, seed {cfg.split_seed}, "
                                    + ("stratified by label" if stratified else "not stratified"))
+
+
+def sample_rows(data: LoadedData, cfg: DataConfig, stratify: Callable[[Table], list[Hashable]] | None) -> None:
+    """Keep a seeded (stratified where possible) sample of data.max_train_rows / max_eval_rows rows per split.
+
+    Runs after the splits are made, so a held-out split is carved from the whole training file and the same
+    rows stay held out whatever the sample size; the rows left out are not dropped rows (nothing is wrong
+    with them) and are not listed, but the report says how many of how many each split kept.
+    """
+    for split, limit in (("train", cfg.max_train_rows), ("validation", cfg.max_eval_rows),
+                         ("test", cfg.max_eval_rows)):
+        table = data.splits.get(split)
+        if limit is None or table is None or len(table) <= limit:
+            continue
+        _, kept, stratified = _split_off(table, limit, cfg.split_seed, stratify)
+        data.splits[split] = kept
+        data.sampled[split] = (f"{limit} of {len(table)} rows, seed {cfg.split_seed}, "
+                               + ("stratified by label" if stratified else "not stratified"))
 
 
 def _normal(v: Any) -> str:

@@ -12,7 +12,7 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError
 
@@ -355,7 +355,33 @@ def read_hub(name: str, config: str | None, split: str) -> list[Record]:
             "check the dataset name, config and split, and your network"
         raise DataError(f"cannot load Hub dataset '{name}' split '{split}': {type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}", hint=hint) from None
-    return list(enumerate(ds.to_list(), start=1))
+    names = _class_label_names(ds.features)
+    rows = ds.to_list()
+    for row in rows:
+        for col, (is_list, labels) in names.items():
+            row[col] = [_class_name(labels, v) for v in row[col]] if is_list and row[col] is not None \
+                else _class_name(labels, row[col])
+    return list(enumerate(rows, start=1))
+
+
+def _class_label_names(features: Any) -> dict[str, tuple[bool, list[str]]]:
+    """Column -> (holds a list, label names) for ClassLabel columns: a Hub dataset stores labels as integers
+    (SST-2's 0/1, WNUT-17's tag ids), and the names are what the report, the model config and predict show."""
+    import datasets
+
+    out = {}
+    for col, f in features.items():
+        inner = getattr(f, "feature", None)
+        if isinstance(f, datasets.ClassLabel):
+            out[col] = (False, f.names)
+        elif isinstance(inner, datasets.ClassLabel):
+            out[col] = (True, inner.names)
+    return out
+
+
+def _class_name(labels: list[str], v: Any) -> Any:
+    """A ClassLabel id as its name; -1 (the Hub's "no label", e.g. GLUE test splits) as missing."""
+    return labels[v] if isinstance(v, int) and 0 <= v < len(labels) else None
 
 
 def is_missing(value: object) -> bool:

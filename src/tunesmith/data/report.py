@@ -72,7 +72,9 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         **task.summary(),
         "columns": data.columns,
         "splits": {s: {"rows": len(t), "source": t.file[0] if len(t) else None,
-                       "made": data.made_splits.get(s)} for s, t in data.splits.items()},
+                       "made": data.made_splits.get(s),
+                       **({"sampled": data.sampled[s]} if s in data.sampled else {})}
+                   for s, t in data.splits.items()},
         "label_distribution": {s: task.describe(t) for s, t in data.splits.items()},
         "max_length": max_length,
         "token_lengths": {s: _lengths(features[s], max_length, windowed) for s in data.splits},
@@ -146,7 +148,8 @@ def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file:
     say(f"[bold]Data report ({escape(kind)})[/bold]")
     for s, info in report["splits"].items():
         lens = report["token_lengths"][s]
-        where = info["made"] or f"from {info['source'] or ''}"
+        where = (info["made"] or f"from {info['source'] or ''}") + (
+            f"; sampled: {info['sampled']}" if info.get("sampled") else "")
         say(f"[bold]{s}[/bold]: {info['rows']} rows, {escape(printable(where))}")
         console.print(f"  labels: {escape(_labels_line(report['label_distribution'][s]))}", highlight=False)
         cut = (f"truncated: {lens['truncated']} ({lens['truncated_pct']}%)" if "truncated" in lens else
