@@ -1,6 +1,7 @@
 """Load a pretrained model and tokenizer: Hub names, local folders, or the embedded default."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,24 @@ def resolve_model_name(cfg: ModelConfig, cache_dir: str | None = None) -> str:
             full = str(path.resolve())
             raise ModelError(f"model folder not found: '{cfg.name}'" + (f" ({full})" if full != cfg.name else "")
                              + "; check model.name (a local folder, or a Hub name such as org/name)")
+        check_no_remote_code(path)
         return str(path)
     return cfg.name
+
+
+def check_no_remote_code(folder: Path) -> None:
+    """Refuse a model folder whose config or tokenizer config has an `auto_map`: it names Python modules in
+    the folder for transformers to import, so whoever wrote the folder would run code here (transformers
+    asks on stdin, and a piped "y" says yes). An unreadable file is left to the loader to report."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            content = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and "auto_map" in content:
+            raise ModelError(f"{folder / name} has an 'auto_map' key: it names Python code in the model folder "
+                             "for transformers to import, and tunesmith never runs code from a model folder; use "
+                             "a model folder without auto_map (and without the modules it names)")
 
 
 def from_gguf(path: Path, cache_dir: str | None = None) -> str:
@@ -78,8 +95,8 @@ def from_gguf(path: Path, cache_dir: str | None = None) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
     except ImportError as e:
         raise ModelError(f"reading {path} needs the gguf package: pip install gguf ({e})") from None
     except Exception as e:
@@ -97,6 +114,10 @@ def from_gguf(path: Path, cache_dir: str | None = None) -> str:
 
 
 def _hub_error(name: str, e: Exception) -> ModelError:
+    if "trust_remote_code" in str(e):  # transformers' refusal of a repo's own code under trust_remote_code=False
+        return ModelError(f"cannot load model '{name}': it ships Python code of its own (its config has an "
+                          "auto_map), which tunesmith runs only for a Hub repo you trust and name with "
+                          "model.trust_remote_code: true; use a model without custom code")
     local = Path(name).exists()
     if local:
         hint = " Check that the folder holds a Transformers model (config.json and weights)."

@@ -210,6 +210,7 @@ class Seq2SeqTask:
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
 
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
         self.tokenizer = tok = AutoTokenizer.from_pretrained(name_or_path, **hub)
         self._languages(tok)
