@@ -523,3 +523,65 @@ def test_a_manifest_without_file_hashes_is_refused(model_copy: Path, manifest: s
     assert str(e.value) == (f"{state_path} records no file hashes (its 'files' key is missing or null): "
                             "tunesmith loads only a model folder whose every file it can check; copy the model "
                             "folder again from the run, or train again")
+
+
+# ---------------------------------------------------------------- issue 22 item 12: model.dropout per architecture
+
+@pytest.mark.parametrize("kind, expected", [
+    ("bert", {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.2}),
+    ("gpt2", {"resid_pdrop": 0.2, "embd_pdrop": 0.2, "attn_pdrop": 0.2, "summary_first_dropout": 0.2}),
+    ("llama", {"attention_dropout": 0.2}),
+    ("t5", {"dropout_rate": 0.2, "classifier_dropout": 0.2}),
+    ("bart", {"dropout": 0.2, "attention_dropout": 0.2, "activation_dropout": 0.2, "classifier_dropout": 0.2,
+              "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0}),
+])
+def test_model_dropout_sets_each_architectures_own_keys(tiny_models, kind: str, expected: dict) -> None:
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    folder = tiny_models(kind)
+    cfg = load_config({"model": {"name": folder, "dropout": 0.2}, "data": {"train": "x.csv"}})
+    task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
+    model = load_model(task, folder, cfg.model)
+    assert {k: v for k, v in model.config.to_dict().items() if "drop" in k} == expected
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.2} if kind != "llama" else set())  # Llama's only dropout is attention's, a float
+    if kind == "llama":
+        assert {layer.self_attn.attention_dropout for layer in model.model.layers} == {0.2}
+
+
+def test_model_dropout_of_a_warm_started_decoder_uses_the_decoders_keys(tiny_models) -> None:
+    """A BERT encoder with a GPT-2 decoder (task.decoder): each side gets its own architecture's keys."""
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    cfg = load_config({"task": {"type": "summarization", "decoder": tiny_models("gpt2")},
+                       "model": {"name": tiny_models("bert"), "dropout": 0.2}, "data": {"train": "x.jsonl"}})
+    model = load_model(get_task(cfg), cfg.model.name, cfg.model)
+    drops = {side: {k: v for k, v in getattr(model.config, side).to_dict().items() if "drop" in k}
+             for side in ("encoder", "decoder")}
+    assert drops == {"encoder": {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
+                                 "classifier_dropout": 0.2},
+                     "decoder": {"resid_pdrop": 0.2, "embd_pdrop": 0.2, "attn_pdrop": 0.2,
+                                 "summary_first_dropout": 0.2}}
+
+
+def test_model_dropout_on_a_model_without_dropout_keys_is_refused_by_name(tmp_path: Path) -> None:
+    from transformers import Ernie4_5Config
+
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    Ernie4_5Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                   num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path / "ernie")
+    cfg = load_config({"model": {"name": str(tmp_path / "ernie"), "dropout": 0.2}, "data": {"train": "x.csv"}})
+    task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
+    with pytest.raises(ConfigError) as e:
+        load_model(task, cfg.model.name, cfg.model)
+    assert str(e.value) == (
+        f"model.dropout: ernie4_5 models ('{tmp_path / 'ernie'}') have none of the dropout settings tunesmith "
+        "knows (hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout, classifier_dropout_prob, "
+        "resid_pdrop, embd_pdrop, attn_pdrop, summary_first_dropout, dropout, attention_dropout, "
+        "activation_dropout, dropout_rate, seq_classif_dropout, qa_dropout, hidden_dropout, resid_dropout, "
+        "embed_dropout, embedding_dropout, mlp_dropout, pooler_dropout); remove model.dropout to train with the "
+        "model's own dropout")

@@ -185,7 +185,13 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
                               "ignore_mismatched_sizes": True}
     if cfg.dropout is not None:
-        kwargs.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+        from transformers import AutoConfig
+
+        try:
+            mcfg = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        except Exception as e:
+            raise _hub_error(name, e) from None
+        kwargs.update(dropout_overrides(mcfg, cfg.dropout, name))
     try:
         model = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
     except TunesmithError:  # the task's own refusal (e.g. fp16 for T5) is already worded
@@ -200,6 +206,28 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
         # the task's head and what its load_model created from scratch (a warm-started decoder's cross-attention)
         model = lora.apply(model, cfg.lora, [*task.head_modules, *getattr(model, "tunesmith_new_modules", ())])
     return model
+
+
+# the config keys of dropout probabilities across architectures (BERT and RoBERTa, GPT-2, Llama, T5, BART,
+# DistilBERT, Falcon, GPT-Neo, ALBERT, ModernBERT, ...); not layerdrop or drop_path, which skip whole layers
+DROPOUT_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                 "classifier_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout",
+                 "dropout", "attention_dropout", "activation_dropout", "dropout_rate", "seq_classif_dropout",
+                 "qa_dropout", "hidden_dropout", "resid_dropout", "embed_dropout", "embedding_dropout",
+                 "mlp_dropout", "pooler_dropout")
+
+
+def dropout_overrides(mcfg: Any, p: float, name: str) -> dict[str, float]:
+    """model.dropout as this architecture's own config keys: each known dropout key its config has (key names
+    differ: BERT's hidden_dropout_prob, GPT-2's resid_pdrop, Llama's attention_dropout). A config with
+    none of them is refused: the keys of another architecture would reach the model's constructor."""
+    values = mcfg.to_dict()
+    keys = [k for k in DROPOUT_NAMES if k in values and not isinstance(values[k], bool)]
+    if not keys:
+        raise ConfigError(f"model.dropout: {mcfg.model_type} models ('{name}') have none of the dropout settings "
+                          f"tunesmith knows ({', '.join(DROPOUT_NAMES)}); remove model.dropout to train with "
+                          "the model's own dropout")
+    return {k: p for k in keys}
 
 
 def _has_safetensors(name: str) -> bool | None:
