@@ -387,3 +387,201 @@ def test_the_exported_model_holds_no_paths_of_the_training_machine(run_dir: Path
     cfg = json.loads(text)["config"]
     assert cfg["data"]["train"] == "sentiment.csv" and cfg["data"]["cache_dir"] is None
     assert cfg["model"]["name"] == Path(tiny_model_dir).name and "output_dir" not in cfg
+
+
+# ---------------------------------------------------------------- issue 22 item 1: no code from a model folder
+
+EVIL_MODULE = '''\
+from pathlib import Path
+
+from transformers import BertConfig, BertForSequenceClassification
+
+Path({marker!r}).write_text("the model folder's code ran")
+
+
+class EvilConfig(BertConfig):
+    model_type = "evil"
+
+
+class EvilModel(BertForSequenceClassification):
+    config_class = EvilConfig
+'''
+
+
+@pytest.fixture
+def evil_run(run_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the module's run whose model/ holds evil.py, named by config.json's `model_type` and
+    `auto_map` (the issue's reproduction), with the manifest's hashes updated to match; and the marker
+    file that evil.py writes when it is imported."""
+    from tunesmith.io import sha256_file
+
+    run, marker = Path(shutil.copytree(run_dir, tmp_path / "evil-run")), tmp_path / "marker"
+    model = run / "model"
+    (model / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig",
+                                               "AutoModelForSequenceClassification": "evil.EvilModel"})
+    (model / "config.json").write_text(json.dumps(config))
+    state = json.loads((model / "tunesmith.json").read_text())
+    state["files"].update({n: sha256_file(model / n) for n in ("evil.py", "config.json")})
+    (model / "tunesmith.json").write_text(json.dumps(state))
+    return run, marker
+
+
+def auto_map_refusal(model: Path) -> str:
+    return (f"{model / 'config.json'} has an 'auto_map' key: it names Python code in the model folder for "
+            "transformers to import, and tunesmith never runs code from a model folder; use a model folder "
+            "without auto_map (and without the modules it names)")
+
+
+def test_predict_on_the_cli_refuses_a_model_folder_with_auto_map_even_given_yes(evil_run: tuple[Path, Path],
+                                                                              tmp_path: Path) -> None:
+    run, marker = evil_run
+    result = CliRunner().invoke(app, ["predict", str(run), "--text", "good movie"], input="y\n" * 5, env=ENV)
+    assert not marker.exists()
+    assert clean_failure(result) == f"error: {auto_map_refusal(run / 'model')}"
+
+
+def test_evaluate_on_the_cli_refuses_a_model_folder_with_auto_map(evil_run: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    run, marker = evil_run
+    data = write_csv(tmp_path / "eval.csv", sentiment_rows(8, seed=2))
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(data)], input="y\n" * 5, env=ENV)
+    assert not marker.exists()
+    assert clean_failure(result) == f"error: {auto_map_refusal(run / 'model')}"
+
+
+@pytest.mark.parametrize("where", ["run folder", "model folder"])
+def test_load_refuses_a_model_folder_with_auto_map(evil_run: tuple[Path, Path], where: str) -> None:
+    run, marker = evil_run
+    with pytest.raises(ModelError) as e:
+        tunesmith.load(run if where == "run folder" else run / "model")
+    assert not marker.exists()
+    assert str(e.value) == auto_map_refusal(run / "model")
+
+
+def test_train_refuses_a_base_model_folder_with_auto_map(evil_run: tuple[Path, Path], base_config: dict) -> None:
+    run, marker = evil_run
+    cfg = copy.deepcopy(base_config)
+    cfg["model"]["name"] = str(run / "model")
+    with pytest.raises(ModelError) as e:
+        tunesmith.train(cfg)
+    assert not marker.exists()
+    assert str(e.value) == auto_map_refusal(run / "model")
+    assert not Path(cfg["output_dir"]).exists()
+
+
+def test_a_search_trial_refuses_a_base_model_folder_with_auto_map(evil_run: tuple[Path, Path], base_config: dict,
+                                                                  tmp_path: Path) -> None:
+    run, marker = evil_run
+    cfg = copy.deepcopy(base_config)
+    cfg["model"]["name"] = str(run / "model")
+    cfg["output_dir"] = str(tmp_path / "study")
+    cfg["search"] = {"method": "grid", "space": {"train.lr": {"choice": [5e-3]}}}
+    result = tunesmith.search(cfg)
+    assert not marker.exists()
+    [row] = result.summary["leaderboard"]
+    assert (row["state"], row["reason"]) == ("failed", f"ModelError: {auto_map_refusal(run / 'model')}")
+
+
+def test_a_tokenizer_config_with_auto_map_is_refused_too(model_copy: Path) -> None:
+    config = json.loads((model_copy / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (model_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    from tunesmith.models import check_no_remote_code
+
+    with pytest.raises(ModelError) as e:
+        check_no_remote_code(model_copy)
+    assert str(e.value) == auto_map_refusal(model_copy).replace("config.json", "tokenizer_config.json")
+
+
+def test_remote_code_that_transformers_refuses_is_a_clear_error(evil_run: tuple[Path, Path]) -> None:
+    """A Hub repo with custom code cannot be checked before download: transformers' refusal under
+    trust_remote_code=False becomes an error that says what to do (a local folder stands in for it)."""
+    from tunesmith.models import max_tokens
+
+    run, marker = evil_run
+    with pytest.raises(ModelError) as e:  # its first load of the config, past resolve_model_name's check
+        max_tokens(str(run / "model"), ModelConfig(name="org/custom-code"), tokenizer=None)
+    assert not marker.exists()
+    assert str(e.value) == (f"cannot load model '{run / 'model'}': it ships Python code of its own (its config "
+                            "has an auto_map), which tunesmith runs only for a Hub repo you trust and name with "
+                            "model.trust_remote_code: true; use a model without custom code")
+
+
+@pytest.mark.parametrize("manifest", ["files: null", "no files key"])
+def test_a_manifest_without_file_hashes_is_refused(model_copy: Path, manifest: str) -> None:
+    state_path = model_copy / "tunesmith.json"
+    state = json.loads(state_path.read_text())
+    if manifest == "files: null":
+        state["files"] = None
+    else:
+        del state["files"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ModelError) as e:
+        Predictor.load(model_copy)
+    assert str(e.value) == (f"{state_path} records no file hashes (its 'files' key is missing or null): "
+                            "tunesmith loads only a model folder whose every file it can check; copy the model "
+                            "folder again from the run, or train again")
+
+
+# ---------------------------------------------------------------- issue 22 item 12: model.dropout per architecture
+
+@pytest.mark.parametrize("kind, expected", [
+    ("bert", {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.2}),
+    ("gpt2", {"resid_pdrop": 0.2, "embd_pdrop": 0.2, "attn_pdrop": 0.2, "summary_first_dropout": 0.2}),
+    ("llama", {"attention_dropout": 0.2}),
+    ("t5", {"dropout_rate": 0.2, "classifier_dropout": 0.2}),
+    ("bart", {"dropout": 0.2, "attention_dropout": 0.2, "activation_dropout": 0.2, "classifier_dropout": 0.2,
+              "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0}),
+])
+def test_model_dropout_sets_each_architectures_own_keys(tiny_models, kind: str, expected: dict) -> None:
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    folder = tiny_models(kind)
+    cfg = load_config({"model": {"name": folder, "dropout": 0.2}, "data": {"train": "x.csv"}})
+    task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
+    model = load_model(task, folder, cfg.model)
+    assert {k: v for k, v in model.config.to_dict().items() if "drop" in k} == expected
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.2} if kind != "llama" else set())  # Llama's only dropout is attention's, a float
+    if kind == "llama":
+        assert {layer.self_attn.attention_dropout for layer in model.model.layers} == {0.2}
+
+
+def test_model_dropout_of_a_warm_started_decoder_uses_the_decoders_keys(tiny_models) -> None:
+    """A BERT encoder with a GPT-2 decoder (task.decoder): each side gets its own architecture's keys."""
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    cfg = load_config({"task": {"type": "summarization", "decoder": tiny_models("gpt2")},
+                       "model": {"name": tiny_models("bert"), "dropout": 0.2}, "data": {"train": "x.jsonl"}})
+    model = load_model(get_task(cfg), cfg.model.name, cfg.model)
+    drops = {side: {k: v for k, v in getattr(model.config, side).to_dict().items() if "drop" in k}
+             for side in ("encoder", "decoder")}
+    assert drops == {"encoder": {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
+                                 "classifier_dropout": 0.2},
+                     "decoder": {"resid_pdrop": 0.2, "embd_pdrop": 0.2, "attn_pdrop": 0.2,
+                                 "summary_first_dropout": 0.2}}
+
+
+def test_model_dropout_on_a_model_without_dropout_keys_is_refused_by_name(tmp_path: Path) -> None:
+    from transformers import Ernie4_5Config
+
+    from tunesmith.models import load_model
+    from tunesmith.tasks.base import get_task
+
+    Ernie4_5Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                   num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path / "ernie")
+    cfg = load_config({"model": {"name": str(tmp_path / "ernie"), "dropout": 0.2}, "data": {"train": "x.csv"}})
+    task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
+    with pytest.raises(ConfigError) as e:
+        load_model(task, cfg.model.name, cfg.model)
+    assert str(e.value) == (
+        f"model.dropout: ernie4_5 models ('{tmp_path / 'ernie'}') have none of the dropout settings tunesmith "
+        "knows (hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout, classifier_dropout_prob, "
+        "resid_pdrop, embd_pdrop, attn_pdrop, summary_first_dropout, dropout, attention_dropout, "
+        "activation_dropout, dropout_rate, seq_classif_dropout, qa_dropout, hidden_dropout, resid_dropout, "
+        "embed_dropout, embedding_dropout, mlp_dropout, pooler_dropout); remove model.dropout to train with the "
+        "model's own dropout")

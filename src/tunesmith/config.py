@@ -93,9 +93,14 @@ class ModelConfig(_Section):
     max_length: int = Field(128, ge=8)
     """Tokens per example after truncation (special tokens included)."""
     trust_remote_code: bool = False
-    """Run model code shipped with a Hub repo; off unless you trust the repo."""
+    """Run model code shipped with a Hub repo; off unless you trust the repo. Hub names only: a local folder
+    whose config has an auto_map is refused, and predict, evaluate and tunesmith.load never run a model
+    folder's code (nor the model/ of a run trained with this on)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    """Override the model's hidden and attention dropout."""
+    """Override the model's dropout: every dropout probability its config has, by that architecture's own key
+    names (BERT hidden_dropout_prob, attention_probs_dropout_prob and classifier_dropout; GPT-2 resid_pdrop,
+    embd_pdrop, attn_pdrop; Llama attention_dropout; T5 dropout_rate; BART dropout, attention_dropout,
+    activation_dropout). A model whose config has none of them is an error."""
     lora: LoraSection | None = None
     """LoRA instead of full fine-tuning (`lora: {}` for the defaults; keys r, alpha, dropout,
     target_modules): adapters through PEFT, the task head trained in full. Checkpoints hold the adapter

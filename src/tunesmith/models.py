@@ -1,6 +1,7 @@
 """Load a pretrained model and tokenizer: Hub names, local folders, or the embedded default."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,24 @@ def resolve_model_name(cfg: ModelConfig, cache_dir: str | None = None) -> str:
             full = str(path.resolve())
             raise ModelError(f"model folder not found: '{cfg.name}'" + (f" ({full})" if full != cfg.name else "")
                              + "; check model.name (a local folder, or a Hub name such as org/name)")
+        check_no_remote_code(path)
         return str(path)
     return cfg.name
+
+
+def check_no_remote_code(folder: Path) -> None:
+    """Refuse a model folder whose config or tokenizer config has an `auto_map`: it names Python modules in
+    the folder for transformers to import, so whoever wrote the folder would run code here (transformers
+    asks on stdin, and a piped "y" says yes). An unreadable file is left to the loader to report."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            content = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and "auto_map" in content:
+            raise ModelError(f"{folder / name} has an 'auto_map' key: it names Python code in the model folder "
+                             "for transformers to import, and tunesmith never runs code from a model folder; use "
+                             "a model folder without auto_map (and without the modules it names)")
 
 
 def from_gguf(path: Path, cache_dir: str | None = None) -> str:
@@ -78,8 +95,8 @@ def from_gguf(path: Path, cache_dir: str | None = None) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
     except ImportError as e:
         raise ModelError(f"reading {path} needs the gguf package: pip install gguf ({e})") from None
     except Exception as e:
@@ -97,6 +114,10 @@ def from_gguf(path: Path, cache_dir: str | None = None) -> str:
 
 
 def _hub_error(name: str, e: Exception) -> ModelError:
+    if "trust_remote_code" in str(e):  # transformers' refusal of a repo's own code under trust_remote_code=False
+        return ModelError(f"cannot load model '{name}': it ships Python code of its own (its config has an "
+                          "auto_map), which tunesmith runs only for a Hub repo you trust and name with "
+                          "model.trust_remote_code: true; use a model without custom code")
     local = Path(name).exists()
     if local:
         hint = " Check that the folder holds a Transformers model (config.json and weights)."
@@ -164,7 +185,13 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
                               "ignore_mismatched_sizes": True}
     if cfg.dropout is not None:
-        kwargs.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+        from transformers import AutoConfig
+
+        try:
+            mcfg = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        except Exception as e:
+            raise _hub_error(name, e) from None
+        kwargs.update(dropout_overrides(mcfg, cfg.dropout, name))
     try:
         model = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
     except TunesmithError:  # the task's own refusal (e.g. fp16 for T5) is already worded
@@ -179,6 +206,28 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
         # the task's head and what its load_model created from scratch (a warm-started decoder's cross-attention)
         model = lora.apply(model, cfg.lora, [*task.head_modules, *getattr(model, "tunesmith_new_modules", ())])
     return model
+
+
+# the config keys of dropout probabilities across architectures (BERT and RoBERTa, GPT-2, Llama, T5, BART,
+# DistilBERT, Falcon, GPT-Neo, ALBERT, ModernBERT, ...); not layerdrop or drop_path, which skip whole layers
+DROPOUT_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                 "classifier_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout",
+                 "dropout", "attention_dropout", "activation_dropout", "dropout_rate", "seq_classif_dropout",
+                 "qa_dropout", "hidden_dropout", "resid_dropout", "embed_dropout", "embedding_dropout",
+                 "mlp_dropout", "pooler_dropout")
+
+
+def dropout_overrides(mcfg: Any, p: float, name: str) -> dict[str, float]:
+    """model.dropout as this architecture's own config keys: each known dropout key its config has (key names
+    differ: BERT's hidden_dropout_prob, GPT-2's resid_pdrop, Llama's attention_dropout). A config with
+    none of them is refused: the keys of another architecture would reach the model's constructor."""
+    values = mcfg.to_dict()
+    keys = [k for k in DROPOUT_NAMES if k in values and not isinstance(values[k], bool)]
+    if not keys:
+        raise ConfigError(f"model.dropout: {mcfg.model_type} models ('{name}') have none of the dropout settings "
+                          f"tunesmith knows ({', '.join(DROPOUT_NAMES)}); remove model.dropout to train with "
+                          "the model's own dropout")
+    return {k: p for k in keys}
 
 
 def _has_safetensors(name: str) -> bool | None:

@@ -23,7 +23,7 @@ from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
 from ..evaluation.inference import evaluate_split
 from ..io import atomic_write_jsonl, atomic_write_text, mismatched_files, nearest_existing
-from ..models import STATE_FILE
+from ..models import STATE_FILE, check_no_remote_code
 from ..tasks.base import Role, Task, get_task
 
 
@@ -65,9 +65,10 @@ class Predictor:
                              f"{str(e).splitlines()[0] if str(e) else ''}); copy the model folder again "
                              "from the run, or train again") from None
         check_model_files(model_dir, saved.get("files"))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = task.load_model(str(model_dir))
+        check_no_remote_code(model_dir)
+        try:  # never the folder's own code, whatever its files or its config's model.trust_remote_code say
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+            model = task.load_model(str(model_dir), trust_remote_code=False)
         except Exception as e:
             raise ModelError(f"cannot load the model in {model_dir}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -199,9 +200,11 @@ class Predictor:
 
 
 def check_model_files(model_dir: Path, files: Any) -> None:
-    """Every file recorded at export is present and unchanged (folders exported before hashes: not checked)."""
+    """Every file recorded at export is present and unchanged; a manifest without hashes checks nothing."""
     if files is None:
-        return
+        raise ModelError(f"{model_dir / STATE_FILE} records no file hashes (its 'files' key is missing or null): "
+                         "tunesmith loads only a model folder whose every file it can check; copy the model "
+                         "folder again from the run, or train again")
     if not isinstance(files, dict):
         raise ModelError(f"{model_dir / STATE_FILE} is damaged: its 'files' entry is not a mapping")
     for name in mismatched_files(model_dir, files)[:1]:

@@ -317,6 +317,7 @@ class CausalLM:
 
         from ..padding_free import enable
 
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)

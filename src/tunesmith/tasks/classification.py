@@ -459,6 +459,7 @@ class TextClassification:
 
         from ..fast_bert import speed_up_bert_classifier
 
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), problem_type=_HF_PROBLEM[self.problem_type],
             id2label=dict(enumerate(self.labels)), label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)

@@ -241,6 +241,7 @@ class QuestionAnswering:
 
         from ..padding_free import enable
 
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         model = AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
         model.tunesmith_speed_paths = {"padding_free": enable(model, self.cfg.model.padding_free)}
         return model

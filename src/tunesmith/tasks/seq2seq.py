@@ -210,6 +210,9 @@ class Seq2SeqTask:
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
 
+        from ..models import DROPOUT_NAMES, dropout_overrides
+
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
         self.tokenizer = tok = AutoTokenizer.from_pretrained(name_or_path, **hub)
         self._languages(tok)
@@ -221,8 +224,13 @@ class Seq2SeqTask:
             model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
         else:
             decoder = self.opts.decoder or name_or_path
-            both = {f"{side}_{k}": v for side in ("encoder", "decoder") for k, v in kwargs.items()
-                    if k != "ignore_mismatched_sizes"}
+            enc = {k: v for k, v in kwargs.items() if k != "ignore_mismatched_sizes"}
+            dec = enc
+            if decoder != name_or_path and self.cfg.model.dropout is not None:  # its own architecture's keys
+                dec = {k: v for k, v in enc.items() if k not in DROPOUT_NAMES}
+                dec.update(dropout_overrides(AutoConfig.from_pretrained(decoder, **hub), self.cfg.model.dropout,
+                                             decoder))
+            both = {**{f"encoder_{k}": v for k, v in enc.items()}, **{f"decoder_{k}": v for k, v in dec.items()}}
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(name_or_path, decoder, **both)
             start = _token_id(tok.cls_token_id, tok.bos_token_id)
             end = _token_id(tok.sep_token_id, tok.eos_token_id)

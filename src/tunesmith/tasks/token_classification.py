@@ -495,6 +495,7 @@ class TokenClassification:
 
         from ..padding_free import enable
 
+        kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         # a checkpoint with another head (a sequence classifier, an NER model with other tags) gets a new one
         kwargs.setdefault("ignore_mismatched_sizes", True)
         model = AutoModelForTokenClassification.from_pretrained(
