@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from .readers import DELIMITED, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
+from .readers import DELIMITED, LANG, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
 
 if TYPE_CHECKING:
     from ..tasks.base import Role
@@ -35,6 +35,7 @@ class Table:
     file: list[str]
     line: list[int]
     column_of: dict[str, str] = field(default_factory=dict)  # role -> the file's column, for messages
+    token_lines: bool = False  # rows of a CoNLL file: token k of row i is on line line[i] + k
 
     def __len__(self) -> int:
         return len(self.file)
@@ -50,7 +51,8 @@ class Table:
 
     def take(self, idx: list[int] | np.ndarray) -> "Table":
         pick = lambda col: [col[i] for i in idx]  # noqa: E731
-        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of)
+        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of,
+                     self.token_lines)
 
     def where(self, i: int) -> dict:
         return {"file": self.file[i], "line": self.line[i]}
@@ -276,6 +278,7 @@ def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
         # each file's own columns for the training split's roles (a test file may spell a role otherwise:
         # summary1..3 for summary)
         t = table_from_records(name, records, cfg, roles, found, split, dropped, counts)
+        t.token_lines = not cfg.hub_dataset and LANG not in name and detect_format(Path(name), cfg.format) == "conll"
         if len(t) == 0:
             raise DataError(f"no usable rows left in split '{split}' after the missing-value policy",
                             file=name, hint="see the dropped rows report; check the column names")

@@ -236,8 +236,11 @@ class TokenClassification:
         raise DataError(f"token classification reads tokens (with tags) or text (with entities: entities, label "
                         f"or spans); columns found: {found}", **where)
 
-    def _error(self, t: Table, i: int, role: str, msg: str, hint: str | None = None) -> DataError:
-        return DataError(msg, file=t.file[i], line=t.line[i], column=t.column_of.get(role, role), hint=hint)
+    def _error(self, t: Table, i: int, role: str, msg: str, hint: str | None = None,
+               token: int | None = None) -> DataError:
+        """A DataError at row i, or at its token's own line when the row is a CoNLL sentence."""
+        line = t.line[i] + token if t.token_lines and token is not None else t.line[i]
+        return DataError(msg, file=t.file[i], line=line, column=t.column_of.get(role, role), hint=hint)
 
     def _tags(self, t: Table, i: int) -> list[str]:
         """Row i's tags, checked: strings, one per token."""
@@ -283,11 +286,13 @@ class TokenClassification:
 
     def _check_scheme(self, t: Table, i: int, tags: list[str]) -> None:
         allowed = SCHEME_PREFIXES[self.scheme]
-        for tag in tags:
+        name = self.scheme.upper()
+        for k, tag in enumerate(tags):
             p, typ = split_tag(tag)
             if p != "O" and (p not in allowed or not typ):
-                raise self._error(t, i, "tags", f"tag '{printable(tag)}' is not a {self.scheme.upper()} tag",
-                                  "set task.tag_scheme to the file's scheme (io, iob1, iob2, bioes) or fix the tag")
+                raise self._error(t, i, "tags", f"tag '{printable(tag)}' is not {'an' if name[0] in 'AEIOU' else 'a'} "
+                                  f"{name} tag", "set task.tag_scheme to the file's scheme (io, iob1, iob2, bioes) "
+                                  "or fix the tag", token=k)
 
     def _entity_spans(self, t: Table, i: int, mode: str) -> list[Span]:
         if mode == "tokens":
@@ -325,7 +330,8 @@ class TokenClassification:
             for s in self._entity_spans(t, i, mode):
                 if s[2] not in known:
                     raise self._error(t, i, role, f"entity type '{printable(s[2])}' in split '{split}' never occurs "
-                                      f"in the training split", f"known types: {', '.join(self.types)}")
+                                      f"in the training split", f"known types: {', '.join(self.types)}",
+                                      token=s[0] if mode == "tokens" else None)
 
     def stratify_keys(self, table: Table) -> list | None:
         return None
