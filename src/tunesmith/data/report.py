@@ -79,6 +79,7 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         "duplicates": {s: _duplicates(t, keys[s], inputs, targets) for s, t in data.splits.items()},
         "leakage": {},
         "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
+        "notes": task.notes() if hasattr(task, "notes") else [],  # choices the task made from the data
         "warnings": [],
     }
     # generative tasks cut targets too (features then carry n_target_tokens)
@@ -144,6 +145,8 @@ def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file:
     kind = ", ".join([report["task"]] + ([report["problem_type"]] if "problem_type" in report else [])
                      + ([f"{len(report['labels'])} labels"] if "labels" in report else []))
     say(f"[bold]Data report ({escape(kind)})[/bold]")
+    for note in report.get("notes", []):
+        say(f"note: {escape(printable(note))}")
     for s, info in report["splits"].items():
         lens = report["token_lengths"][s]
         where = info["made"] or f"from {info['source'] or ''}"
