@@ -194,3 +194,46 @@ def test_a_run_keeps_sample_generations_and_predicts_with_sampling_options(tiny_
     record = json.loads(out.stdout)
     generated = predictor.task.tokenizer(record["generated_text"], add_special_tokens=False)["input_ids"]
     assert set(record) == {"generated_text"} and len(generated) <= 2
+
+
+ALTERNATING = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+               "{% if add_generation_prompt %}<s> assistant {% endif %}")
+
+
+def test_chats_the_template_cannot_render_are_data_errors_naming_the_row(tiny_models: Any) -> None:
+    from tunesmith.errors import DataError
+
+    good = [{"role": "user", "content": "good day"}, {"role": "assistant", "content": "happy"}]
+    opening = [{"role": "assistant", "content": "hello"}, *good]
+    task = _task(chat_template=ALTERNATING)
+    with pytest.raises(DataError) as e:  # found before any model or tokenizer is loaded
+        task.fit({"train": _table([{"messages": good}, {"messages": opening}])})
+    assert str(e.value) == ("file f.jsonl, line 2, column 'messages': the chat opens with an assistant turn: no turn "
+                            "before it to condition it on (a chat template renders nothing there)\n"
+                            "  -> start the chat with a user (or system) turn, or remove the opening turn")
+    task.load_model(tiny_models("llama"))
+    doubled = [{"role": "user", "content": "good day"}, {"role": "user", "content": "bad day"},
+               {"role": "assistant", "content": "sad"}]
+    table = _table([{"messages": good}, {"messages": good}, {"messages": doubled}])
+    task.fit({"train": table})
+    with pytest.raises(DataError) as e:
+        task.preprocess(table, task.tokenizer)
+    assert str(e.value) == ("file f.jsonl, line 3, column 'messages': the chat template refuses this conversation: "
+                            "Conversation roles must alternate user/assistant/user/assistant/...\n"
+                            "  -> fix the row's turns to what the template accepts (e.g. user and assistant "
+                            "alternating), or set task.chat_template")
+    # found at tokenization too (evaluate and predict tokenize without fit)
+    with pytest.raises(DataError, match=r"^file f.jsonl, line 2, column 'messages': the chat opens with an assistant"):
+        task.preprocess(_table([{"messages": good}, {"messages": opening}]), task.tokenizer)
+    # prompts (prediction): a chat of assistant turns only has nothing to prompt with
+    with pytest.raises(DataError, match=r"^file f.jsonl, line 2, column 'messages': the chat holds assistant turns "
+                                        r"only: no turn to prompt with"):
+        task.preprocess(_table([{"messages": good[:1]}, {"messages": good[1:]}]), task.tokenizer)
+    # a template that is not valid Jinja is the config's fault, not the row's
+    task = _task(chat_template="{% for m in messages %}{{ m['content'] }")
+    task.load_model(tiny_models("llama"))
+    task.fit({"train": _table([{"messages": good}])})
+    with pytest.raises(ConfigError, match=r"^the chat template is not valid Jinja: "):
+        task.preprocess(_table([{"messages": good}]), task.tokenizer)

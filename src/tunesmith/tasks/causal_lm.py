@@ -145,10 +145,20 @@ class CausalLM:
                 if gold and not any(m["role"] == "assistant" for m in msgs):
                     raise DataError("the chat has no assistant turn: nothing to train on", file=t.file[i],
                                     line=t.line[i], column=t.column_of.get("messages", "messages"))
+                if gold and msgs[0]["role"] == "assistant":
+                    raise self._opens_with_assistant(t, i)
         elif mode in ("prompt", "alpaca") and gold and "response" not in t:
             raise DataError(f"{'prompts' if mode == 'prompt' else 'instructions'} need a response column to train "
                             "or evaluate on (response, completion, output, answer or summary)",
                             file=t.file[0], hint="map it with data.columns.response")
+
+    @staticmethod
+    def _opens_with_assistant(t: Table, i: int) -> DataError:
+        """A trained chat's first assistant turn needs a turn before it (a template renders nothing there)."""
+        return DataError("the chat opens with an assistant turn: no turn before it to condition it on (a chat "
+                         "template renders nothing there)", file=t.file[i], line=t.line[i],
+                         column=t.column_of.get("messages", "messages"),
+                         hint="start the chat with a user (or system) turn, or remove the opening turn")
 
     def fit(self, splits: dict[str, Table]) -> None:
         self.mode = self._mode_of(splits["train"])
@@ -222,6 +232,10 @@ class CausalLM:
             msgs = t["messages"][i]
             while msgs and msgs[-1]["role"] == "assistant":
                 msgs = msgs[:-1]
+            if not msgs:
+                raise DataError("the chat holds assistant turns only: no turn to prompt with", file=t.file[i],
+                                line=t.line[i], column=t.column_of.get("messages", "messages"),
+                                hint="give the chat a user turn to respond to")
             return self._render_chat(tok, msgs, generation_prompt=True)
         if "instruction" in t:
             return alpaca_prompt(t["instruction"][i], (t.get("input") or [""] * len(t))[i])
@@ -233,12 +247,27 @@ class CausalLM:
         return None
 
     def _pieces(self, t: Table, i: int, tok: Any, gold: bool) -> list[tuple[str, bool]]:
-        """Row i as (text, trained) pieces; the end-of-sequence token is added after a response."""
+        """Row i as (text, trained) pieces; the end-of-sequence token is added after a response. A chat its
+        template refuses (its `raise_exception`: roles not alternating, a role it does not know) is a
+        DataError naming the row, as other bad chats are; a template that is no valid Jinja, a ConfigError."""
         if self._mode_of(t) == "text":
             return [(t["text"][i], True)]
-        if self._mode_of(t) == "chat" and gold:
-            return self._chat_pieces(tok, t["messages"][i])
-        pieces = [(self._prompt(t, i, tok), self.opts.train_on_prompt)]
+        from jinja2 import TemplateError, TemplateSyntaxError  # what transformers renders chat templates with
+
+        try:
+            if self._mode_of(t) == "chat" and gold:
+                if t["messages"][i][0]["role"] == "assistant":
+                    raise self._opens_with_assistant(t, i)
+                return self._chat_pieces(tok, t["messages"][i])
+            pieces = [(self._prompt(t, i, tok), self.opts.train_on_prompt)]
+        except TemplateSyntaxError as e:
+            raise ConfigError(f"the chat template is not valid Jinja: {e} (line {e.lineno} of the template); fix "
+                              "task.chat_template or the tokenizer's chat_template") from None
+        except TemplateError as e:
+            role = "messages" if "messages" in t else "prompt"
+            raise DataError(f"the chat template refuses this conversation: {e}", file=t.file[i], line=t.line[i],
+                            column=t.column_of.get(role, role), hint="fix the row's turns to what the template "
+                            "accepts (e.g. user and assistant alternating), or set task.chat_template") from None
         if gold and "response" in t:
             pieces.append((t["response"][i], True))
         return pieces
