@@ -65,6 +65,8 @@ class LoadedData:
     missing: dict[str, dict[str, int]]
     made_splits: dict[str, str]
     columns: dict[str, str]  # role -> the column it was read from
+    # split -> {"examples": n, "reason": why} of the examples dropped after tokenizing (they train nothing)
+    untrainable: dict[str, dict] = field(default_factory=dict)
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
@@ -285,6 +287,28 @@ def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
         tables[split] = t
         missing[split] = counts
     return LoadedData(tables, dropped, missing, {}, columns or {})
+
+
+def drop_examples(data: LoadedData, split: str, features: Any, reasons: dict[int, str]) -> Any:
+    """Drop the examples `reasons` names (example -> why) from a split's table and its tokenized features,
+    listing each with the dropped rows: examples that train nothing (a task's `untrainable`). The features'
+    `example` column is renumbered to the kept rows."""
+    if not reasons:
+        return features
+    t = data.splits[split]
+    for i in sorted(reasons):
+        data.dropped.append({"split": split, "file": t.file[i], "line": t.line[i], "reason": reasons[i],
+                             "row": {t.column_of.get(r, r): v[i] for r, v in t.columns.items()}})
+    keep = [i for i in range(len(t)) if i not in reasons]
+    why = reasons[min(reasons)]
+    if not keep:
+        raise DataError(f"no usable rows left in split '{split}': {why}", file=t.file[0])
+    data.splits[split] = t.take(keep)
+    data.untrainable[split] = {"examples": len(reasons), "reason": why}
+    new = {old: k for k, old in enumerate(keep)}
+    rows = [j for j, ex in enumerate(features["example"]) if ex in new]
+    kept = features.select(rows)
+    return kept.remove_columns("example").add_column("example", [new[ex] for ex in kept["example"]])
 
 
 def _split_off(table: Table, ratio_of_total: float, total: int, seed: int,

@@ -79,6 +79,7 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         "duplicates": {s: _duplicates(t, keys[s], inputs, targets) for s, t in data.splits.items()},
         "leakage": {},
         "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
+        "untrainable": data.untrainable,  # split -> examples dropped for training nothing, and why
         "notes": task.notes() if hasattr(task, "notes") else [],  # choices the task made from the data
         "warnings": [],
     }
@@ -117,8 +118,11 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
     for s, d in report["duplicates"].items():
         if d["groups_with_conflicting_labels"]:
             w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
-    if data.dropped:  # where they are listed depends on the command: print_report says it
-        w.append(f"{len(data.dropped)} rows dropped (policy on_missing={on_missing})")
+    for s, u in data.untrainable.items():
+        w.append(f"{u['examples']} {s} examples dropped (listed with the dropped rows): {u['reason']}")
+    n_missing = len(data.dropped) - sum(u["examples"] for u in data.untrainable.values())
+    if n_missing:  # where they are listed depends on the command: print_report says it
+        w.append(f"{n_missing} rows dropped (policy on_missing={on_missing})")
     return report
 
 

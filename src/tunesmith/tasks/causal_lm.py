@@ -86,6 +86,10 @@ class CausalLMOptions(TaskOptions):
     """Validation prompts generated at every evaluation (run folder: samples.jsonl)."""
     reference_metric: Literal["rouge", "bleu"] = "rouge"
     """How generated responses are scored against the data's responses: ROUGE-1/2/L/Lsum or BLEU/chrF."""
+    truncate_prompt: Literal["none", "left"] = "none"
+    """An example longer than model.max_length: none cuts its end (an example whose prompt leaves no response
+    token is then dropped and listed with the dropped rows); left cuts the prompt's start instead, so the
+    response is kept (and a prompt to generate from keeps its end)."""
 
 
 @register_task
@@ -306,6 +310,10 @@ class CausalLM:
                 starts = range(0, max(n, 1), max_len)
             else:
                 starts = range(0, 1)
+                if self.opts.truncate_prompt == "left" and n > max_len:
+                    # drop the prompt's first tokens, keeping one so the response's first token has a target
+                    cut = min(n - max_len, max(prompt_len - 1, 0))
+                    ids, labels, prompt_len = ids[cut:], labels[cut:], prompt_len - cut
             for s in starts:
                 block_ids, block_labels = ids[s:s + max_len], labels[s:s + max_len]
                 cols["input_ids"].append(block_ids)
@@ -315,6 +323,21 @@ class CausalLM:
                 cols["n_tokens"].append(n)
                 cols["prompt_len"].append(min(prompt_len, len(block_ids)) if not text_mode else 0)
         return datasets.Dataset.from_dict(cols)
+
+    def untrainable(self, features: "datasets.Dataset") -> dict[int, str]:
+        """Examples of gold features with no target token within model.max_length (the prompt fills it):
+        they train nothing, so `prepare` drops and lists them. Example -> why."""
+        if not len(features) or not features[0]["labels"]:
+            return {}
+        targets: dict[int, int] = {}
+        for ex, labels in zip(features["example"], features["labels"]):
+            targets[ex] = targets.get(ex, 0) + sum(x != -100 for x in labels[1:])  # position 0 is no target
+        max_len = self.cfg.model.max_length
+        why = ("a text of one token: no next token to train on" if self.mode == "text" else
+               f"the prompt fills model.max_length={max_len}: no response token is left to train on (set "
+               "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise "
+               "model.max_length)")
+        return {ex: why for ex, n in targets.items() if n == 0}
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
@@ -338,7 +361,7 @@ class CausalLM:
     def cache_key(self) -> dict:
         return {"task": self.name, "max_length": self.cfg.model.max_length, "mode": self.mode,
                 "train_on_prompt": self.opts.train_on_prompt, "chat_template": self._chat_template(),
-                "version": 1}
+                "truncate_prompt": self.opts.truncate_prompt, "version": 1}
 
     # ------------------------------------------------------------------ model
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
