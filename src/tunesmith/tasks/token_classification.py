@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ from pydantic import Field
 
 from ..console import printable
 from ..data.prepare import Table
+from ..data.readers import DELIMITED, detect_format, looks_like_conll
 from ..errors import DataError, ModelError
 from .base import Batch, EvalResult, Role, TaskOptions, register_task
 from .classification import pad_inputs
@@ -221,7 +223,8 @@ class TokenClassification:
     # ------------------------------------------------------------------ data
     def _mode(self, t: Table, needs_gold: bool) -> str:
         """"tokens" or "text": which input the table holds, checked against its gold column."""
-        found = ", ".join(f"{c} ({r})" for r, c in t.column_of.items()) or "none of them"
+        found = ", ".join(f"{c} ({r})" for r, c in t.column_of.items()) or \
+            f"none named {', '.join(c for r in self.roles() for c in r.candidates)}"
         where = {"file": t.file[0] if len(t) else None, "hint": "give tokens with tags (a tag per token), or "
                  "text with entities ([[start, end, type], ...]); map columns with data.columns"}
         if "tokens" in t and ("tags" in t or "text" not in t):
@@ -233,6 +236,10 @@ class TokenClassification:
                 raise DataError(f"text needs an entities column (character offsets) to train or evaluate on; "
                                 f"columns found: {found}", **where)
             return "text"
+        if t.file and Path(t.file[0]).is_file() and detect_format(Path(t.file[0]), self.cfg.data.format) in DELIMITED \
+                and looks_like_conll(Path(t.file[0])):
+            where["hint"] = ("the file looks like CoNLL (a token and its tag per line, blank lines between sentences), "
+                             "read as a table whose first line is its header: set data.format: conll")
         raise DataError(f"token classification reads tokens (with tags) or text (with entities: entities, label "
                         f"or spans); columns found: {found}", **where)
 
