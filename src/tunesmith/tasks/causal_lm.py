@@ -329,15 +329,16 @@ class CausalLM:
         they train nothing, so `prepare` drops and lists them. Example -> why."""
         if not len(features) or not features[0]["labels"]:
             return {}
-        targets: dict[int, int] = {}
+        trained: dict[int, bool] = {}
         for ex, labels in zip(features["example"], features["labels"]):
-            targets[ex] = targets.get(ex, 0) + sum(x != -100 for x in labels[1:])  # position 0 is no target
+            # position 0 is no target; a response is at the end, so the reversed scan stops at once
+            trained[ex] = trained.get(ex, False) or any(x != -100 for x in labels[:0:-1])
         max_len = self.cfg.model.max_length
         why = ("a text of one token: no next token to train on" if self.mode == "text" else
                f"the prompt fills model.max_length={max_len}: no response token is left to train on (set "
                "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise "
                "model.max_length)")
-        return {ex: why for ex, n in targets.items() if n == 0}
+        return {ex: why for ex, ok in trained.items() if not ok}
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch

@@ -151,10 +151,12 @@ class TrainingLoop:
         non-finite norm with a finite loss is its routine overflow, not divergence.
         """
         device = self.acc.device
-        items = torch.tensor(float(sum(self.task.count_items(b) for b in micro)), device=device)
+        n_items = float(sum(self.task.count_items(b) for b in micro))
+        items = torch.tensor(n_items, device=device)
         if self.world > 1:
             items = self.acc.reduce(items, reduction="sum")
-        if float(items) == 0:
+            n_items = float(items)
+        if n_items == 0:
             # no labelled item in the whole window (every prompt filled model.max_length): nothing to learn,
             # and 0/0 is no divergence. Nothing is run or updated; the schedule still advances
             self.scheduler.step()
