@@ -194,3 +194,104 @@ def test_a_run_keeps_sample_generations_and_predicts_with_sampling_options(tiny_
     record = json.loads(out.stdout)
     generated = predictor.task.tokenizer(record["generated_text"], add_special_tokens=False)["input_ids"]
     assert set(record) == {"generated_text"} and len(generated) <= 2
+
+
+ALTERNATING = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+               "{% if add_generation_prompt %}<s> assistant {% endif %}")
+
+
+def test_chats_the_template_cannot_render_are_data_errors_naming_the_row(tiny_models: Any) -> None:
+    from tunesmith.errors import DataError
+
+    good = [{"role": "user", "content": "good day"}, {"role": "assistant", "content": "happy"}]
+    opening = [{"role": "assistant", "content": "hello"}, *good]
+    task = _task(chat_template=ALTERNATING)
+    with pytest.raises(DataError) as e:  # found before any model or tokenizer is loaded
+        task.fit({"train": _table([{"messages": good}, {"messages": opening}])})
+    assert str(e.value) == ("file f.jsonl, line 2, column 'messages': the chat opens with an assistant turn: no turn "
+                            "before it to condition it on (a chat template renders nothing there)\n"
+                            "  -> start the chat with a user (or system) turn, or remove the opening turn")
+    task.load_model(tiny_models("llama"))
+    doubled = [{"role": "user", "content": "good day"}, {"role": "user", "content": "bad day"},
+               {"role": "assistant", "content": "sad"}]
+    table = _table([{"messages": good}, {"messages": good}, {"messages": doubled}])
+    task.fit({"train": table})
+    with pytest.raises(DataError) as e:
+        task.preprocess(table, task.tokenizer)
+    assert str(e.value) == ("file f.jsonl, line 3, column 'messages': the chat template refuses this conversation: "
+                            "Conversation roles must alternate user/assistant/user/assistant/...\n"
+                            "  -> fix the row's turns to what the template accepts (e.g. user and assistant "
+                            "alternating), or set task.chat_template")
+    # found at tokenization too (evaluate and predict tokenize without fit)
+    with pytest.raises(DataError, match=r"^file f.jsonl, line 2, column 'messages': the chat opens with an assistant"):
+        task.preprocess(_table([{"messages": good}, {"messages": opening}]), task.tokenizer)
+    # prompts (prediction): a chat of assistant turns only has nothing to prompt with
+    with pytest.raises(DataError, match=r"^file f.jsonl, line 2, column 'messages': the chat holds assistant turns "
+                                        r"only: no turn to prompt with"):
+        task.preprocess(_table([{"messages": good[:1]}, {"messages": good[1:]}]), task.tokenizer)
+    # a template that is not valid Jinja is the config's fault, not the row's
+    task = _task(chat_template="{% for m in messages %}{{ m['content'] }")
+    task.load_model(tiny_models("llama"))
+    task.fit({"train": _table([{"messages": good}])})
+    with pytest.raises(ConfigError, match=r"^the chat template is not valid Jinja: "):
+        task.preprocess(_table([{"messages": good}]), task.tokenizer)
+
+
+def test_a_prompt_that_fills_max_length_is_dropped_or_cut_from_the_left(tiny_models: Any, tmp_path: Path) -> None:
+    long_prompt = " ".join(["good"] * 40)  # 40 tokens: model.max_length is 32
+    rows = [{"prompt": long_prompt, "response": "happy"}, {"prompt": "a bad day", "response": "sad"}]
+    task = _task()
+    task.load_model(tiny_models("gpt2"))
+    tok = task.tokenizer
+    task.fit({"train": _table(rows)})
+    f = task.preprocess(_table(rows), tok)
+    assert f[0]["labels"] == [-100] * 32  # the response was cut off with the prompt's end
+    assert task.untrainable(f) == {0: "the prompt fills model.max_length=32: no response token is left to train on "
+                                      "(set task.truncate_prompt: left to keep the response by cutting the prompt's "
+                                      "start, or raise model.max_length)"}
+    task = _task(truncate_prompt="left")
+    task.load_model(tiny_models("gpt2"))
+    task.fit({"train": _table(rows)})
+    f = task.preprocess(_table(rows), tok)
+    assert f[0]["length"] == 32 and f[0]["prompt_len"] == 30 and f[0]["n_tokens"] == 42
+    assert tok.decode([t for t, lab in zip(f[0]["input_ids"], f[0]["labels"]) if lab != -100]) == "happy </s>"
+    assert tok.decode(f[0]["input_ids"][:30]) == " ".join(["good"] * 30) and task.untrainable(f) == {}
+    assert f[1]["input_ids"] == _ids(tok, "a bad day sad") + [tok.eos_token_id]  # a short example is as it was
+
+    # a run drops and lists them, and the data report counts them
+    from tunesmith.run import prepare
+
+    write_jsonl(tmp_path / "train.jsonl", [rows[0], rows[0]] + [rows[1]] * 8)
+    cfg = RunConfig.model_validate({"task": {"type": "text-generation"}, "model": {"name": tiny_models("gpt2"),
+                                    "max_length": 32}, "data": {"train": str(tmp_path / "train.jsonl"),
+                                    "validation": str(tmp_path / "train.jsonl"), "test_ratio": 0.1,
+                                    "cache_dir": str(tmp_path / "cache")}})
+    p = prepare(cfg)
+    reason = ("the prompt fills model.max_length=32: no response token is left to train on (set "
+              "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise model.max_length)")
+    assert [(d["split"], d["line"], d["reason"]) for d in p.data.dropped] == [
+        ("train", 1, reason), ("train", 2, reason), ("validation", 1, reason), ("validation", 2, reason)]
+    assert p.report["untrainable"] == {"train": {"examples": 2, "reason": reason},
+                                       "validation": {"examples": 2, "reason": reason}}
+    assert f"2 train examples dropped (listed with the dropped rows): {reason}" in p.report["warnings"]
+    assert len(p.data.splits["train"]) == 7 and set(p.tokenized["train"]["example"]) == set(range(7))
+    assert len(p.data.splits["validation"]) == 8 and sorted(p.tokenized["validation"]["example"]) == list(range(8))
+    assert not any("on_missing" in w for w in p.report["warnings"])
+
+
+def test_a_window_with_no_labelled_token_is_skipped_not_called_a_divergence(tiny_models: Any, tmp_path: Path) -> None:
+    # texts of 33 tokens at model.max_length 32 end in a block of one token, which predicts nothing; sorted
+    # by length (train.batching: bucket), those blocks make up a batch of their own: 0 targets, loss 0/0
+    write_jsonl(tmp_path / "train.jsonl", [{"text": " ".join(["good", "bad"] * 16 + ["sad"])}] * 8)
+    cfg = {"task": {"type": "text-generation"}, "model": {"name": tiny_models("gpt2"), "max_length": 32},
+           "data": {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "train.jsonl"),
+                    "test": str(tmp_path / "train.jsonl"), "cache_dir": str(tmp_path / "cache")},
+           "train": {"epochs": 1, "batch_size": 8, "batching": "bucket", "max_nonfinite_steps": 1, "eval_every": 2,
+                     "precision": "fp32", "log_every": 1},
+           "output_dir": str(tmp_path / "run")}
+    run = tunesmith.train(cfg)
+    steps = [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert sorted(s["loss"] == 0.0 for s in steps) == [False, True]  # the empty window: skipped, loss 0
+    assert run.report["train"]["nonfinite_steps"] == 0

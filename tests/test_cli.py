@@ -406,3 +406,44 @@ def test_init_escapes_control_characters_from_the_file(tmp_path):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "text column: 'te\\x1b[31mxt'" in result.output
+
+
+def test_init_counts_labels_over_the_whole_file(tmp_path):
+    # sorted by label: the first 2000 rows hold 2 of the 5 labels
+    rows = sorted(({"text": f"{r['text']} number {i}", "label": f"l{i % 5}"}
+                   for i, r in enumerate(sentiment_rows(5000, seed=6))), key=lambda r: r["label"])
+    data = write_csv(tmp_path / "sorted.csv", rows)
+    result = invoke("init", "--data", data, "-o", tmp_path / "c.yaml")
+    assert result.exit_code == 0, result.output
+    assert "problem type: auto (5 distinct label values in 5000 rows)" in one_line(result.output)
+
+
+def test_init_on_a_conll_tsv_writes_a_token_classification_config(tmp_path, tiny_model_dir):
+    data = tmp_path / "bc5cdr.tsv"
+    data.write_text("Selegiline\tB-Chemical\ninduced\tO\nhypotension\tB-Disease\n\n"
+                    "Famotidine\tB-Chemical\nis\tO\nsafe\tO\n\n", encoding="utf-8")
+    out = tmp_path / "ner.yaml"
+    result = invoke("init", "--data", data, "-o", out)
+    assert result.exit_code == 0, result.output
+    text = one_line(result.output)
+    assert "format: CoNLL (a token and its tag per line, blank lines between sentences), not a table with a " \
+           "header" in text
+    assert "token classification: 2 sentences, 3 distinct tags in the last column (B-Chemical, B-Disease, O)" in text
+    assert "header" not in text.split("not a table with a header")[1]
+    cfg = load_config(out)
+    assert (cfg.task.type, cfg.data.format, cfg.data.train) == ("token-classification", "conll", str(data))
+    # the same file trained without data.format: the error says what the file looks like
+    bad = {**cfg.model_dump(), "data": {**cfg.data.model_dump(), "format": "auto"}}
+    from tunesmith.data.prepare import load_splits
+    from tunesmith.errors import DataError
+    from tunesmith.tasks.base import get_task
+
+    cfg = load_config(bad)
+    task = get_task(cfg)
+    with pytest.raises(DataError) as e:
+        task.fit(load_splits(cfg.data, task.roles()).splits)
+    assert str(e.value) == (f"file {data}: token classification reads tokens (with tags) or text (with entities: "
+                            "entities, label or spans); columns found: none named text, tokens, tags, ner_tags, "
+                            "entities, label, spans\n  -> the file looks like CoNLL (a token and its tag per line, "
+                            "blank lines between sentences), read as a table whose first line is its header: set "
+                            "data.format: conll")

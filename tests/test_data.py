@@ -798,3 +798,21 @@ def test_head_tail_through_prepare(tmp_path, make_cfg, tiny_model_dir):
     assert ht[1] == first and ht[-2] == last
     head = kept("head")
     assert head[1] == first and last not in head
+
+
+def test_pretty_printed_json_syntax_error_gives_the_parsers_line_and_column(tmp_path):
+    # a SQuAD file written with indent=2 and a comma lost on line 10: not reparsed as JSON Lines (line 1)
+    squad = {"data": [{"title": "T", "paragraphs": [{"context": "Paris is big.", "qas": [
+        {"id": "q1", "question": "What?", "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
+    lines = json.dumps(squad, indent=2).split("\n")
+    assert lines[9] == '              "id": "q1",'
+    lines[9] = lines[9].rstrip(",")
+    f = write_text(tmp_path / "dev.json", "\n".join(lines) + "\n")
+    err = data_error(read_file, f)
+    assert str(err) == f"file {f}, line 11: not valid JSON: Expecting ',' delimiter (character 15)"
+    # a truncated file: the end of the text, not its first line
+    f = write_text(tmp_path / "cut.json", "\n".join(json.dumps(squad, indent=2).split("\n")[:12]) + "\n")
+    assert str(data_error(read_file, f)) == (f"file {f}, line 13: not valid JSON: Expecting value (character 1)")
+    # JSON Lines saved as .json is still read line by line, its errors per line
+    f = write_text(tmp_path / "rows.json", '{"text": "a", "label": "pos"}\n{"text": "b", "label": }\n')
+    assert str(data_error(read_file, f)) == (f"file {f}, line 2: not valid JSON: Expecting value (character 24)")

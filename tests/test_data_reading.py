@@ -478,3 +478,34 @@ def test_conll_reader_skips_docstart_and_a_stray_byte_order_mark(tmp_path):
     with pytest.raises(DataError) as err:
         read_file(f)
     assert err.value.line == 2 and "1 columns here, 2 on the file's first token line" in str(err.value)
+
+
+def _ner_splits(tmp_path: Path, files: dict[str, str], **task: object) -> tuple:
+    """A token-classification task and the splits of CoNLL files written from `files` (split -> text)."""
+    from tunesmith.data.prepare import load_splits as load
+    from tunesmith.tasks.base import get_task
+
+    data = {}
+    for split, text in files.items():
+        (tmp_path / f"{split}.conll").write_text(text, encoding="utf-8")
+        data[split] = str(tmp_path / f"{split}.conll")
+    cfg = load_config({"task": {"type": "token-classification", **task}, "data": data})
+    t = get_task(cfg)
+    return t, load(cfg.data, t.roles()).splits
+
+
+def test_conll_tag_errors_name_the_tokens_own_line(tmp_path):
+    # the sentence starts on line 3; its bad tag is on line 6 (a -DOCSTART- line ends a sentence, so the
+    # tokens of one sentence are consecutive lines)
+    text = "-DOCSTART- O\n\nAnn B-PER\nmet O\nBob B-PER\nin E-LOC\nRome I-LOC\n\n"
+    task, splits = _ner_splits(tmp_path, {"train": text}, tag_scheme="iob2")
+    with pytest.raises(DataError) as e:
+        task.fit(splits)
+    assert str(e.value).split("\n")[0] == (f"file {tmp_path / 'train.conll'}, line 6, column 'tags': tag 'E-LOC' "
+                                           "is not an IOB2 tag")
+    # an entity type unknown to training: the line of the entity's first token
+    task, splits = _ner_splits(tmp_path, {"train": "Ann B-PER\nmet O\n", "test": "Bob B-PER\nin O\nRome B-LOC\n"})
+    with pytest.raises(DataError) as e:
+        task.fit(splits)
+    assert str(e.value).split("\n")[0] == (f"file {tmp_path / 'test.conll'}, line 3, column 'tags': entity type "
+                                           "'LOC' in split 'test' never occurs in the training split")

@@ -231,7 +231,7 @@ def test_tag_errors_name_file_line_and_column(make_task):
     task = make_task()
     with pytest.raises(DataError, match=r"file f.jsonl, line 2, column 'tags': 2 tags for 3 tokens"):
         task.fit({"train": tagged([["a"], ["a", "b", "c"]], [["B-X"], ["O", "B-X"]])})
-    with pytest.raises(DataError, match=r"line 1, column 'tags': tag 'E-X' is not a IOB2 tag"):
+    with pytest.raises(DataError, match=r"line 1, column 'tags': tag 'E-X' is not an IOB2 tag"):
         make_task(tag_scheme="iob2").fit({"train": tagged([["a", "b"]], [["B-X", "E-X"]])})
     task = make_task()
     task.fit({"train": tagged([["a"]], [["B-X"]])})

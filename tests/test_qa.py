@@ -409,3 +409,38 @@ def test_contract_fixture_reads_windows_and_rejects_the_bad_file(tmp_path, tiny_
         task = get_task(cfg)
         task.fit(load_splits(cfg.data, task.roles()).splits)
     assert (e.value.line, e.value.column) == (expected["line"], expected["column"])
+
+
+def test_squad_question_without_answers_is_dropped_and_v2_is_chosen_only_with_a_reason(tmp_path, tiny_model_dir,
+                                                                                      capsys):
+    from tunesmith.data.report import print_report
+    from tunesmith.run import prepare
+
+    data = json.loads(json.dumps(SQUAD))
+    qas = data["data"][0]["paragraphs"][0]["qas"]
+    del qas[1]  # the one is_impossible question: a v1.1 file
+    qas.append({"id": "q4", "question": "Where is Paris?"})  # no answers key: a missing answer, not "no answer"
+    data["data"][1]["paragraphs"][0]["qas"] *= 4  # enough questions to split off validation and test
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(data))
+
+    def prep(file: Path):
+        return prepare(load_config({"task": {"type": "question-answering"},
+                                    "model": {"name": tiny_model_dir, "max_length": 32},
+                                    "data": {"train": str(file), "cache_dir": str(tmp_path / "cache"),
+                                             "validation_ratio": 0.2, "test_ratio": 0.2}}))
+
+    p = prep(path)
+    assert p.data.dropped == [{"split": "train", "file": str(path), "line": 2, "reason": "missing answers (column "
+                               "'answers')", "row": {"question": "Where is Paris?", "context":
+                               "Paris is the capital of France.", "answers": None, "id": "q4"}}]
+    assert p.task.version_2 is False and p.report["notes"] == []
+    # a question marked is_impossible turns v2 on, and the report says why
+    qas.append({"id": "q5", "question": "What is the capital of Mars?", "answers": [], "is_impossible": True})
+    path.write_text(json.dumps(data))
+    p = prep(path)
+    assert p.task.version_2 is True and p.report["notes"] == [
+        "SQuAD v2 (task.version_2: auto): 1 of 6 training questions have no answer (marked is_impossible or with "
+        "an empty answers list)"]
+    print_report(p.report)
+    assert "note: SQuAD v2 (task.version_2: auto): 1 of 6 training questions" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from . import rundir
 from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
-from .data.prepare import LoadedData, load_splits, make_missing_splits, sample_rows
+from .data.prepare import LoadedData, drop_examples, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
@@ -99,6 +99,8 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     for split, table in data.splits.items():
         tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir, tok_key)
         rebuilt += [why] if why else []
+        if hasattr(task, "untrainable"):  # examples with nothing to train on are dropped and listed
+            tokenized[split] = drop_examples(data, split, tokenized[split], task.untrainable(tokenized[split]))
     report = build_report(data, task, tokenized, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt

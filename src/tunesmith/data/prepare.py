@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from .readers import DELIMITED, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
+from .readers import DELIMITED, LANG, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
 
 if TYPE_CHECKING:
     from ..tasks.base import Role
@@ -35,6 +35,7 @@ class Table:
     file: list[str]
     line: list[int]
     column_of: dict[str, str] = field(default_factory=dict)  # role -> the file's column, for messages
+    token_lines: bool = False  # rows of a CoNLL file: token k of row i is on line line[i] + k
 
     def __len__(self) -> int:
         return len(self.file)
@@ -50,7 +51,8 @@ class Table:
 
     def take(self, idx: list[int] | np.ndarray) -> "Table":
         pick = lambda col: [col[i] for i in idx]  # noqa: E731
-        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of)
+        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of,
+                     self.token_lines)
 
     def where(self, i: int) -> dict:
         return {"file": self.file[i], "line": self.line[i]}
@@ -64,6 +66,8 @@ class LoadedData:
     made_splits: dict[str, str]
     columns: dict[str, str]  # role -> the column it was read from
     sampled: dict[str, str] = field(default_factory=dict)  # split -> how data.max_*_rows sampled it
+    # split -> {"examples": n, "reason": why} of the examples dropped after tokenizing (they train nothing)
+    untrainable: dict[str, dict] = field(default_factory=dict)
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
@@ -277,12 +281,35 @@ def load_splits(cfg: DataConfig, roles: list["Role"]) -> LoadedData:
         # each file's own columns for the training split's roles (a test file may spell a role otherwise:
         # summary1..3 for summary)
         t = table_from_records(name, records, cfg, roles, found, split, dropped, counts)
+        t.token_lines = not cfg.hub_dataset and LANG not in name and detect_format(Path(name), cfg.format) == "conll"
         if len(t) == 0:
             raise DataError(f"no usable rows left in split '{split}' after the missing-value policy",
                             file=name, hint="see the dropped rows report; check the column names")
         tables[split] = t
         missing[split] = counts
     return LoadedData(tables, dropped, missing, {}, columns or {})
+
+
+def drop_examples(data: LoadedData, split: str, features: Any, reasons: dict[int, str]) -> Any:
+    """Drop the examples `reasons` names (example -> why) from a split's table and its tokenized features,
+    listing each with the dropped rows: examples that train nothing (a task's `untrainable`). The features'
+    `example` column is renumbered to the kept rows."""
+    if not reasons:
+        return features
+    t = data.splits[split]
+    for i in sorted(reasons):
+        data.dropped.append({"split": split, "file": t.file[i], "line": t.line[i], "reason": reasons[i],
+                             "row": {t.column_of.get(r, r): v[i] for r, v in t.columns.items()}})
+    keep = [i for i in range(len(t)) if i not in reasons]
+    why = reasons[min(reasons)]
+    if not keep:
+        raise DataError(f"no usable rows left in split '{split}': {why}", file=t.file[0])
+    data.splits[split] = t.take(keep)
+    data.untrainable[split] = {"examples": len(reasons), "reason": why}
+    new = {old: k for k, old in enumerate(keep)}
+    rows = [j for j, ex in enumerate(features["example"]) if ex in new]
+    kept = features.select(rows)
+    return kept.remove_columns("example").add_column("example", [new[ex] for ex in kept["example"]])
 
 
 def _split_off(table: Table, n_held: int, seed: int,

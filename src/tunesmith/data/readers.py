@@ -194,31 +194,45 @@ def read_jsonl(path: Path) -> list[Record]:
     return rows
 
 
+def _first_line_is_a_value(text: str) -> bool:
+    """Whether the first non-blank line is a complete JSON value alone: then the file is JSON Lines, else
+    one document spread over lines (whose errors must keep the parser's line and column)."""
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 @register_reader("json")
 def read_json(path: Path) -> list[Record]:
-    """A JSON array of objects (record number = position, 1-based), or JSON Lines saved as .json.
+    """A JSON array of objects (record number = position, 1-based), or JSON Lines saved as .json (a file
+    whose whole text is no JSON value but whose first line is one).
 
     Two export shapes are recognised and flattened into rows: a SQuAD file (an object with "data") and
     a Label Studio export (objects with "data" and "annotations").
     """
     text = _read_text(path)
-    if text.lstrip().startswith("{"):
-        try:  # one object holding "data" is a SQuAD file; anything else is JSON Lines
-            data = json.loads(text, object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, _DuplicateKey):
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, _DuplicateKey) as e:
+        if _first_line_is_a_value(text):  # JSON Lines saved as .json: errors are per line
+            return read_jsonl(path)
+        if isinstance(e, _DuplicateKey):
+            raise DataError(f"key '{e}' appears twice in one object", file=str(path),
+                            hint="remove or rename one of them") from None
+        # one document (a pretty-printed SQuAD file): the parser's own line and column
+        raise DataError(f"not valid JSON: {e.msg} (character {e.colno})", file=str(path), line=e.lineno) from None
+    if isinstance(data, dict):
+        if isinstance(data.get("data"), list):  # one object holding "data" is a SQuAD file
             from .squad import squad_records
 
             return squad_records(data, path)
-        return read_jsonl(path)
-    try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON: {e.msg}", file=str(path), line=e.lineno) from None
-    except _DuplicateKey as e:
-        raise DataError(f"key '{e}' appears twice in one object", file=str(path),
-                        hint="remove or rename one of them") from None
+        return read_jsonl(path)  # one object on one line: JSON Lines with one row
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON array of objects (or JSON Lines), got {type(data).__name__}",
+                        file=str(path))
     rows: list[Record] = []
     for i, obj in enumerate(data, start=1):
         if not isinstance(obj, dict):
@@ -237,17 +251,16 @@ def read_json(path: Path) -> list[Record]:
 def read_conll(path: Path, tag_column: int = -1) -> list[Record]:
     """CoNLL-style column files: a token per line, a blank line between sentences, `-DOCSTART-` lines
     skipped. Rows are {"tokens": [...], "tags": [...]} (tags from `tag_column`, default the last);
-    a file with one column holds tokens only (for prediction). A row's line is its first token's. A line
-    holding only a byte-order mark (U+FEFF, invisible) counts as blank."""
+    a file with one column holds tokens only (for prediction). A row's line is its first token's, and its
+    tokens sit on consecutive lines (a `-DOCSTART-` line ends a sentence, as a blank line does), so token k
+    is on line + k. A line holding only a byte-order mark (U+FEFF, invisible) counts as blank."""
     rows: list[Record] = []
     tokens: list[str] = []
     tags: list[str] = []
     start, width = 0, None
     for n, raw in enumerate(_read_text(path).splitlines() + [""], start=1):
         parts = raw.replace("\ufeff", " ").split()  # a stray byte-order mark is no token (WNUT-17's dev.conll)
-        if parts and parts[0] == "-DOCSTART-":
-            continue
-        if not parts:
+        if not parts or parts[0] == "-DOCSTART-":
             if tokens:
                 rows.append((start, {"tokens": tokens, "tags": tags} if width > 1 else {"tokens": tokens}))
             tokens, tags = [], []
@@ -269,6 +282,15 @@ def read_conll(path: Path, tag_column: int = -1) -> list[Record]:
     if not rows:
         raise DataError("no sentences found (a token per line, a blank line between sentences)", file=str(path))
     return rows
+
+
+def looks_like_conll(path: Path) -> bool:
+    """Whether a delimited file is CoNLL in disguise (a `.tsv` of token<TAB>tag lines): blank lines between
+    runs of lines, every other line the same number (2+) of tab-separated fields, none holding a space."""
+    lines = _read_text(path).replace("\r", "").strip("\n").split("\n")
+    body = [line for line in lines if line.strip()]
+    widths = {len(line.split("\t")) for line in body}
+    return len(body) < len(lines) and len(widths) == 1 and widths.pop() >= 2 and not any(" " in x for x in body)
 
 
 @register_reader("parquet")

@@ -81,6 +81,8 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         "duplicates": {s: _duplicates(t, keys[s], inputs, targets) for s, t in data.splits.items()},
         "leakage": {},
         "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
+        "untrainable": data.untrainable,  # split -> examples dropped for training nothing, and why
+        "notes": task.notes() if hasattr(task, "notes") else [],  # choices the task made from the data
         "warnings": [],
     }
     # generative tasks cut targets too (features then carry n_target_tokens)
@@ -118,8 +120,11 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
     for s, d in report["duplicates"].items():
         if d["groups_with_conflicting_labels"]:
             w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
-    if data.dropped:  # where they are listed depends on the command: print_report says it
-        w.append(f"{len(data.dropped)} rows dropped (policy on_missing={on_missing})")
+    for s, u in data.untrainable.items():
+        w.append(f"{u['examples']} {s} examples dropped (listed with the dropped rows): {u['reason']}")
+    n_missing = len(data.dropped) - sum(u["examples"] for u in data.untrainable.values())
+    if n_missing:  # where they are listed depends on the command: print_report says it
+        w.append(f"{n_missing} rows dropped (policy on_missing={on_missing})")
     return report
 
 
@@ -146,6 +151,8 @@ def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file:
     kind = ", ".join([report["task"]] + ([report["problem_type"]] if "problem_type" in report else [])
                      + ([f"{len(report['labels'])} labels"] if "labels" in report else []))
     say(f"[bold]Data report ({escape(kind)})[/bold]")
+    for note in report.get("notes", []):
+        say(f"note: {escape(printable(note))}")
     for s, info in report["splits"].items():
         lens = report["token_lengths"][s]
         where = (info["made"] or f"from {info['source'] or ''}") + (

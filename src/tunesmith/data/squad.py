@@ -1,7 +1,8 @@
 """SQuAD-shaped data: the nested SQuAD v1.1 / v2.0 JSON flattened into rows, and answers from flat files.
 
 A row is {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}, "title"} (the
-Hugging Face `squad` layout); a v2 question marked "is_impossible" has empty answer lists. A SQuAD file has
+Hugging Face `squad` layout); a v2 question marked "is_impossible" has empty answer lists, and a question
+with neither "answers" nor "is_impossible" has no "answers" key (a missing value). A SQuAD file has
 no useful line numbers for nested entries, so a row's record number is its question number in file order
 (1-based) and errors say "question N (id ...)".
 
@@ -115,17 +116,18 @@ def squad_records(data: dict, path: Path) -> list[tuple[int, dict]]:
                 where = f"question {n} (id {qid})" if qid is not None else f"question {n}"
                 if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
                     raise fail(f"{where}: expected an object with a \"question\" string")
-                raw = [] if qa.get("is_impossible") else qa.get("answers", [])
-                try:
-                    answers = parse_answers(raw)
-                except ValueError as e:
-                    raise fail(f"{where}: {e}") from None
-                for text, start in zip(answers["text"], answers["answer_start"]):
-                    problem = answer_problem(context, text, start)
-                    if problem:
-                        raise fail(f"{where}: {problem[0]}", problem[1])
-                row = {"id": qid, "question": qa["question"], "context": context, "answers": answers,
-                       "title": article.get("title")}
+                row = {"id": qid, "question": qa["question"], "context": context, "title": article.get("title")}
+                # no "answers" key and not is_impossible: a missing answer (dropped and listed by the
+                # missing-value policy, as in a flat file), never a silent no-answer question
+                if qa.get("is_impossible") or "answers" in qa:
+                    try:
+                        row["answers"] = parse_answers([] if qa.get("is_impossible") else qa["answers"])
+                    except ValueError as e:
+                        raise fail(f"{where}: {e}") from None
+                    for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
+                        problem = answer_problem(context, text, start)
+                        if problem:
+                            raise fail(f"{where}: {problem[0]}", problem[1])
                 rows.append((n, {k: v for k, v in row.items() if v is not None}))
     if not rows:
         raise fail("the SQuAD file holds no questions")

@@ -86,6 +86,10 @@ class CausalLMOptions(TaskOptions):
     """Validation prompts generated at every evaluation (run folder: samples.jsonl)."""
     reference_metric: Literal["rouge", "bleu"] = "rouge"
     """How generated responses are scored against the data's responses: ROUGE-1/2/L/Lsum or BLEU/chrF."""
+    truncate_prompt: Literal["none", "left"] = "none"
+    """An example longer than model.max_length: none cuts its end (an example whose prompt leaves no response
+    token is then dropped and listed with the dropped rows); left cuts the prompt's start instead, so the
+    response is kept (and a prompt to generate from keeps its end)."""
 
 
 @register_task
@@ -145,10 +149,20 @@ class CausalLM:
                 if gold and not any(m["role"] == "assistant" for m in msgs):
                     raise DataError("the chat has no assistant turn: nothing to train on", file=t.file[i],
                                     line=t.line[i], column=t.column_of.get("messages", "messages"))
+                if gold and msgs[0]["role"] == "assistant":
+                    raise self._opens_with_assistant(t, i)
         elif mode in ("prompt", "alpaca") and gold and "response" not in t:
             raise DataError(f"{'prompts' if mode == 'prompt' else 'instructions'} need a response column to train "
                             "or evaluate on (response, completion, output, answer or summary)",
                             file=t.file[0], hint="map it with data.columns.response")
+
+    @staticmethod
+    def _opens_with_assistant(t: Table, i: int) -> DataError:
+        """A trained chat's first assistant turn needs a turn before it (a template renders nothing there)."""
+        return DataError("the chat opens with an assistant turn: no turn before it to condition it on (a chat "
+                         "template renders nothing there)", file=t.file[i], line=t.line[i],
+                         column=t.column_of.get("messages", "messages"),
+                         hint="start the chat with a user (or system) turn, or remove the opening turn")
 
     def fit(self, splits: dict[str, Table]) -> None:
         self.mode = self._mode_of(splits["train"])
@@ -222,6 +236,10 @@ class CausalLM:
             msgs = t["messages"][i]
             while msgs and msgs[-1]["role"] == "assistant":
                 msgs = msgs[:-1]
+            if not msgs:
+                raise DataError("the chat holds assistant turns only: no turn to prompt with", file=t.file[i],
+                                line=t.line[i], column=t.column_of.get("messages", "messages"),
+                                hint="give the chat a user turn to respond to")
             return self._render_chat(tok, msgs, generation_prompt=True)
         if "instruction" in t:
             return alpaca_prompt(t["instruction"][i], (t.get("input") or [""] * len(t))[i])
@@ -233,12 +251,27 @@ class CausalLM:
         return None
 
     def _pieces(self, t: Table, i: int, tok: Any, gold: bool) -> list[tuple[str, bool]]:
-        """Row i as (text, trained) pieces; the end-of-sequence token is added after a response."""
+        """Row i as (text, trained) pieces; the end-of-sequence token is added after a response. A chat its
+        template refuses (its `raise_exception`: roles not alternating, a role it does not know) is a
+        DataError naming the row, as other bad chats are; a template that is no valid Jinja, a ConfigError."""
         if self._mode_of(t) == "text":
             return [(t["text"][i], True)]
-        if self._mode_of(t) == "chat" and gold:
-            return self._chat_pieces(tok, t["messages"][i])
-        pieces = [(self._prompt(t, i, tok), self.opts.train_on_prompt)]
+        from jinja2 import TemplateError, TemplateSyntaxError  # what transformers renders chat templates with
+
+        try:
+            if self._mode_of(t) == "chat" and gold:
+                if t["messages"][i][0]["role"] == "assistant":
+                    raise self._opens_with_assistant(t, i)
+                return self._chat_pieces(tok, t["messages"][i])
+            pieces = [(self._prompt(t, i, tok), self.opts.train_on_prompt)]
+        except TemplateSyntaxError as e:
+            raise ConfigError(f"the chat template is not valid Jinja: {e} (line {e.lineno} of the template); fix "
+                              "task.chat_template or the tokenizer's chat_template") from None
+        except TemplateError as e:
+            role = "messages" if "messages" in t else "prompt"
+            raise DataError(f"the chat template refuses this conversation: {e}", file=t.file[i], line=t.line[i],
+                            column=t.column_of.get(role, role), hint="fix the row's turns to what the template "
+                            "accepts (e.g. user and assistant alternating), or set task.chat_template") from None
         if gold and "response" in t:
             pieces.append((t["response"][i], True))
         return pieces
@@ -277,6 +310,10 @@ class CausalLM:
                 starts = range(0, max(n, 1), max_len)
             else:
                 starts = range(0, 1)
+                if self.opts.truncate_prompt == "left" and n > max_len:
+                    # drop the prompt's first tokens, keeping one so the response's first token has a target
+                    cut = min(n - max_len, max(prompt_len - 1, 0))
+                    ids, labels, prompt_len = ids[cut:], labels[cut:], prompt_len - cut
             for s in starts:
                 block_ids, block_labels = ids[s:s + max_len], labels[s:s + max_len]
                 cols["input_ids"].append(block_ids)
@@ -286,6 +323,22 @@ class CausalLM:
                 cols["n_tokens"].append(n)
                 cols["prompt_len"].append(min(prompt_len, len(block_ids)) if not text_mode else 0)
         return datasets.Dataset.from_dict(cols)
+
+    def untrainable(self, features: "datasets.Dataset") -> dict[int, str]:
+        """Examples of gold features with no target token within model.max_length (the prompt fills it):
+        they train nothing, so `prepare` drops and lists them. Example -> why."""
+        if not len(features) or not features[0]["labels"]:
+            return {}
+        trained: dict[int, bool] = {}
+        for ex, labels in zip(features["example"], features["labels"]):
+            # position 0 is no target; a response is at the end, so the reversed scan stops at once
+            trained[ex] = trained.get(ex, False) or any(x != -100 for x in labels[:0:-1])
+        max_len = self.cfg.model.max_length
+        why = ("a text of one token: no next token to train on" if self.mode == "text" else
+               f"the prompt fills model.max_length={max_len}: no response token is left to train on (set "
+               "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise "
+               "model.max_length)")
+        return {ex: why for ex, ok in trained.items() if not ok}
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
@@ -309,7 +362,7 @@ class CausalLM:
     def cache_key(self) -> dict:
         return {"task": self.name, "max_length": self.cfg.model.max_length, "mode": self.mode,
                 "train_on_prompt": self.opts.train_on_prompt, "chat_template": self._chat_template(),
-                "version": 1}
+                "truncate_prompt": self.opts.truncate_prompt, "version": 1}
 
     # ------------------------------------------------------------------ model
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":

@@ -75,6 +75,7 @@ class QuestionAnswering:
         #: a v2 question is answered "" when its no-answer score minus its best span score is above this
         self.threshold: float = state.get("threshold", 0.0)
         self._question_cuts: dict[int, int] = {}  # hash of a table's questions -> how many preprocess cut
+        self._why_v2: str | None = None  # set by fit: the data report's note on why v2 is on
 
     def roles(self) -> list[Role]:
         return [Role("question", "string", doc="the question"),
@@ -120,8 +121,12 @@ class QuestionAnswering:
                                  "`answer_text` and `answer_start` (map them with data.columns)")
         if self.opts.version_2 == "auto":
             self.version_2 = True  # parse first, then decide: no row may fail for lacking an answer meanwhile
-            parsed = [self._answers(train, i) for i in range(len(train))]
-            self.version_2 = any(not a["text"] for a in parsed)
+            unanswered = sum(not self._answers(train, i)["text"] for i in range(len(train)))
+            self.version_2 = unanswered > 0
+            self._why_v2 = (f"SQuAD v2 (task.version_2: auto): {unanswered} of {len(train)} training questions have "
+                            "no answer (marked is_impossible or with an empty answers list)") if unanswered else None
+        else:
+            self._why_v2 = "SQuAD v2: task.version_2 is true" if self.version_2 else None
         for split, t in splits.items():
             self.encode(split, t)
 
@@ -154,6 +159,10 @@ class QuestionAnswering:
         if cut is not None:  # known once the split was tokenized in this process (not from the cache)
             out["questions_cut"] = cut
         return out
+
+    def notes(self) -> list[str]:
+        """For the data report: why questions may have no answer (SQuAD v2), when they may."""
+        return [self._why_v2] if self._why_v2 else []
 
     def summary(self) -> dict[str, Any]:
         return {"version_2": self.version_2, "no_answer_threshold": self.threshold if self.version_2 else None}

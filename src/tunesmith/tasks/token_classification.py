@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ from pydantic import Field
 
 from ..console import printable
 from ..data.prepare import Table
+from ..data.readers import DELIMITED, detect_format, looks_like_conll
 from ..errors import DataError, ModelError
 from .base import Batch, EvalResult, Role, TaskOptions, register_task
 from .classification import pad_inputs
@@ -221,7 +223,8 @@ class TokenClassification:
     # ------------------------------------------------------------------ data
     def _mode(self, t: Table, needs_gold: bool) -> str:
         """"tokens" or "text": which input the table holds, checked against its gold column."""
-        found = ", ".join(f"{c} ({r})" for r, c in t.column_of.items()) or "none of them"
+        found = ", ".join(f"{c} ({r})" for r, c in t.column_of.items()) or \
+            f"none named {', '.join(c for r in self.roles() for c in r.candidates)}"
         where = {"file": t.file[0] if len(t) else None, "hint": "give tokens with tags (a tag per token), or "
                  "text with entities ([[start, end, type], ...]); map columns with data.columns"}
         if "tokens" in t and ("tags" in t or "text" not in t):
@@ -233,11 +236,18 @@ class TokenClassification:
                 raise DataError(f"text needs an entities column (character offsets) to train or evaluate on; "
                                 f"columns found: {found}", **where)
             return "text"
+        if t.file and Path(t.file[0]).is_file() and detect_format(Path(t.file[0]), self.cfg.data.format) in DELIMITED \
+                and looks_like_conll(Path(t.file[0])):
+            where["hint"] = ("the file looks like CoNLL (a token and its tag per line, blank lines between sentences), "
+                             "read as a table whose first line is its header: set data.format: conll")
         raise DataError(f"token classification reads tokens (with tags) or text (with entities: entities, label "
                         f"or spans); columns found: {found}", **where)
 
-    def _error(self, t: Table, i: int, role: str, msg: str, hint: str | None = None) -> DataError:
-        return DataError(msg, file=t.file[i], line=t.line[i], column=t.column_of.get(role, role), hint=hint)
+    def _error(self, t: Table, i: int, role: str, msg: str, hint: str | None = None,
+               token: int | None = None) -> DataError:
+        """A DataError at row i, or at its token's own line when the row is a CoNLL sentence."""
+        line = t.line[i] + token if t.token_lines and token is not None else t.line[i]
+        return DataError(msg, file=t.file[i], line=line, column=t.column_of.get(role, role), hint=hint)
 
     def _tags(self, t: Table, i: int) -> list[str]:
         """Row i's tags, checked: strings, one per token."""
@@ -283,11 +293,13 @@ class TokenClassification:
 
     def _check_scheme(self, t: Table, i: int, tags: list[str]) -> None:
         allowed = SCHEME_PREFIXES[self.scheme]
-        for tag in tags:
+        name = self.scheme.upper()
+        for k, tag in enumerate(tags):
             p, typ = split_tag(tag)
             if p != "O" and (p not in allowed or not typ):
-                raise self._error(t, i, "tags", f"tag '{printable(tag)}' is not a {self.scheme.upper()} tag",
-                                  "set task.tag_scheme to the file's scheme (io, iob1, iob2, bioes) or fix the tag")
+                raise self._error(t, i, "tags", f"tag '{printable(tag)}' is not {'an' if name[0] in 'AEIOU' else 'a'} "
+                                  f"{name} tag", "set task.tag_scheme to the file's scheme (io, iob1, iob2, bioes) "
+                                  "or fix the tag", token=k)
 
     def _entity_spans(self, t: Table, i: int, mode: str) -> list[Span]:
         if mode == "tokens":
@@ -325,7 +337,8 @@ class TokenClassification:
             for s in self._entity_spans(t, i, mode):
                 if s[2] not in known:
                     raise self._error(t, i, role, f"entity type '{printable(s[2])}' in split '{split}' never occurs "
-                                      f"in the training split", f"known types: {', '.join(self.types)}")
+                                      f"in the training split", f"known types: {', '.join(self.types)}",
+                                      token=s[0] if mode == "tokens" else None)
 
     def stratify_keys(self, table: Table) -> list | None:
         return None

@@ -144,15 +144,23 @@ class TrainingLoop:
     def _step(self, micro: list[Any]) -> tuple[float, float, bool]:
         """One optimizer step over an accumulation window; returns (mean loss, grad norm, diverging).
 
-        A window whose loss or gradient norm is not finite updates nothing (`diverging` is then True).
+        A window whose loss or gradient norm is not finite updates nothing (`diverging` is then True); a
+        window with no item to learn from updates nothing either, and is not diverging (loss 0).
         Every process decides alike: the loss is summed over processes and the norm is of the global
         gradient. With fp16 the grad scaler skips such an update itself and lowers its scale; a
         non-finite norm with a finite loss is its routine overflow, not divergence.
         """
         device = self.acc.device
-        items = torch.tensor(float(sum(self.task.count_items(b) for b in micro)), device=device)
+        n_items = float(sum(self.task.count_items(b) for b in micro))
+        items = torch.tensor(n_items, device=device)
         if self.world > 1:
             items = self.acc.reduce(items, reduction="sum")
+            n_items = float(items)
+        if n_items == 0:
+            # no labelled item in the whole window (every prompt filled model.max_length): nothing to learn,
+            # and 0/0 is no divergence. Nothing is run or updated; the schedule still advances
+            self.scheduler.step()
+            return 0.0, 0.0, False
         self.model.train()
         loss_total = torch.zeros((), device=device)
         for k, b in enumerate(micro):
