@@ -568,7 +568,9 @@ def test_a_full_disk_is_a_clear_error_and_resume_after_freeing_space_equals_the_
         base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, target: str,
         step: int) -> None:
     settings = dict(max_steps=6, eval_every=2)
-    whole = tunesmith.train(run_config(base_config, tmp_path, "whole", **settings))
+    whole_cfg = run_config(base_config, tmp_path, "whole", **settings)
+    whole_cfg["eval"]["batch_size"] = 16  # as the --set below
+    whole = tunesmith.train(whole_cfg)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "full", **settings)))
     run_dir = tmp_path / "full"

@@ -44,7 +44,7 @@ def _check_exists(run_dir: Path, file: Optional[Path] = None) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}")
+    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}", soft_wrap=True)
     raise typer.Exit(2)
 
 

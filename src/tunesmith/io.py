@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: a run killed at any moment leaves old or new content, never half."""
+"""Atomic file and folder writes: a run killed at any moment leaves old or new content, never half,
+and a full disk is a DiskFull naming what could not be written, not a writer's traceback."""
 from __future__ import annotations
 
 import errno
@@ -67,7 +68,7 @@ def is_disk_full(error: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in _FULL:
             return True
-        if not isinstance(e, OSError) and any(os.strerror(code) in str(e) for code in _FULL):
+        if any(os.strerror(code) in str(e) for code in _FULL):
             return True
         e = e.__cause__ or e.__context__
     return False

@@ -2,10 +2,10 @@
 
 A run writes only into a folder that is empty, or that holds a run it continues (`resume`), or
 that the user explicitly gave up (`overwrite`, which says what it removes), or that holds only what
-a run of the same config wrote before its first checkpoint (started again from the beginning, saying so). `check` is read-only and
-runs before any data or model work, so mistakes are reported in seconds and leave nothing behind;
-`claim` takes the lock and prepares the folder just before training, and `abandon` undoes it when
-the run fails before training starts.
+a run of the same config wrote before its first checkpoint (started again from the beginning, with
+a note). `check` is read-only and runs before any data or model work, so mistakes are reported in
+seconds and leave nothing behind; `claim` takes the lock and prepares the folder just before training,
+and `abandon` undoes it when the run fails before training starts.
 """
 from __future__ import annotations
 
