@@ -4,6 +4,7 @@ resume is exact (dropout on, mid-epoch) and says what it does, and Ctrl-C says h
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shlex
@@ -484,9 +485,14 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_start_again(base_config: dic
     _interrupt_at_step(monkeypatch, 2)
     result = _invoke("train", path)
     assert result.exit_code == 130, result.output
+    command = f"tunesmith train {path}"
     assert _one_line(result.output).endswith(
-        f"interrupted before the first checkpoint of {tmp_path / 'early'}; to start again: "
-        f"tunesmith train {path} --overwrite")
+        f"interrupted before the first checkpoint of {tmp_path / 'early'}; to start again: {command}")
+
+    monkeypatch.undo()
+    again = _invoke(*shlex.split(command)[1:])  # no --overwrite needed: the folder holds only what the run wrote
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "early" / "report.json").read_text())["train"]["steps"] == 6
 
 
 def test_ctrl_c_while_a_resume_prepares_keeps_the_resume_command_and_a_finished_run_says_so(
@@ -511,3 +517,156 @@ def test_ctrl_c_while_a_resume_prepares_keeps_the_resume_command_and_a_finished_
     assert again.exit_code == 0, again.output
     assert (f"note: resuming from {tmp_path / 'done' / 'checkpoints' / 'step-4'}: the run had finished all 4 "
             "steps; testing and exporting its best checkpoint again") in _one_line(again.output)
+
+
+# ---------------------------------------------------------------- a full disk (issue 22, item 6)
+
+def _full_disk_at(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The write that a full disk stops, injected in the writer itself; `shutil.disk_usage` says 1.2 MiB free.
+
+    weights: the second checkpoint's safetensors file, with the error safetensors raises on a full disk;
+    index / report: the fsync of the second checkpoint index's (the report's) temp file, where a delayed
+    allocation's ENOSPC surfaces.
+    """
+    import collections
+
+    from safetensors import SafetensorError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**20, 10 * 2**20 - 1258291, 1258291))
+    calls = {"n": 0}
+    if where == "weights":
+        import transformers.modeling_utils
+
+        real_save = transformers.modeling_utils.safe_save_file
+
+        def full_save(*args: object, **kwargs: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            real_save(*args, **kwargs)
+
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_save)
+        return
+    real_fsync, prefix, nth = os.fsync, {"index": ".index.json.", "report": ".report.json."}[where], \
+        {"index": 2, "report": 1}[where]
+
+    def full_fsync(fd: int) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(prefix):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_fsync)
+
+
+@pytest.mark.parametrize("where, target, step", [("weights", "checkpoints/step-4", 2),
+                                                 ("index", "checkpoints/index.json", 2),
+                                                 ("report", "report.json", 6)])
+def test_a_full_disk_is_a_clear_error_and_resume_after_freeing_space_equals_the_whole_run(
+        base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, target: str,
+        step: int) -> None:
+    settings = dict(max_steps=6, eval_every=2)
+    whole_cfg = run_config(base_config, tmp_path, "whole", **settings)
+    whole_cfg["eval"]["batch_size"] = 16  # as the --set below
+    whole = tunesmith.train(whole_cfg)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "full", **settings)))
+    run_dir = tmp_path / "full"
+    with monkeypatch.context() as m:
+        _full_disk_at(m, where)
+        result = _invoke("train", path, "--set", "eval.batch_size=16")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    command = f"tunesmith train {path} --set eval.batch_size=16 --resume"
+    assert _one_line(result.output).endswith(
+        f"error: no space left on the device: could not write {run_dir / target} (1.2 MiB free there). The last "
+        f"complete checkpoint, {run_dir / 'checkpoints' / f'step-{step}'} (step {step}), is intact. Free some "
+        f"space, then continue from it: {command}")
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    assert index["latest"] == f"step-{step}"  # nothing half-written is taken as a checkpoint
+    assert not (run_dir / ".tunesmith.lock").exists()
+
+    resumed = _invoke(*shlex.split(command)[1:])  # space freed: the advised command finishes the run
+    assert resumed.exit_code == 0, resumed.output
+    assert train_losses(run_dir) == train_losses(whole.dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["test"] == json.loads((whole.dir / "report.json").read_text())["test"]
+    assert report["train"]["best_step"] == whole.summary["best_step"]
+
+
+# ---------------------------------------------------------------- killed before the first checkpoint (item 9)
+
+# what run.py writes before its first checkpoint (and the RNG temp of the checkpoint it was writing)
+_BEFORE_FIRST_CHECKPOINT = ["checkpoints", "config.yaml", "data_report.json", "dropped_rows.jsonl",
+                            "label_map.json", "metrics.jsonl"]
+
+
+def _killed_before_the_first_checkpoint(base_config: dict, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[float]]:
+    """A run killed while it wrote its first checkpoint, as a kill leaves it (its dead process's lock
+    included): the config file and the losses it logged."""
+    from transformers import PreTrainedModel
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(run_config(base_config, tmp_path, "killed", max_steps=4, eval_every=2)))
+
+    def killed(self: PreTrainedModel, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(PreTrainedModel, "save_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            tunesmith.train(path)
+    run_dir = tmp_path / "killed"
+    (run_dir / ".tunesmith.lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
+                                                         "started": "2024-05-01T10:00:00+00:00"}))
+    assert sorted(p.name for p in run_dir.iterdir()) == [".tunesmith.lock", *_BEFORE_FIRST_CHECKPOINT]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [".rng-step-2"]
+    return path, train_losses(run_dir)
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"]])
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_note(
+        base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]) -> None:
+    path, logged = _killed_before_the_first_checkpoint(base_config, tmp_path, monkeypatch)
+    run_dir = tmp_path / "killed"
+    result = _invoke("train", path, *flags)
+    assert result.exit_code == 0, result.output
+    assert (f"note: no checkpoint had been written in {run_dir}: starting the run again from the beginning "
+            "(removing checkpoints/, config.yaml, data_report.json, dropped_rows.jsonl, label_map.json, "
+            "metrics.jsonl)") in _one_line(result.output)
+    assert len(logged) == 2 and train_losses(run_dir)[:2] == logged  # the same run, from step 1
+    assert json.loads((run_dir / "report.json").read_text())["train"]["steps"] == 4
+    assert not (run_dir / ".tunesmith.lock").exists()
+
+
+def test_a_killed_run_s_folder_with_a_file_it_did_not_write_or_another_config_is_refused(
+        base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _killed_before_the_first_checkpoint(base_config, tmp_path, monkeypatch)
+    run_dir = tmp_path / "killed"
+    listing = sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*"))
+
+    changed = _invoke("train", path, "--set", "train.lr=0.001")
+    assert changed.exit_code == 2, changed.output
+    assert _one_line(changed.output) == (
+        f"error: output_dir {run_dir} holds a run that stopped before its first checkpoint, with another config "
+        f"({run_dir / 'config.yaml'}): train.lr: 0.005 -> 0.001. tunesmith starts such a run again only with "
+        "its own config: train with that config, choose a new output_dir (--set output_dir=...), or delete "
+        "what it holds with --overwrite")
+
+    (run_dir / "notes.txt").write_text("mine")
+    listing = sorted([*listing, (Path("notes.txt"), b"mine")])
+    plain = _invoke("train", path)
+    assert plain.exit_code == 2, plain.output
+    assert _one_line(plain.output) == (
+        f"error: output_dir {run_dir} is not empty (checkpoints/, config.yaml, data_report.json, "
+        "dropped_rows.jsonl, label_map.json and 2 more) and tunesmith never writes over files it did not create "
+        "in this run. Choose a new output_dir (--set output_dir=...), continue the run there with --resume, or "
+        "delete what it holds with --overwrite")
+    resumed = _invoke("train", path, "--resume")
+    assert resumed.exit_code == 2, resumed.output
+    assert f"error: --resume: {run_dir} has no checkpoint to resume from" in _one_line(resumed.output)
+    assert sorted((p.relative_to(run_dir), p.read_bytes() if p.is_file() else None)
+                  for p in run_dir.rglob("*")) == listing

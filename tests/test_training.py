@@ -3,8 +3,11 @@ resume equals the uninterrupted run, and checkpoints survive a crash mid-write."
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +114,44 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(base_conf
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
     resumed = tunesmith.train(cfg, resume=True)
     assert resumed.summary["steps"] == 4
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a disk with 64 bytes left: the write that goes past them fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:
+        if self.written + len(b) > 64:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(b)
+        return len(b)
+
+
+def test_torch_state_on_a_full_disk_is_a_disk_full_error_naming_the_file(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save hides the OS error in a RuntimeError ("unexpected pos ..."): the checkpoint writes
+    torch state through a Python file, whose ENOSPC the RuntimeError is raised from."""
+    import collections
+    import shutil
+
+    from tunesmith.errors import DiskFull
+    from tunesmith.io import disk_full_names
+    from tunesmith.training import checkpoint
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 512, 512))
+    monkeypatch.setattr(checkpoint, "open", lambda *args, **kwargs: _FullDisk(), raising=False)
+    with pytest.raises(DiskFull) as err, disk_full_names(tmp_path / "rng-0.pt"):
+        checkpoint.save_rng_state(tmp_path, 0)
+    assert str(err.value) == (f"no space left on the device: could not write {tmp_path / 'rng-0.pt'} (512 bytes "
+                              "free there). Free some space and try again.")
+    assert "unexpected pos" in str(err.value.__cause__)  # torch's own message says nothing of the disk
 
 
 def _complete_checkpoint(folder: Path) -> None:

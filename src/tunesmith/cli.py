@@ -14,7 +14,7 @@ from rich.markup import escape
 from . import __version__
 from .console import printable
 from .data.readers import require_file
-from .errors import ConfigError, TrainingInterrupted, TunesmithError
+from .errors import ConfigError, DiskFull, TrainingInterrupted, TunesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained Transformer models on your own NLP task.")
@@ -44,7 +44,7 @@ def _check_exists(run_dir: Path, file: Optional[Path] = None) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}")
+    console.print(f"[bold red]error:[/bold red] {escape(printable(e, keep_newlines=True))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -97,6 +97,8 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
 
         run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data,
                   config_file=config)
+    except DiskFull as e:
+        _fail(e.with_command(_command(config, set_, e.flag)))
     except TunesmithError as e:
         _fail(e)
     except TrainingInterrupted as e:
@@ -143,9 +145,10 @@ def search(config: Path = typer.Argument(..., help="YAML config with a search se
                                               if best else "; no trial completed"))
 
 
-def _command(config: Path, set_: list[str], flag: str) -> str:
-    """The user's own train command with one more flag, quoted for a shell."""
-    return shlex.join(["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)], flag])
+def _command(config: Path, set_: list[str], flag: Optional[str]) -> str:
+    """The user's own train command (with one more flag, if given), quoted for a shell."""
+    return shlex.join(["tunesmith", "train", str(config), *[a for s in set_ for a in ("--set", s)],
+                       *([flag] if flag else [])])
 
 
 def _say(message: str) -> None:
@@ -155,9 +158,9 @@ def _say(message: str) -> None:
 
 def _interrupted(e: TrainingInterrupted, config: Path, set_: list[str]) -> None:
     """Say where the run can continue from, as the user's own command plus --resume."""
-    if e.checkpoint is None:
+    if e.checkpoint is None:  # the folder holds only what the run wrote: train starts it again
         _say(f"interrupted before the first checkpoint of {e.run_dir}; to start again: "
-             f"{_command(config, set_, '--overwrite')}")
+             f"{_command(config, set_, None)}")
         return
     _say(f"interrupted; the last complete checkpoint is {e.checkpoint} (step {e.step}). "
          f"To continue from it: {_command(config, set_, '--resume')}")

@@ -41,6 +41,54 @@ class CheckpointError(TunesmithError):
     """A checkpoint file is missing or is not plain tensors/JSON; it is refused, never unpickled."""
 
 
+class DiskFull(TunesmithError):
+    """A write stopped because the disk (or the user's quota) is full. What was written before is intact
+    (every write is atomic), so the message says what could not be written, how much space is left, and
+    which checkpoint the run continues from once there is space (`in_run`, `with_command`)."""
+
+    def __init__(self, path: Path, free: int) -> None:
+        super().__init__()
+        self.path, self.free = path, free
+        self.checkpoint: Path | None = None
+        self.step: int | None = None
+        self.flag: str | None = None
+        self.command: str | None = None
+        self._update()
+
+    def in_run(self, checkpoint: Path | None, step: int | None, flag: str | None, command: str) -> "DiskFull":
+        """The run's last complete checkpoint (None before the first), and the train flag (`--resume`,
+        or None to start again) and command that continue it."""
+        self.checkpoint, self.step, self.flag, self.command = checkpoint, step, flag, command
+        return self._update()
+
+    def with_command(self, command: str) -> "DiskFull":
+        """The caller's own command (the CLI's, with the user's --set options)."""
+        self.command = command
+        return self._update()
+
+    def _update(self) -> "DiskFull":
+        text = f"no space left on the device: could not write {self.path} ({_size(self.free)} free there)."
+        if self.command and self.checkpoint is not None:
+            text += (f" The last complete checkpoint, {self.checkpoint} (step {self.step}), is intact. Free some "
+                     f"space, then continue from it: {self.command}")
+        elif self.command:
+            text += f" No checkpoint had been written yet. Free some space, then start the run again: {self.command}"
+        else:
+            text += " Free some space and try again."
+        self.args = (text,)
+        return self
+
+
+def _size(n: int) -> str:
+    """Bytes as a person reads them: 1.2 MiB."""
+    size, unit = float(n), "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, larger
+    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C after training started: the run folder and its latest complete checkpoint (None before
     the first), so the caller can say how to resume."""

@@ -1,6 +1,8 @@
-"""Atomic file and folder writes: a run killed at any moment leaves old or new content, never half."""
+"""Atomic file and folder writes: a run killed at any moment leaves old or new content, never half,
+and a full disk is a DiskFull naming what could not be written, not a writer's traceback."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -12,6 +14,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from .errors import DiskFull
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,6 +56,43 @@ def owner_tag() -> str:
     return f"{host_tag()}-{os.getpid()}"
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from or while handling, says the disk or quota is full.
+
+    Not every writer raises OSError: safetensors (Rust) puts the OS message in a SafetensorError, and
+    torch.save into a file object raises a RuntimeError while handling the file's OSError.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return True
+        if any(os.strerror(code) in str(e) for code in _FULL):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_space(path: Path) -> int:
+    """Bytes free on the file system that holds `path` (or would hold it, once created)."""
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
+@contextmanager
+def disk_full_names(path: str | Path) -> Iterator[None]:
+    """Writes of `path` inside: a full disk becomes DiskFull naming `path` and the space left there,
+    a clear error instead of a writer's traceback (the innermost named path wins)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFull(Path(path), free_space(Path(path))) from e
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, fsync it, then rename it over `path`.
 
@@ -57,19 +100,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     it takes the final name, so run files are as readable as anything else the user writes.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with disk_full_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~umask())
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
 
 
 def _finite(obj: Any) -> Any:
@@ -101,40 +145,42 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder; on success it replaces `path` (the old one is removed only after).
 
     Temp names carry host and pid (`owner_tag`); the folder and all it holds get the modes the umask
-    gives ordinary files and folders (mkdtemp makes it 0700).
+    gives ordinary files and folders (mkdtemp makes it 0700). A full disk while it is written is a
+    DiskFull naming `path`, and `path` keeps its old content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = owner_tag()
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{tag}-"))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700
-        yield tmp
-        mask = umask()
-        for f in tmp.rglob("*"):
-            if f.is_symlink():
-                continue
-            # libraries may write 0600 files (safetensors does): everything gets the umask's ordinary mode
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{tag}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tag = owner_tag()
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{tag}-"))
+        try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700
+            yield tmp
+            mask = umask()
+            for f in tmp.rglob("*"):
+                if f.is_symlink():
+                    continue
+                # libraries may write 0600 files (safetensors does): everything gets the umask's ordinary mode
+                os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            old = None
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{tag}"
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one record; a torn last line from a kill is dropped by `read_jsonl`."""
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one record; a torn last line from a kill (or a full disk) is dropped by `read_jsonl`."""
+    with disk_full_names(path), open(path, "a", encoding="utf-8") as f:
         f.write(json_text(row) + "\n")
         f.flush()
 

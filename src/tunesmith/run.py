@@ -5,6 +5,7 @@ Everything a run does reads top to bottom here; each stage lives in its own modu
 from __future__ import annotations
 
 import resource
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, drop_examples, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
-from .errors import ConfigError, RunPruned, TrainingInterrupted, TunesmithError
+from .errors import ConfigError, DiskFull, RunPruned, TrainingInterrupted, TunesmithError
 from .evaluation.inference import evaluate_split
 from .evaluation.report import (plot_confusion_matrix, plot_learning_curves, plot_precision_recall,
                                 plot_top_confusions, summary_lines)
@@ -209,7 +210,8 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
     output_dir must be empty (or absent) unless `resume` continues the run in it (a config that changes
     its results also needs `allow_config_change`) or `overwrite` deletes what it holds. One run at a
     time holds the folder's lock; a run that fails before training starts leaves no folder behind.
-    Ctrl-C after training started raises TrainingInterrupted, which says where to resume from.
+    Ctrl-C after training started raises TrainingInterrupted, which says where to resume from; a full
+    disk raises DiskFull, which says what could not be written and the run's last complete checkpoint.
     `data`: the config's `load_splits(cfg.data)`, when the caller has read it already (see `prepare`).
     `config_file`: the YAML file a RunConfig came from (protected from --overwrite like the data).
     """
@@ -222,6 +224,14 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
         if owned.started and not isinstance(e, TrainingInterrupted):
             raise TrainingInterrupted(owned.run_dir, *owned.latest(), owned.main) from e
         raise
+    except DiskFull as e:
+        # the folder is kept once training started, or when it held the run to resume already
+        flag = "--resume" if resume or owned.started else None
+        source = config_file or (config if isinstance(config, (str, Path)) else None)
+        command = (shlex.join(["tunesmith", "train", str(source), *([flag] if flag else [])])
+                   if source is not None and not overrides else
+                   "the same train() call" + (" with resume=True" if flag else ""))
+        raise e.in_run(*owned.latest(), flag, command)
     finally:
         if owned.claim is not None:
             (owned.claim.release if owned.started else owned.claim.abandon)()
@@ -247,6 +257,8 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     owned.main = accelerator.is_main_process
+    # known from the start, so that a full disk at any stage names the checkpoint the folder holds
+    owned.run_dir, owned.ckpt = run_dir, CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:  # temps of killed runs in the shared cache (live writers' are kept)
         rundir.remove_dead_temps(cache_root(cfg.data.cache_dir) / "tokenized")
@@ -261,10 +273,9 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     model = load_model(p.task, p.model_name, cfg.model)
 
     # the folder is taken only now, when config, data and model are known to work
-    owned.run_dir = run_dir
     owned.claim = _on_main(accelerator, lambda: rundir.claim(run_dir, cfg, say=_say, **owner))
     metrics_path = run_dir / "metrics.jsonl"
-    ckpt = owned.ckpt = CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
+    ckpt = owned.ckpt
     latest = ckpt.latest() if resume else None
     if accelerator.is_main_process:
         _write_run_files(run_dir, p)
@@ -311,7 +322,7 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
              f"continuing with step {latest[1].step + 1}")
     owned.started = True
     try:
-        state = loop.run(resume=resume)
+        state = loop.run(resume=latest is not None)  # a folder started again (no checkpoint) runs from step 1
     except RunPruned as e:  # a search's pruner: the folder says so, and holds no model
         e.report.update(status="pruned", task=p.task.name, reason=str(e),
                         train=_train_summary(loop.state, precision, accelerator, accelerator.unwrap_model(loop.model),

@@ -1,10 +1,11 @@
 """Who owns a run folder: one run at a time (a lock), never over a user's files, no stale temps.
 
 A run writes only into a folder that is empty, or that holds a run it continues (`resume`), or
-that the user explicitly gave up (`overwrite`, which says what it removes). `check` is read-only and
-runs before any data or model work, so mistakes are reported in seconds and leave nothing behind;
-`claim` takes the lock and prepares the folder just before training, and `abandon` undoes it when
-the run fails before training starts.
+that the user explicitly gave up (`overwrite`, which says what it removes), or that holds only what
+a run of the same config wrote before its first checkpoint (started again from the beginning, with
+a note). `check` is read-only and runs before any data or model work, so mistakes are reported in
+seconds and leave nothing behind; `claim` takes the lock and prepares the folder just before training,
+and `abandon` undoes it when the run fails before training starts.
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ _OWNED_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>[^-]+)-(?P<pid>\d+)(?:-[a
 RESUME_SAFE_KEYS = {"eval.batch_size", "train.num_workers", "train.log_every", "train.keep_checkpoints",
                     "data.cache_dir"}
 CHANGES_FILE = "config_changes.jsonl"
+# everything a run writes in its folder before its first checkpoint (run._write_run_files, the metrics
+# and samples logs, TensorBoard's events, checkpoints/ with the temps of the checkpoint being written):
+# a folder holding only these, its config.yaml this run's config, is a run stopped before it could be
+# resumed, and `claim` starts it again from the beginning
+BEFORE_FIRST_CHECKPOINT = {"config.yaml", "data_report.json", "dropped_rows.jsonl", "label_map.json",
+                           "metrics.jsonl", "samples.jsonl"}
+_TB_EVENTS = re.compile(r"^events\.out\.tfevents\..+$")
 
 Say = Callable[[str], None]
 
@@ -203,6 +211,36 @@ def check(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow
                            allow_config_change=allow_config_change, config_file=config_file)
 
 
+def _written_before_first_checkpoint(p: Path) -> bool:
+    """Whether `p`, an entry of a run folder, is one a run writes before its first checkpoint."""
+    if p.is_symlink():
+        return False
+    if _RUN_TEMP.match(p.name):
+        return True
+    if p.is_file():
+        return p.name in BEFORE_FIRST_CHECKPOINT
+    if p.name == "tensorboard":
+        return all(f.is_file() and not f.is_symlink() and _TB_EVENTS.match(f.name) for f in p.iterdir())
+    if p.name == "checkpoints":  # without index.json no checkpoint is complete: a step-N there is unlisted
+        return all(_RUN_TEMP.match(f.name) or (re.fullmatch(r"step-\d+", f.name) and f.is_dir()
+                                                and not f.is_symlink()) for f in p.iterdir())
+    return False
+
+
+def unstarted_run(run_dir: Path, cfg: RunConfig) -> tuple[list[Path], dict[str, tuple[Any, Any]]] | None:
+    """What a run stopped before its first checkpoint left in `run_dir`, and the changes of this config
+    to its config.yaml that alter what the run computes; None when the folder holds anything else (or
+    nothing): only then may `train` start the run again without --overwrite."""
+    entries = _entries(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not all(_written_before_first_checkpoint(p) for p in entries):
+        return None
+    try:
+        changes = config_changes(run_dir, cfg)
+    except ConfigError:  # not a config.yaml that tunesmith wrote
+        return None
+    return entries, {k: v for k, v in changes.items() if k not in RESUME_SAFE_KEYS}
+
+
 def _check_contents(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_change: bool,
                     config_file: Path | None) -> dict[str, tuple[Any, Any]]:
     if overwrite:
@@ -213,6 +251,16 @@ def _check_contents(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: b
         inside = [p for p in protected_inputs(cfg, config_file) if p == run_dir or run_dir in p.parents]
         if inside:
             raise ConfigError(f"--overwrite refuses to empty {run_dir}: it holds this run's input {inside[0]}")
+        return {}
+    unstarted = unstarted_run(run_dir, cfg)
+    if unstarted is not None:  # nothing to resume, nothing of the user's: `claim` starts the run again
+        altering = unstarted[1]
+        if altering and not (resume and allow_config_change):
+            raise ConfigError(f"output_dir {run_dir} holds a run that stopped before its first checkpoint, with "
+                              f"another config ({run_dir / 'config.yaml'}): {describe_changes(altering)}. "
+                              "tunesmith starts such a run again only with its own config: train with that "
+                              "config, choose a new output_dir (--set output_dir=...), or delete what it holds "
+                              "with --overwrite")
         return {}
     if resume:
         if not (run_dir / "checkpoints" / "index.json").exists():
@@ -279,6 +327,12 @@ def claim(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, allow
         if overwrite:
             for p in _entries(run_dir):
                 say(f"--overwrite: removing {p}" + ("/" if p.is_dir() and not p.is_symlink() else ""))
+                _remove(p)
+        unstarted = None if overwrite else unstarted_run(run_dir, cfg)
+        if unstarted is not None:
+            say(f"no checkpoint had been written in {run_dir}: starting the run again from the beginning "
+                f"(removing {_listing(unstarted[0], n=len(unstarted[0]))})")
+            for p in unstarted[0]:
                 _remove(p)
         n = remove_stale_temps(run_dir)
         if n:

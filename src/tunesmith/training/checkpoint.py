@@ -2,8 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step-N` (weights, optimizer, scheduler, RNG states of every
 process, loop state) written under a temporary name and renamed into place; `checkpoints/index.json`
-(latest and best) is replaced atomically after it. A kill at any moment leaves the previous index
-pointing at complete folders.
+(latest and best) is replaced atomically after it. A kill or a full disk at any moment leaves the
+previous index pointing at complete folders (a full disk is a DiskFull naming what was being written).
 
 Nothing in a checkpoint is unpickled: weights are safetensors, optimizer and torch RNG states are
 loaded with `torch.load(weights_only=True)` (tensors, numbers, lists and dicts only), scheduler,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_dir, atomic_write_json, json_text
+from ..io import atomic_dir, atomic_write_json, disk_full_names, json_text
 
 
 @dataclass
@@ -61,7 +61,14 @@ def save_rng_state(folder: Path, rank: int) -> None:
         "python": [version, list(keys), gauss],
         "numpy": [kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, folder / f"rng-{rank}.pt")
+    _torch_save({"torch": torch.get_rng_state(), "cuda": cuda}, folder / f"rng-{rank}.pt")
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file: given a path, torch writes in C++ and a full disk is only
+    "unexpected pos 704 vs 598"; through a file, the file's OSError (ENOSPC) is what it is raised from."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _checked(path: Path, use: Callable[[Path], Any]) -> Any:
@@ -131,13 +138,14 @@ class CheckpointManager:
         final = self.root / name
         rng_dir = self.root / f".rng-{name}"
         # every process saves its own RNG state first; the main process assembles the folder
-        rng_dir.mkdir(parents=True, exist_ok=True)
-        save_rng_state(rng_dir, acc.process_index)
+        with disk_full_names(final):  # atomic_dir and the index name themselves
+            rng_dir.mkdir(parents=True, exist_ok=True)
+            save_rng_state(rng_dir, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
             with atomic_dir(final) as tmp:
                 acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
                 (tmp / "scheduler.json").write_text(json_text(scheduler.state_dict()))
                 for f in rng_dir.iterdir():
                     shutil.copy2(f, tmp / f.name)
