@@ -229,8 +229,8 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
            config_file: str | Path | None, owned: _Owned) -> Run:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from torch import distributed as dist
     from accelerate.utils import set_seed
+    from torch import distributed as dist
 
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.output_dir).expanduser().resolve()
