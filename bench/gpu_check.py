@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="the check (the default command)")
-    r.add_argument("--quick", action="store_true", help="smaller workloads (about half the time)")
+    r.add_argument("--quick", action="store_true", help="smaller workloads (a quarter of the training rows)")
     r.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: the dry run, every step at toy sizes on the CPU")
     r.add_argument("--data-dir", type=Path, default=None,
