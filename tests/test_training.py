@@ -18,16 +18,19 @@ import torch
 import yaml
 
 import tunesmith
-from conftest import run_config, train_losses
+from conftest import device_of, run_config, train_losses
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.io import read_jsonl
 from tunesmith.training.batching import batch_plan
 from tunesmith.training.loop import Control
 
 
-def test_learns_a_learnable_task(base_config: dict, tmp_path: Path) -> None:
-    run = tunesmith.train(run_config(base_config, tmp_path, "learn"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: autocast, on CPU too (emulated where not native)
+def test_learns_a_learnable_task(base_config: dict, tmp_path: Path, device: str, precision: str) -> None:
+    run = tunesmith.train(run_config(base_config, tmp_path, "learn", precision=precision))
+    assert (device_of(run.summary), run.summary["precision"]) == (device, precision)
     losses = train_losses(run.dir)
+    assert all(math.isfinite(x) for x in losses)
     assert run.report["test"]["accuracy"] > 0.9
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     evals = [r for r in read_jsonl(run.dir / "metrics.jsonl") if r["kind"] == "eval"]
@@ -63,9 +66,10 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_reproduces_the_uninterrupted_run(base_config: dict, tmp_path: Path) -> None:
+def test_resume_reproduces_the_uninterrupted_run(base_config: dict, tmp_path: Path, device: str) -> None:
     settings = dict(epochs=3, eval_every=5)
     whole = tunesmith.train(run_config(base_config, tmp_path, "whole", **settings))
+    assert device_of(whole.summary) == device
 
     def crash_at_step_13(event: tunesmith.run.Event) -> None:
         if event.kind == "step" and event.state.step == 13:
@@ -80,6 +84,43 @@ def test_resume_reproduces_the_uninterrupted_run(base_config: dict, tmp_path: Pa
     np.testing.assert_allclose(train_losses(resumed.dir), train_losses(whole.dir), rtol=0, atol=1e-6)
     assert resumed.report["test"]["loss"] == pytest.approx(whole.report["test"]["loss"], abs=1e-6)
     assert resumed.summary["best_step"] == whole.summary["best_step"]
+
+
+def test_a_run_after_one_in_another_precision_trains_in_its_own(base_config: dict, tmp_path: Path,
+                                                                 device: str) -> None:
+    """Accelerate fixes one precision per process and refuses another: a bf16 run after an fp32 one in the
+    same process (a notebook, search trials, a Trainer run) must train in bf16, not fail."""
+    first = tunesmith.train(run_config(base_config, tmp_path, "fp32", max_steps=2, eval_every=2))
+    second = tunesmith.train(run_config(base_config, tmp_path, "bf16", max_steps=2, eval_every=2, precision="bf16"))
+    assert (first.summary["precision"], second.summary["precision"]) == ("fp32", "bf16")
+    assert device_of(first.summary) == device_of(second.summary) == device
+
+
+def test_the_optimizer_is_fused_adamw_and_steps_as_the_foreach_one(device: str) -> None:
+    """build_optimizer asks torch for its fused AdamW (CUDA, and CPU since torch 2.4), no decay on biases and
+    norm weights; three steps equal those of the foreach implementation to float rounding."""
+    from tunesmith.config import TrainConfig
+    from tunesmith.training.loop import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2)).to(device)
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.1))
+    assert (fused.defaults["fused"], fused.defaults["foreach"]) == (True, None)
+    assert [(g["weight_decay"], len(g["params"])) for g in fused.param_groups] == [(0.1, 2), (0.0, 4)]
+    decay = [p for p in twin.parameters() if p.ndim >= 2]
+    rest = [p for p in twin.parameters() if p.ndim < 2]
+    reference = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=1e-2, foreach=True)
+    x = torch.randn(32, 8, device=device)
+    for _ in range(3):
+        for m, opt in ((model, fused), (twin, reference)):
+            m(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert p.device.type == device
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
 def test_a_run_folder_is_not_overwritten_without_resume(base_config: dict, tmp_path: Path) -> None:

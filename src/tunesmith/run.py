@@ -241,7 +241,9 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
            overwrite: bool, allow_config_change: bool, callbacks: list[Callback] | None, data: LoadedData | None,
            config_file: str | Path | None, owned: _Owned) -> Run:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
+    from torch import distributed as dist
 
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.output_dir).expanduser().resolve()
@@ -255,6 +257,9 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     # cpu=True on machines without CUDA lets a multi-process launch use gloo (MULTI_CPU)
     use_cpu = not torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
+    # Accelerate keeps one precision and device per process and refuses another: an earlier run in this
+    # process (a notebook, a search trial, a Trainer) must not fix this one's. A launched process group stays.
+    AcceleratorState._reset_state(reset_partial_state=not (dist.is_available() and dist.is_initialized()))
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     owned.main = accelerator.is_main_process
     # known from the start, so that a full disk at any stage names the checkpoint the folder holds
