@@ -125,6 +125,22 @@ def test_a_bf16_runs_report_is_what_evaluate_and_predict_give_at_another_batch_s
     assert run.report["train"]["precision"] == "bf16" and run.report["inference"]["precision"] == "fp32"
 
 
+def test_a_collapsed_generation_is_warned_in_the_report_and_the_summary(tiny_models: Any, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """The tiny T5 trained 10 steps at lr 0.05 writes the same summary for every dialogue: its scores alone
+    would not say so. (Outputs that are not mostly one text: tests/test_tasks.py.)"""
+    cfg = _config("summarization", tiny_models, tmp_path, "collapsed")
+    cfg["train"].update(max_steps=10, eval_every=10, lr=5e-2)
+    run = tunesmith.train(cfg)
+    outputs = [json.loads(x)["prediction"]["summary_text"]
+               for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert len(outputs) == 24 and len(set(outputs)) == 1
+    advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
+    same = f"24 of 24 generated outputs are the same text ({json.dumps(outputs[0])}): {advice}"
+    assert json.loads((run.dir / "report.json").read_text())["warnings"] == [f"validation: {same}", f"test: {same}"]
+    assert f"warning: test: {same}" in " ".join(capsys.readouterr().out.split())
+
+
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tuple, tiny_models: Any) -> None:
     task, _, whole, tmp = trained
     cfg = _config(task, tiny_models, tmp, "stopped")

@@ -165,13 +165,20 @@ def _metrics_of(n_labels: int) -> dict:
 
 
 def test_per_class_lines_say_how_many_more_labels_there_are_and_where() -> None:
-    from tunesmith.evaluation.report import metric_lines, summary_lines
+    from tunesmith.evaluation.report import summary_lines
 
     lines = summary_lines({"test": _metrics_of(77)})
+    assert lines[-1] == "    (and 57 more: report.json)"
     assert lines[0] == "test: accuracy=0.5000, macro_f1=0.2500"
     assert lines[1] == "    macro_f1 over 5 of 77 labels (labels present in the gold labels)"
-    assert len(lines) == 2 + 20 + 1 and lines[-1] == "    (and 57 more: report.json)"
+    assert len(lines) == 2 + 20 + 1
     assert lines[2] == " " * 18 + "label0: precision=1.000 recall=0.500 f1=0.667 support=2"
+
+
+def test_metric_lines_of_a_file_say_where_the_other_labels_are() -> None:
+    from tunesmith.evaluation.report import metric_lines
+
+    assert metric_lines("small.csv", _metrics_of(21), "m.json")[0] == "small.csv: accuracy=0.5000, macro_f1=0.2500"
     assert metric_lines("small.csv", _metrics_of(21), "m.json")[-1] == "    (and 1 more: m.json)"
     assert len(metric_lines("small.csv", _metrics_of(20))) == 2 + 20  # all shown: no note
 

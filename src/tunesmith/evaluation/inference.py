@@ -1,10 +1,11 @@
 """Batched evaluation shared by validation, testing and prediction: length-sorted, one forward pass per
 batch, streamed into the task's evaluator (which keeps only what its metrics and records need).
 
-Evaluation always runs in fp32, whatever precision training used: under bf16 a prediction depends on its
-batch mates (padding and matrix shapes change the rounding by up to 1e-3), so the report of a bf16 run,
-`tunesmith evaluate` and `predict` at another batch size gave different labels for the same rows. In fp32
-they differ by float rounding only (about 1e-7 on a probability).
+Evaluation always runs in fp32, whatever precision training used. A bf16 run used to test under its
+training autocast while `evaluate` and `predict` ran in fp32 (Banking77: 21 of 3,080 test labels differed,
+probabilities by up to 2.5e-4), and bf16 rounding also depends on each batch's padding and shapes, so no
+batch size could reproduce it. In fp32 every path and batch size agrees to float rounding (a probability
+moved by at most 6e-8 between batch sizes 1, 3, 8 and 32 on the tiny test BERT).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
         model = accelerator.unwrap_model(model)
     batches = eval_plan(np.asarray(features["length"]), batch_size)[rank::world]
     model.eval()
-    pad_to_multiple_of = 8 if device.type == "cuda" else None  # tensor-core shapes; no effect on results
+    pad_to_multiple_of = 8 if device.type == "cuda" else None  # tensor-core shapes, the same on every path
     evaluator = task.evaluator(table)
     loss_sum, items = 0.0, 0
     with full_precision(model, device):
