@@ -314,11 +314,36 @@ def test_evaluate_on_a_file(trained, new_texts, tmp_path):
     out = tmp_path / "metrics.json"
     result = invoke("evaluate", run_dir, "--data", new_texts.with_name("labelled.csv"), "-o", out)
     assert result.exit_code == 0, result.output
-    assert "test: rows=13" in one_line(result.output) and "accuracy=" in result.output
+    assert f"{new_texts.with_name('labelled.csv')}: rows=13" in one_line(result.output) and "accuracy=" in result.output
     metrics = json.loads(out.read_text())
     assert metrics["rows"] == 13 and metrics["dropped_rows"] == 0
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 13
+
+
+def test_evaluate_a_file_holding_some_labels_averages_macro_f1_over_those(trained, tmp_path):
+    """Only `neg` rows: macro-F1 is the F1 of `neg` alone (scikit-learn with labels=['neg']), not the mean
+    with an unsupported `pos` at 0; the printed block is titled with the file and says what it averaged."""
+    from sklearn.metrics import f1_score
+
+    import tunesmith
+
+    run_dir, _ = trained
+    rows = [r for r in sentiment_rows(40, seed=7) if r["label"] == "neg"][:9]
+    f = write_csv(tmp_path / "neg_only.csv", rows)
+    result = invoke("evaluate", run_dir, "--data", f, "-o", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    pred = [p["label"] for p in tunesmith.load(run_dir).predict([r["text"] for r in rows])]
+    gold = [r["label"] for r in rows]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    expected = f1_score(gold, pred, average="macro", labels=["neg"])
+    assert expected != f1_score(gold, pred, average="macro", labels=["neg", "pos"])  # the file tells them apart
+    assert metrics["macro_f1"] == expected and metrics["rows"] == len(rows) == 9
+    assert metrics["macro_average"] == {"labels": 1, "of": 2, "over": "labels present in the gold labels"}
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{f}: rows=9, dropped_rows=0, loss=") and f"macro_f1={expected:.4f}" in lines[0]
+    assert lines[1] == "    macro_f1 over 1 of 2 labels (labels present in the gold labels)"
+    assert metrics["inference"] == {"precision": "fp32", "batch_size": 32}
 
 
 def test_evaluate_without_data_shows_the_run_test_report(trained):

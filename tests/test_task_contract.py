@@ -26,6 +26,7 @@ from tunesmith.training.loop import Control
 
 CONTRACT = Path(__file__).parent / "contract"
 STEPS, STOP_AT = 60, 25  # STOP_AT falls mid-epoch in every fixture (checked below)
+BF16_STEPS = 6  # the bf16 runs check evaluation, not learning: a few steps move the weights off their init
 
 
 def _fixture_file(folder: Path, stem: str) -> Path:
@@ -100,6 +101,44 @@ def test_evaluate_gives_the_reports_test_metrics(trained: tuple) -> None:
     for name in tunesmith.load(run.dir).task.metrics:
         _same(metrics[name], run.report["test"][name], f"{task}.{name}")
     _same(metrics["loss"], run.report["test"]["loss"], f"{task}.loss")
+
+
+@pytest.fixture(scope="module", params=task_names())
+def trained_bf16(request: pytest.FixtureRequest, tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A short run trained under bf16 autocast (emulated, slowly, on CPUs without native bf16)."""
+    task = request.param
+    cfg = _config(task, tiny_models, tmp_path_factory.mktemp(f"{task}-bf16"), "bf16")
+    cfg["train"].update(max_steps=BF16_STEPS, eval_every=BF16_STEPS, precision="bf16")
+    return task, cfg, tunesmith.train(cfg)
+
+
+def test_a_bf16_runs_report_is_what_evaluate_and_predict_give_at_another_batch_size(trained_bf16: tuple) -> None:
+    """Evaluation runs in fp32 on every path: the bf16 run's test predictions and metrics come back from
+    the saved model at batch size 3 (the run evaluated at 8) to float rounding, labels and texts exactly."""
+    task, cfg, run = trained_bf16
+    rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    predictor = tunesmith.load(run.dir)
+    _same(predictor.predict([r["input"] for r in rows], batch_size=3), [r["prediction"] for r in rows], task)
+    metrics = predictor.evaluate(cfg["data"]["test"], batch_size=3)
+    for name in [*predictor.task.metrics, "loss"]:
+        _same(metrics[name], run.report["test"][name], f"{task}.{name}")
+    assert run.report["train"]["precision"] == "bf16" and run.report["inference"]["precision"] == "fp32"
+
+
+def test_a_collapsed_generation_is_warned_in_the_report_and_the_summary(tiny_models: Any, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """The tiny T5 trained 10 steps at lr 0.05 writes the same summary for every dialogue: its scores alone
+    would not say so. (Outputs that are not mostly one text: tests/test_tasks.py.)"""
+    cfg = _config("summarization", tiny_models, tmp_path, "collapsed")
+    cfg["train"].update(max_steps=10, eval_every=10, lr=5e-2)
+    run = tunesmith.train(cfg)
+    outputs = [json.loads(x)["prediction"]["summary_text"]
+               for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert len(outputs) == 24 and len(set(outputs)) == 1
+    advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
+    same = f"24 of 24 generated outputs are the same text ({json.dumps(outputs[0])}): {advice}"
+    assert json.loads((run.dir / "report.json").read_text())["warnings"] == [f"validation: {same}", f"test: {same}"]
+    assert f"warning: test: {same}" in " ".join(capsys.readouterr().out.split())
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(trained: tuple, tiny_models: Any) -> None:

@@ -131,3 +131,68 @@ def test_fast_bert_forward_leaves_other_models_alone() -> None:
     from transformers import BertForTokenClassification
 
     assert not speed_up_bert_classifier(BertForTokenClassification(cfg))
+
+
+# ---------------------------------------------------------------- metrics and the printed summary
+
+def test_macro_f1_averages_over_the_labels_present_in_the_gold_labels() -> None:
+    """5 labels, gold holds a and b only: macro over those two (sklearn's labels=[0, 1]), by hand:
+    a: tp 2 fp 0 fn 1 -> F1 4/5; b: tp 1 fp 1 fn 1 -> F1 1/2; mean 13/20 (over all 5 labels: 13/50).
+    c, predicted once, is not averaged."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from tunesmith.evaluation.metrics import classification_metrics, multilabel_metrics
+
+    y, pred = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2])
+    out = classification_metrics(pred, y, ["a", "b", "c", "d", "e"])
+    assert out["macro_f1"] == pytest.approx(13 / 20, abs=1e-12)
+    assert out["macro_f1"] == f1_score(y, pred, average="macro", labels=[0, 1])
+    assert out["macro_average"] == {"labels": 2, "of": 5, "over": "labels present in the gold labels"}
+    assert out["accuracy"] == 0.6 and [out["per_class"][n]["support"] for n in "abcde"] == [3, 2, 0, 0, 0]
+    # multi-label: columns 0 and 1 have gold positives, column 2 none -> mean of F1 1 and F1 2/3
+    ml = multilabel_metrics(np.array([[1, 0, 0], [1, 1, 1]]), np.array([[1, 0, 0], [0, 1, 0]]),
+                            ["x", "y", "z"], 0.5)
+    assert ml["macro_f1"] == pytest.approx(5 / 6, abs=1e-12)
+    assert ml["macro_average"] == {"labels": 2, "of": 3, "over": "labels present in the gold labels"}
+
+
+def _metrics_of(n_labels: int) -> dict:
+    pc = {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    return {"accuracy": 0.5, "macro_f1": 0.25, "macro_average": {"labels": 5, "of": n_labels,
+                                                                "over": "labels present in the gold labels"},
+            "per_class": {f"label{k}": pc for k in range(n_labels)}}
+
+
+def test_per_class_lines_say_how_many_more_labels_there_are_and_where() -> None:
+    from tunesmith.evaluation.report import summary_lines
+
+    lines = summary_lines({"test": _metrics_of(77)})
+    assert lines[-1] == "    (and 57 more: report.json)"
+    assert lines[0] == "test: accuracy=0.5000, macro_f1=0.2500"
+    assert lines[1] == "    macro_f1 over 5 of 77 labels (labels present in the gold labels)"
+    assert len(lines) == 2 + 20 + 1
+    assert lines[2] == " " * 18 + "label0: precision=1.000 recall=0.500 f1=0.667 support=2"
+
+
+def test_metric_lines_of_a_file_say_where_the_other_labels_are() -> None:
+    from tunesmith.evaluation.report import metric_lines
+
+    assert metric_lines("small.csv", _metrics_of(21), "m.json")[0] == "small.csv: accuracy=0.5000, macro_f1=0.2500"
+    assert metric_lines("small.csv", _metrics_of(21), "m.json")[-1] == "    (and 1 more: m.json)"
+    assert len(metric_lines("small.csv", _metrics_of(20))) == 2 + 20  # all shown: no note
+
+
+def test_collapse_warning_names_the_split_and_the_counts() -> None:
+    from tunesmith.evaluation.report import collapse_warning
+
+    advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
+    same = [{"summary_text": "the the the"}] * 3 + [{"summary_text": "other"}]
+    assert collapse_warning("test", same) == f'test: 3 of 4 generated outputs are the same text ("the the the"): {advice}'
+    empty = [{"generated_text": ""}] * 3 + [{"generated_text": "x"}, {"generated_text": "y"}]
+    assert collapse_warning("validation", empty) == f"validation: 3 of 5 generated outputs are empty: {advice}"
+    assert collapse_warning("test", [{"summary_text": t} for t in ("a", "b", "a", "c")]) is None  # 2 of 4: half
+    assert collapse_warning("test", [{"summary_text": t} for t in "abcd"]) is None
+    assert collapse_warning("test", [{"perplexity": 3.0}] * 4) is None  # no text outputs
+    long = [{"summary_text": "word " * 30}] * 2
+    assert '("' + ("word " * 30)[:57] + '...")' in collapse_warning("test", long)

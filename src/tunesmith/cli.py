@@ -204,7 +204,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
                                                  help="A labelled file; default: the run's test report."),
              output: Optional[Path] = typer.Option(None, "-o", "--output",
                                                    help="Write the metrics as JSON here.")) -> None:
-    """Metrics of a run's model on a labelled file (same columns as in training)."""
+    """Metrics of a run's model on a labelled file (same columns as in training), computed in fp32 as the
+    run's own test report was; macro-F1 averages over the labels present in the file's gold labels."""
     from .io import atomic_write_json
 
     try:
@@ -220,10 +221,11 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             metrics = Predictor.load(run_dir).evaluate(data)
     except TunesmithError as e:
         _fail(e)
-    from .evaluation.report import summary_lines
+    from .evaluation.report import metric_lines
 
-    for line in summary_lines({"test": metrics}):
-        Console().print(escape(line))
+    rest_in = str(output) if output else "report.json" if data is None else "write them all with -o FILE"
+    for line in metric_lines("test" if data is None else str(data), metrics, rest_in):
+        Console().print(escape(line), soft_wrap=True)
     if output:
         atomic_write_json(output, metrics)
 

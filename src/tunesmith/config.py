@@ -227,7 +227,9 @@ class TrainConfig(_Section):
     grad scaler's overflow, which the scaler handles itself; it is not counted. A validation result
     whose metric or loss is not finite is never the best checkpoint."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU."""
+    """auto: bf16 on GPUs and CPUs that run it natively, else fp32. fp16 needs a CUDA GPU. Training only:
+    every evaluation (validation, test, evaluate, predict) runs in fp32, so a prediction does not depend
+    on its batch mates (report.json's inference.precision)."""
     batching: Literal["bucket", "random"] = "random"
     """random: plain shuffling, the permutation the Hugging Face Trainer draws for the same seed (the
     standard recipe; the fast BERT path already skips padding work). bucket: batches cut from

@@ -22,9 +22,9 @@ from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, drop_examples, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, DiskFull, RunPruned, TrainingInterrupted, TunesmithError
-from .evaluation.inference import evaluate_split
-from .evaluation.report import (plot_confusion_matrix, plot_learning_curves, plot_precision_recall,
-                                plot_top_confusions, summary_lines)
+from .evaluation import inference
+from .evaluation.report import (collapse_warning, plot_confusion_matrix, plot_learning_curves,
+                                plot_precision_recall, plot_top_confusions, summary_lines)
 from .lora import parameter_counts
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
@@ -297,9 +297,9 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     pad8 = 8 if accelerator.device.type == "cuda" else None
 
     def infer(split: str, tune: bool = False, predict: bool = True) -> tuple[Any, float | None]:
-        return evaluate_split(loop.model, p.task, p.data.splits[split], p.tokenized[split], cfg.eval.batch_size,
-                              accelerator.device, accelerator=accelerator, pad_to_multiple_of=pad8, tune=tune,
-                              predict=predict)
+        return inference.evaluate_split(loop.model, p.task, p.data.splits[split], p.tokenized[split],
+                                        cfg.eval.batch_size, accelerator.device, accelerator=accelerator, tune=tune,
+                                        predict=predict)
 
     def evaluate() -> dict[str, Any]:
         # generating the validation split is slow: skipped while training when the loss picks the best
@@ -355,12 +355,18 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
         "validation": {"loss": val_loss, **val.metrics},
         "test": {"loss": test_loss, **test.metrics},
         "train": _train_summary(state, precision, accelerator, final_model, cfg, metric),
-        # the final validation pass, batched as eval.batch_size (generation included where the task generates)
+        # the final validation pass, batched as eval.batch_size (generation included where the task generates);
+        # every evaluation runs in fp32 whatever train.precision is (see evaluation/inference.py)
         "inference": {"split": "validation", "examples": n_val, "batch_size": cfg.eval.batch_size,
-                      "device": str(accelerator.device), "seconds": round(seconds, 3),
+                      "precision": inference.PRECISION, "device": str(accelerator.device),
+                      "seconds": round(seconds, 3),
                       "ms_per_example": round(1000 * seconds / max(n_val, 1), 3)},
         "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }
+    collapsed = [w for split, r in (("validation", val), ("test", test)) if p.task.generates
+                 for w in [collapse_warning(split, r.predictions)] if w]
+    if collapsed:
+        report["warnings"] = collapsed
     if accelerator.is_main_process:
         _finish_run_folder(run_dir, p, report, test, final_model, metric)
     accelerator.wait_for_everyone()
@@ -414,18 +420,18 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
     if test_metrics.get("pr_curve"):
         extras.append(("plots/precision_recall.png", lambda path: plot_precision_recall(test_metrics, path)))
     console = Console()
-    warnings = []
+    unwritten = []
     for rel, write in extras:
         try:
             write(run_dir / rel)
         except Exception as e:  # noqa: BLE001 - an optional artefact never fails a finished run
-            warnings.append(f"{rel} was not written: {type(e).__name__}: {e}")
-    if warnings:
-        report["warnings"] = warnings
+            unwritten.append(f"{rel} was not written: {type(e).__name__}: {e}")
+    if unwritten:
+        report["warnings"] = [*report.get("warnings", []), *unwritten]
         atomic_write_json(run_dir / "report.json", report)
     console.print(f"[bold]run folder:[/bold] {escape(printable(run_dir))}")
     for line in summary_lines(report):
         console.print(escape(line))
-    for w in warnings:
+    for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {escape(printable(w))}")
     return None

@@ -32,13 +32,38 @@ def top_confusions(pred: np.ndarray, y: np.ndarray, names: list[str], k: int = T
             for c, n in zip(codes[order], counts[order])]
 
 
+MACRO_OVER = "labels present in the gold labels"
+
+
+def present_labels(y: np.ndarray) -> list[int]:
+    """The labels macro averages run over: those the gold labels hold (a multi-label column with a positive).
+
+    A label with no gold example has no recall; averaged in as F1 0 it made a 20-row file's macro-F1 of a
+    77-label model 5/77. Not scikit-learn's default (labels in the gold OR the predictions): a label that is
+    only predicted is an error already counted in the recall of the true labels.
+    """
+    y = np.asarray(y)
+    return (np.flatnonzero(y.sum(axis=0) > 0) if y.ndim > 1 else np.unique(y)).astype(int).tolist()
+
+
+def macro_labels(y: np.ndarray, n: int) -> tuple[list[int], dict[str, Any]]:
+    """The labels of the macro averages, and what report.json and the console say about them (every
+    label when the gold labels hold none: a multi-label file without a positive, whose F1 is then 0)."""
+    present = present_labels(y)
+    over = MACRO_OVER if present else "every label (the gold labels hold none)"
+    present = present or list(range(n))
+    return present, {"labels": len(present), "of": n, "over": over}
+
+
 def classification_metrics(pred: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """Scalars, per-class scores, and the confusion matrix (its most frequent cells for many labels)."""
-    labels = list(range(len(names)))
+    """Scalars, per-class scores, and the confusion matrix (its most frequent cells for many labels).
+    Macro-F1 averages over the labels present in `y` (`present_labels`); per-class scores list every label."""
+    labels, (present, about) = list(range(len(names))), macro_labels(y, len(names))
     out = {
         "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=present, zero_division=0)),
         "weighted_f1": float(f1_score(y, pred, average="weighted", labels=labels, zero_division=0)),
+        "macro_average": about,
         "per_class": _per_class(y, pred, names),
     }
     if len(names) <= FULL_CONFUSION_MAX:
@@ -50,11 +75,13 @@ def classification_metrics(pred: np.ndarray, y: np.ndarray, names: list[str]) ->
 
 def multilabel_metrics(pred: np.ndarray, y: np.ndarray, names: list[str], threshold: float) -> dict[str, Any]:
     y, pred = y.astype(int), pred.astype(int)
+    present, about = macro_labels(y, len(names))
     return {
         "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=present, zero_division=0)),
         "subset_accuracy": float(accuracy_score(y, pred)),
         "threshold": float(threshold),
+        "macro_average": about,
         "per_class": _per_class(y, pred, names),
     }
 
@@ -76,8 +103,9 @@ def tune_threshold(scores: np.ndarray, y: np.ndarray, metric: str = "f1") -> flo
     """The multi-label decision threshold (one for all labels, on a 0.05 grid) that maximises micro-F1
     (metric "f1"), macro-F1 or subset accuracy on validation."""
     y = y.astype(int)
+    present = macro_labels(y, y.shape[1])[0]
     score = {"f1": lambda p: f1_score(y, p, average="micro", zero_division=0),
-             "macro_f1": lambda p: f1_score(y, p, average="macro", zero_division=0),
+             "macro_f1": lambda p: f1_score(y, p, average="macro", labels=present, zero_division=0),
              "accuracy": lambda p: accuracy_score(y, p)}[metric]
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     values = [score((scores >= t).astype(int)) for t in grid]

@@ -1,7 +1,9 @@
 """Plots and the end-of-run summary: how a user sees over- or under-fitting at a glance."""
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +88,56 @@ def plot_precision_recall(metrics: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+PER_CLASS_SHOWN = 20  # per-class rows printed; report.json (or `evaluate -o`) holds them all
+
+
+def metric_lines(title: str, metrics: dict[str, Any], rest_in: str = "report.json") -> list[str]:
+    """One split's (or one file's) metrics as printed: the scalars under `title`, what the macro average
+    ran over, and the first PER_CLASS_SHOWN per-class rows, then where the others are (`rest_in`)."""
+    out = []
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if scalars:
+        out.append(f"{printable(title)}: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
+                                                       for k, v in scalars.items()))
+    about = metrics.get("macro_average")
+    if about:
+        out.append(f"    macro_f1 over {about['labels']} of {about['of']} labels ({about['over']})")
+    per_class = list((metrics.get("per_class") or {}).items())
+    for name, pc in per_class[:PER_CLASS_SHOWN]:  # label names come from users' data
+        out.append(f"    {printable(name):>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
+                   f"f1={pc['f1']:.3f} support={pc['support']}")
+    if len(per_class) > PER_CLASS_SHOWN:
+        out.append(f"    (and {len(per_class) - PER_CLASS_SHOWN} more: {printable(rest_in)})")
+    return out
+
+
+def collapse_warning(split: str, predictions: list[dict]) -> str | None:
+    """A warning when most of a split's generated outputs are one text or empty, else None.
+
+    Read from the prediction records alone (their text values), so any generating task gets it: a short
+    or diverged run often writes the same summary for every input, which its scores alone do not say.
+    Collapsed: more than half of the outputs are empty, or the most common output is more than half.
+    """
+    texts = [" ".join(v for v in r.values() if isinstance(v, str)) for r in predictions
+             if any(isinstance(v, str) for v in r.values())]
+    if not texts:
+        return None
+    n, empty = len(texts), sum(1 for t in texts if not t.strip())
+    common, count = Counter(texts).most_common(1)[0]
+    advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
+    if 2 * empty > n:
+        return f"{split}: {empty} of {n} generated outputs are empty: {advice}"
+    if 2 * count > n:
+        shown = common if len(common) <= 60 else common[:57] + "..."
+        return f"{split}: {count} of {n} generated outputs are the same text ({json.dumps(shown)}): {advice}"
+    return None
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of report.json."""
     out = []
     for split in ("validation", "test"):
-        m = report.get(split) or {}
-        scalars = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if scalars:
-            out.append(f"{split}: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
-                                                for k, v in scalars.items()))
-        for name, pc in list((m.get("per_class") or {}).items())[:20]:  # label names come from users' data
-            out.append(f"    {printable(name):>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
-                       f"f1={pc['f1']:.3f} support={pc['support']}")
+        out += metric_lines(split, report.get(split) or {})
     t = report.get("train") or {}
     if t:
         basis = "steady" if "steady" in t.get("throughput_over", "") else "all steps"

@@ -21,7 +21,7 @@ from ..console import quiet_libraries
 from ..data.prepare import Table, check_kind, load_splits, read_configured, resolve_columns
 from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
-from ..evaluation.inference import evaluate_split
+from ..evaluation.inference import PRECISION, evaluate_split
 from ..io import atomic_write_jsonl, atomic_write_text, mismatched_files, nearest_existing
 from ..models import STATE_FILE, check_no_remote_code
 from ..tasks.base import Role, Task, get_task
@@ -194,9 +194,10 @@ class Predictor:
         table = loaded.splits["train"]
         self.task.encode("evaluation", table)
         features = self.task.preprocess(table, self.tokenizer)
-        result, loss = evaluate_split(self.model, self.task, table, features,
-                                      batch_size or self.cfg.eval.batch_size, self.device)
-        return {"rows": len(table), "dropped_rows": len(loaded.dropped), "loss": loss, **result.metrics}
+        batch_size = batch_size or self.cfg.eval.batch_size
+        result, loss = evaluate_split(self.model, self.task, table, features, batch_size, self.device)
+        return {"rows": len(table), "dropped_rows": len(loaded.dropped), "loss": loss, **result.metrics,
+                "inference": {"precision": PRECISION, "batch_size": batch_size}}
 
 
 def check_model_files(model_dir: Path, files: Any) -> None:
