@@ -109,9 +109,9 @@ def check_role_names(given: list[str], inputs: list[Role], flag: str) -> None:
     for name in given:
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
-            raise ConfigError(f"{flag} {name}=...: this task has no input role '{name}'"
-                              + (f"; did you mean '{close[0]}'?" if close else "")
-                              + f"; it reads {describe_roles(inputs)}")
+            raise ConfigError(f"{flag} {name}=...: this task has no input role '{name}'."
+                              + (f" Did you mean '{close[0]}'?" if close else "")
+                              + f" It reads {describe_roles(inputs)}")
 
 
 def command_line_record(inputs: list[Role], text: str | None, fields: list[str]) -> dict:
@@ -195,10 +195,15 @@ def input_columns(name: str, fmt: str, records: list[Record], data: DataConfig, 
     wanted = trained.get(role.name) or role.candidates[0]
     spare = [str(c) for c in present if c not in out.values()]
     close = difflib.get_close_matches(str(wanted), spare, n=1, cutoff=0.4)
-    guess = close[0] if close else (spare[0] if spare else "COLUMN")
+    guess = close[0] if close else max(spare, key=lambda c: _text_length(records, c), default="COLUMN")
     raise DataError(f"no column for {'role ' + role.name if lacking else 'any input role'}: this task reads "
                     f"{describe_roles(inputs)}, the file has columns: {shown}", file=name, column=str(wanted),
                     hint=f"name the column to read it from: --column {role.name}={guess}")
+
+
+def _text_length(records: list[Record], column: str) -> int:
+    """Characters of text a column holds over `records`: the likeliest text column is the wordiest."""
+    return sum(len(v) for _, row in records if isinstance(v := row.get(column), str))
 
 
 class PredictInput:
