@@ -4,12 +4,14 @@
 A tiny random BERT (tests/conftest.py) is trained for one step into a text-classification run and a
 token-classification run (the model's size does not matter here: what grows with the input is the
 rows, features, predictions and output that are kept). For each row count an input of that many rows
-(JSONL: {"id", "text"}, texts of 3-15 words) is predicted to JSONL in a fresh subprocess that imports
-tunesmith from PYTHONPATH, and the subprocess reports its peak RSS (resource.getrusage ru_maxrss)
-after the model has loaded and after predict_file. The growth is peak minus the loaded baseline; the
-slope between the smallest and the largest row count gives the estimate for 1M rows.
+(JSONL: {"id", "text"}, texts of 3-15 words) is predicted to JSONL in a fresh subprocess (one torch
+thread) that imports tunesmith from PYTHONPATH. Once the model has loaded, the subprocess resets its peak RSS (Linux:
+`/proc/self/clear_refs`, so the load's own peak does not hide a smaller one) and reads its RSS; after
+predict_file it reads the peak (VmHWM). The growth is that peak minus the loaded RSS; the slope between
+the two largest row counts gives the estimate for 1M rows.
 
-    python bench/predict_memory.py --rows 2000 10000                      # the code on PYTHONPATH
+    python bench/predict_memory.py --rows 10000 100000                     # the code on PYTHONPATH
+    python bench/predict_memory.py --rows 1000 4000 --chunk-rows 500       # quick: 2 and 8 chunks
     PYTHONPATH=/tmp/base/src python bench/predict_memory.py --work /tmp/pm  # the code before a change
 
 `--work` keeps the trained runs and inputs between invocations (the runs are made by the code on
@@ -29,16 +31,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from pathlib import Path
 from tunesmith.serving.predictor import Predictor
-run, inp, out = sys.argv[1:4]
+
+def status(key):  # kB, from /proc/self/status
+    return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+
+import inspect
+run, inp, out, chunk_rows = sys.argv[1:5]
+# chunk_rows: for code that reads in chunks (older code reads the whole file, and takes no such argument)
+kwargs = {"chunk_rows": int(chunk_rows)} if "chunk_rows" in inspect.signature(Predictor.predict_file).parameters else {}
 p = Predictor.load(run, device="cpu")
 p.predict(["warm up"])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the RSS now: loading's peak is not ours
+base = status("VmRSS:")
 t = time.perf_counter()
-n = p.predict_file(inp, out)
-print(json.dumps({"rows": n, "base_kib": base, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "seconds": time.perf_counter() - t}))
+n = p.predict_file(inp, out, **kwargs)
+print(json.dumps({"rows": n, "base_kib": base, "peak_kib": status("VmHWM:"), "seconds": time.perf_counter() - t}))
 """
 
 
@@ -86,9 +96,12 @@ def make_input(work: Path, rows: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[2000, 10000])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--tasks", nargs="+", default=["classification", "ner"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/tunesmith-predict-memory"))
+    ap.add_argument("--chunk-rows", type=int, default=4096,
+                    help="rows per chunk for code that streams (its default: 4096); a smaller chunk shows at "
+                         "small row counts whether memory stays flat once a file holds several chunks")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,10 +114,11 @@ def main() -> None:
         results = []
         for rows in args.rows:
             inp = make_input(args.work, rows)
-            out = args.work / f"out_{task}_{rows}.jsonl"
+            out = args.work / f"out_{task}_{rows}_{os.getpid()}.jsonl"
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(runs[task]), str(inp), str(out)],
-                                  capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(runs[task]), str(inp), str(out), str(args.chunk_rows)],
+                                  capture_output=True, text=True,
+                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
             if proc.returncode != 0:
                 sys.exit(f"{task} {rows} rows failed after {time.perf_counter() - t:.0f} s:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,11 +127,11 @@ def main() -> None:
             print(f"{task:<15}{rows:>9}{r['base_kib'] / 1024:>12.0f}{r['peak_kib'] / 1024:>10.0f}{growth:>12.1f}"
                   f"{r['seconds']:>9.1f}", flush=True)
             out.unlink()
-        (lo, g_lo), (hi, g_hi) = results[0], results[-1]
-        if hi > lo:
+        if len(results) > 1:  # the slope of the last two counts: where the growth is heading
+            (lo, g_lo), (hi, g_hi) = results[-2], results[-1]
             slope = (g_hi - g_lo) / (hi - lo)
-            print(f"{task:<15}slope {slope * 1e4:.1f} MiB per 10k rows; 1M rows: about "
-                  f"{g_lo + slope * (1_000_000 - lo):.0f} MiB over the loaded model")
+            print(f"{task:<15}slope {slope * 1e4:.1f} MiB per 10k rows ({lo}-{hi}); 1M rows: about "
+                  f"{g_hi + slope * (1_000_000 - hi):.0f} MiB over the loaded model")
 
 
 if __name__ == "__main__":

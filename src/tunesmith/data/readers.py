@@ -464,6 +464,8 @@ def iter_records(path: str | Path, fmt: str, header: bool = True, column_names: 
     no records is a DataError."""
     path = Path(path)
     require_file(path)
+    if path.is_dir():
+        raise DataError("this is a folder, not a file", file=str(path), hint="name the file to predict")
     if path.stat().st_size == 0:
         raise DataError("the file is empty", file=str(path))
     if fmt == "txt":

@@ -154,7 +154,8 @@ class Predictor:
         `tunesmith` object holding `line` and the `prediction` record; CSV: `input_line` and `pred_*`
         columns), renamed if the input uses them. Rows are read, predicted and written `chunk_rows` at a
         time, so memory does not grow with the file; the output appears (renamed from a temp file) only
-        when every row is written. Returns the number of rows predicted.
+        when every row is written. Returns the number of rows predicted. `path` may be a `PredictInput`
+        already opened (the CLI opens it to check the columns before the model loads): it is used as it is.
         """
         source = path if isinstance(path, PredictInput) else PredictInput(path, self.cfg, self.inputs, format,
                                                                           columns, chunk_rows)
@@ -172,7 +173,7 @@ class Predictor:
                     preds = self._predict_table(self._table(rows, str(source.path), lines, source.columns),
                                                 batch_size)
                     out.write(lines, rows, preds)
-                    f.flush()  # a chunk written is a chunk the next one does not hold in memory
+                    f.flush()  # each chunk is in the temp file before the next one is read
                     n += len(rows)
         except OSError as e:
             raise ConfigError(f"cannot write predictions to {output}: {e.strerror or e}") from None
