@@ -507,7 +507,7 @@ def test_a_bad_row_in_a_later_chunk_leaves_no_output(trained, tmp_path):
     from tunesmith.serving.predictor import Predictor
 
     run_dir, _ = trained
-    rows = [{"text": t} for t in ["good", "bad", "great", "awful", "happy", "sad"]]
+    rows = [{"id": k, "text": t} for k, t in enumerate(["good", "bad", "great", "awful", "happy", "sad"])]
     rows[4]["text"] = " "
     f = write_csv(tmp_path / "in.csv", rows)
     with pytest.raises(DataError) as e:
