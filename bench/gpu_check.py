@@ -20,7 +20,6 @@ import argparse
 import gzip
 import importlib.util
 import json
-import random
 import shutil
 import subprocess
 import sys

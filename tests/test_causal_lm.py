@@ -270,7 +270,8 @@ def test_a_prompt_that_fills_max_length_is_dropped_or_cut_from_the_left(tiny_mod
                                     "cache_dir": str(tmp_path / "cache")}})
     p = prepare(cfg)
     reason = ("the prompt fills model.max_length=32: no response token is left to train on (set "
-              "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise model.max_length)")
+              "task.truncate_prompt: left to keep the response by cutting the prompt's start, or raise "
+              "model.max_length)")
     assert [(d["split"], d["line"], d["reason"]) for d in p.data.dropped] == [
         ("train", 1, reason), ("train", 2, reason), ("validation", 1, reason), ("validation", 2, reason)]
     assert p.report["untrainable"] == {"train": {"examples": 2, "reason": reason},

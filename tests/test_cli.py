@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import sentiment_rows, write_csv
 from tunesmith.cli import app
 from tunesmith.config import load_config
+from tunesmith.errors import DataError
 
 ENV = {"COLUMNS": "400"}  # rich wraps at the terminal width; keep messages on one line
 
@@ -422,6 +423,136 @@ def test_predict_input_without_the_text_column(trained, tmp_path):
     msg = assert_clean_failure(invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl"))
     assert str(f) in msg and "column 'text'" in msg
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_predict_wrong_column_is_reported_before_the_model_loads(trained, tmp_path, monkeypatch):
+    """The advice names what predict takes (--column), and the model (seconds to load) is not loaded first."""
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    f = write_csv(tmp_path / "wrong.csv", [{"id": "a", "sentence": "good"}, {"id": "b", "sentence": "awful"}])
+    real_load = Predictor.load
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model was loaded")))
+    msg = assert_clean_failure(invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl"))
+    assert msg == (f"error: file {f}, column 'text': no column for role text: this task reads text (optional: "
+                   "text_pair), the file has columns: id, sentence -> name the column to read it from: "
+                   "--column text=sentence")
+    msg = assert_clean_failure(invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl", "--column", "txt=sentence"))
+    assert msg == ("error: --column txt=...: this task has no input role 'txt'. Did you mean 'text'? It reads text "
+                   "(optional: text_pair)")
+    monkeypatch.setattr(Predictor, "load", real_load)
+    result = invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl", "--column", "text=sentence")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    expected = Predictor.load(run_dir).predict(["good", "awful"])
+    assert [r["tunesmith"]["prediction"] for r in rows] == expected
+    assert [{k: r[k] for k in ("id", "sentence")} for r in rows] == [{"id": "a", "sentence": "good"},
+                                                                    {"id": "b", "sentence": "awful"}]
+
+
+def test_predict_a_txt_file_of_one_text_per_line(trained, tmp_path):
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    f = tmp_path / "texts.txt"
+    f.write_text("a good movie\n\n   \nthe food was awful\r\nhappy day", encoding="utf-8")
+    result = invoke("predict", run_dir, f, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert f"wrote 3 predictions to {tmp_path / 'o.jsonl'}" in one_line(result.output)
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    texts = ["a good movie", "the food was awful", "happy day"]
+    assert [(r["text"], r["tunesmith"]["line"]) for r in rows] == list(zip(texts, [1, 4, 5]))  # blank lines skipped
+    assert [r["tunesmith"]["prediction"] for r in rows] == Predictor.load(run_dir).predict(texts)
+    help_text = one_line(invoke("predict", "--help").output)
+    assert ".txt (one text per line, for tasks that read one text)" in help_text
+
+
+def test_an_unexpected_predict_error_is_one_message_and_exit_code_2(trained, monkeypatch):
+    from tunesmith.serving.predictor import Predictor
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(Predictor, "predict", broken)
+    msg = assert_clean_failure(invoke("predict", trained[0], "--text", "good"))
+    assert msg == ("error: predict failed (TypeError: unsupported operand); this is a bug in tunesmith, please report "
+                   "it with the command you ran")
+
+
+def test_readme_names_the_csv_columns_predict_writes(trained, new_texts, tmp_path):
+    run_dir, _ = trained
+    assert invoke("predict", run_dir, new_texts, "-o", tmp_path / "p.csv").exit_code == 0
+    header = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header[2:] == ["input_line", "pred_label", "pred_score", "pred_probs.neg", "pred_probs.pos"]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `.csv`, `.tsv` |"))
+    assert "`input_line`, `pred_label`, `pred_score`, one `pred_probs.<label>` per label" in row
+    assert "pred_prob:" not in readme
+
+
+def test_an_unknown_key_given_with_set_is_reported_as_from_set(config_file):
+    msg = assert_clean_failure(invoke("train", config_file, "--set", "train.lrr=0.1"))
+    assert msg.startswith("error: invalid configuration: - unknown key 'train.lrr'. did you mean 'train.lr'?")
+    assert msg.endswith("(given by --set train.lrr=0.1)")
+    assert str(config_file) not in msg
+
+
+def test_predict_file_streams_in_chunks(trained, new_texts, tmp_path, monkeypatch):
+    """Records are read a chunk at a time: none past the first chunk before that chunk is written."""
+    from tunesmith.serving import inputs
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    predictor = Predictor.load(run_dir)
+    whole = tmp_path / "whole.csv"
+    assert predictor.predict_file(new_texts, whole) == 13
+    real = inputs.iter_records
+    reads = []
+
+    def guarded(*args, **kwargs):
+        for k, record in enumerate(real(*args, **kwargs), start=1):
+            written = [t.stat().st_size for t in tmp_path.glob(".chunked.csv.*.tmp")]
+            if k > 4 and not any(written):
+                raise AssertionError(f"record {k} read before the first chunk of 4 was written")
+            reads.append((k, bool(written)))
+            yield record
+
+    monkeypatch.setattr(inputs, "iter_records", guarded)
+    assert predictor.predict_file(new_texts, tmp_path / "chunked.csv", chunk_rows=4) == 13
+    assert reads == [(k, k > 4) for k in range(1, 14)]
+    chunked = list(csv.DictReader((tmp_path / "chunked.csv").open(encoding="utf-8")))
+    expected = list(csv.DictReader(whole.open(encoding="utf-8")))
+    assert [r["pred_label"] for r in chunked] == [r["pred_label"] for r in expected]
+    for a, b in zip(chunked, expected):
+        assert float(a["pred_probs.pos"]) == pytest.approx(float(b["pred_probs.pos"]), abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.csv", "whole.csv"]
+
+
+def test_a_bad_row_in_a_later_chunk_leaves_no_output(trained, tmp_path):
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    rows = [{"id": k, "text": t} for k, t in enumerate(["good", "bad", "great", "awful", "happy", "sad"])]
+    rows[4]["text"] = " "
+    f = write_csv(tmp_path / "in.csv", rows)
+    with pytest.raises(DataError) as e:
+        Predictor.load(run_dir).predict_file(f, tmp_path / "out.jsonl", chunk_rows=2)
+    assert str(e.value) == (f"file {f}, line 6, column 'text': empty text: nothing to predict\n"
+                            "  -> remove the row or fill it in")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, no temp file
+
+
+def test_csv_output_of_jsonl_rows_has_every_key_of_every_row(trained, tmp_path):
+    """JSON rows may differ in keys: CSV output's header has each, in first-seen order, read in chunks."""
+    from tunesmith.serving.predictor import Predictor
+
+    run_dir, _ = trained
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": "good"}\n{"text": "bad", "note": "=1+1"}\n\n{"id": 7, "text": "great"}\n', encoding="utf-8")
+    assert Predictor.load(run_dir).predict_file(f, tmp_path / "o.csv", chunk_rows=1) == 3
+    rows = list(csv.reader((tmp_path / "o.csv").open(encoding="utf-8")))
+    assert rows[0][:4] == ["text", "note", "id", "input_line"]
+    assert [r[:4] for r in rows[1:]] == [["good", "", "", "1"], ["bad", "'=1+1", "", "2"], ["great", "", "7", "4"]]
 
 
 def test_init_escapes_control_characters_from_the_file(tmp_path):

@@ -124,3 +124,101 @@ def test_load_imports_neither_the_training_loop_nor_matplotlib(base_config: dict
             "print(sorted(m for m in sys.modules if m in ('matplotlib', 'tunesmith.training.loop', 'tunesmith.run')))")
     out = subprocess.run([sys.executable, "-c", code, str(run.dir)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- predict from the command line, by task
+
+CONTRACT = Path(__file__).parent / "contract"
+
+
+def _invoke(*args: object):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
+
+
+def _clean_failure(result) -> str:
+    """Exit code 2, an `error:` line, no traceback; the message on one line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
+    assert "error:" in result.output
+    return " ".join(result.output.split())
+
+
+def _tiny_run(tiny_model_dir: str, folder: Path, task: dict, data: dict, max_length: int) -> Path:
+    cfg = {"task": task, "model": {"name": tiny_model_dir, "max_length": max_length},
+           "data": {**data, "cache_dir": str(folder / "cache")},
+           "train": {"max_steps": 2, "batch_size": 16, "eval_every": 2, "seed": 0, "precision": "fp32"},
+           "eval": {"batch_size": 8}, "output_dir": str(folder / "run")}
+    return tunesmith.train(cfg).dir
+
+
+@pytest.fixture(scope="module")
+def ner_conll_run(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token-classification run trained on CoNLL files (`data.format: conll`)."""
+    folder = tmp_path_factory.mktemp("ner-conll")
+    data = {"format": "conll"}
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(x) for x in (CONTRACT / "token-classification" / f"{split}.jsonl").read_text().splitlines()]
+        f = folder / f"{split}.conll"
+        f.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(r["tokens"], r["tags"])) + "\n" for r in rows))
+        data[split] = str(f)
+    return _tiny_run(tiny_model_dir, folder, {"type": "token-classification", "stride": 4}, data, 16)
+
+
+@pytest.fixture(scope="module")
+def qa_run(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("qa")
+    data = {s: str(CONTRACT / "question-answering" / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    return _tiny_run(tiny_model_dir, folder, {"type": "question-answering", "doc_stride": 8}, data, 32)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_run_trained_on_conll_predicts_each_input_by_its_own_extension(ner_conll_run: Path, tmp_path: Path) -> None:
+    """data.format: conll is the training files' format, not the format of every file given to predict."""
+    texts = ["the team scored a goal", "vote on the new law today"]
+    expected = tunesmith.load(ner_conll_run).predict(texts)
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"text": t} for t in texts])
+    (tmp_path / "raw.csv").write_text("text\n" + "".join(f"{t}\n" for t in texts), encoding="utf-8")
+    (tmp_path / "raw.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (tmp_path / "raw.data").write_text(raw.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, extra in (("raw.jsonl", []), ("raw.csv", []), ("raw.txt", []), ("raw.data", ["--format", "jsonl"])):
+        out = tmp_path / f"{name}.out.jsonl"
+        result = _invoke("predict", ner_conll_run, tmp_path / name, "-o", out, *extra)
+        assert result.exit_code == 0, (name, result.output)
+        rows = _jsonl(out)
+        assert [r["text"] for r in rows] == texts, name
+        assert [r["tunesmith"]["prediction"] for r in rows] == expected, name
+    # a .conll file is read as tokens (one column: no tags), whatever the run trained on
+    (tmp_path / "tokens.conll").write_text("the\nteam\n\nvote\nlaw\n", encoding="utf-8")
+    out = tmp_path / "tokens.out.jsonl"
+    assert _invoke("predict", ner_conll_run, tmp_path / "tokens.conll", "-o", out).exit_code == 0
+    rows = _jsonl(out)
+    assert [(r["tokens"], r["tunesmith"]["line"]) for r in rows] == [(["the", "team"], 1), (["vote", "law"], 4)]
+    assert [r["tunesmith"]["prediction"] for r in rows] == tunesmith.load(ner_conll_run).predict(
+        [{"tokens": ["the", "team"]}, {"tokens": ["vote", "law"]}])
+
+
+def test_question_answering_from_the_command_line_takes_each_role_by_field(qa_run: Path) -> None:
+    msg = _clean_failure(_invoke("predict", qa_run, "--text", "how was the show"))
+    assert ("this task reads question, context (optional: id): one --text cannot fill them. Give each with "
+            "--field ROLE=VALUE (--field question='...' --field context='...')") in msg
+    msg = _clean_failure(_invoke("predict", qa_run, "--field", "question=how was the show"))
+    assert "context is missing: this task reads question, context (optional: id); add --field context='...'" in msg
+    record = {"question": "how was the show", "context": "the show was good and the food was bad"}
+    result = _invoke("predict", qa_run, "--field", f"question={record['question']}",
+                     "--field", f"context={record['context']}")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == tunesmith.load(qa_run).predict(record)
+
+
+def test_a_txt_file_is_refused_by_name_for_a_task_that_reads_several_texts(qa_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "q.txt").write_text("how was the show\n", encoding="utf-8")
+    msg = _clean_failure(_invoke("predict", qa_run, tmp_path / "q.txt", "-o", tmp_path / "o.jsonl"))
+    assert (f"file {tmp_path / 'q.txt'}: a .txt file holds one text per line, but this task reads question, "
+            "context (optional: id) -> predict a .jsonl or .csv file with a column for each of them") in msg

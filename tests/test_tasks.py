@@ -188,7 +188,8 @@ def test_collapse_warning_names_the_split_and_the_counts() -> None:
 
     advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
     same = [{"summary_text": "the the the"}] * 3 + [{"summary_text": "other"}]
-    assert collapse_warning("test", same) == f'test: 3 of 4 generated outputs are the same text ("the the the"): {advice}'
+    assert collapse_warning("test", same) == \
+        f'test: 3 of 4 generated outputs are the same text ("the the the"): {advice}'
     empty = [{"generated_text": ""}] * 3 + [{"generated_text": "x"}, {"generated_text": "y"}]
     assert collapse_warning("validation", empty) == f"validation: 3 of 5 generated outputs are empty: {advice}"
     assert collapse_warning("test", [{"summary_text": t} for t in ("a", "b", "a", "c")]) is None  # 2 of 4: half

@@ -232,12 +232,23 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-            input: Optional[Path] = typer.Argument(None, help="CSV/TSV/JSON/JSONL/Parquet with the training text "
-                                                   "column(s); or give --text instead."),
+            input: Optional[Path] = typer.Argument(None, help="A file to predict, read by its own extension: .txt "
+                                                   "(one text per line, for tasks that read one text), .jsonl/.json, "
+                                                   ".csv/.tsv, .parquet (a column per role), .conll (tokens)."),
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .jsonl (or .csv/.tsv); "
                                                   "needed with an input file."),
             text: Optional[str] = typer.Option(None, "--text", help="Predict one text (a prompt for text "
                                                "generation) and print the record as JSON."),
+            field: list[str] = typer.Option([], "--field", metavar="ROLE=VALUE",
+                                            help="Predict one record given role by role (repeatable), e.g. "
+                                                 "--field question='...' --field context='...'; with --text, "
+                                                 "the other roles (--field text_pair='...')."),
+            column: list[str] = typer.Option([], "--column", metavar="ROLE=COLUMN",
+                                             help="Read a role from this column of the input file (repeatable); "
+                                                  "default: the column training read, else the role's name."),
+            format: Optional[str] = typer.Option(None, "--format",
+                                                 help="Read the input as txt, jsonl, json, csv, tsv, parquet or "
+                                                      "conll whatever its extension."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size."),
             max_new_tokens: Optional[int] = typer.Option(None, help="Generation: most tokens generated."),
             do_sample: Optional[bool] = typer.Option(None, "--sample/--greedy", help="Generation: sample, or "
@@ -245,32 +256,57 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             temperature: Optional[float] = typer.Option(None, help="Generation: sampling temperature."),
             top_p: Optional[float] = typer.Option(None, help="Generation: nucleus sampling mass."),
             num_beams: Optional[int] = typer.Option(None, help="Translation and summarization: beam search.")) -> None:
-    """Predict every row of a file (or one --text): the input row unchanged plus the prediction record.
+    """Predict every row of a file (or one --text / --field record): the input row unchanged plus the prediction.
 
-    JSONL output adds one key, `tunesmith` ({line, prediction}); CSV/TSV adds `input_line` and `pred_*`
-    columns (for classification `pred_label`, `pred_score` and one `pred_prob:<label>` per label). A name
-    the input already uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula
-    get a leading '. Generative tasks take the decoding options; the others refuse them.
+    A .txt file holds one text per line (blank lines are skipped; each record keeps its line number) and
+    works for every task that reads one text. JSONL output adds one key, `tunesmith` ({line, prediction});
+    CSV/TSV adds `input_line` and `pred_*` columns (for classification `pred_label`, `pred_score` and one
+    `pred_probs.<label>` per label). A name the input already uses gets a suffix (`tunesmith_1`); cells that
+    a spreadsheet would run as a formula get a leading '. Generative tasks take the decoding options; the
+    others refuse them. Files of any length are read, predicted and written in chunks; the output appears
+    only once every row is written.
     """
+    from .serving.inputs import (PredictInput, check_writable, command_line_record, input_roles, read_run_state,
+                                 split_assignment)
+
     generation = {k: v for k, v in dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                         top_p=top_p, num_beams=num_beams).items() if v is not None}
     try:
-        if (input is None) == (text is None):
-            raise ConfigError("give an input file (with -o) or --text, not both and not neither")
+        one = text is not None or bool(field)
+        if (input is None) == (not one):
+            raise ConfigError("give an input file (with -o), or --text / --field, not both and not neither")
         if input is not None and output is None:
             raise ConfigError("an input file needs -o/--output: where to write the predictions")
+        if one and (column or format):
+            raise ConfigError("--column and --format are for an input file, not --text / --field")
         _check_exists(run_dir, input)
+        # the task, the roles and the file's columns are checked before the model loads (seconds)
+        state = read_run_state(run_dir)
+        inputs = input_roles(state.task)
+        if one:
+            record = command_line_record(inputs, text, field)
+        else:
+            columns = dict(split_assignment(c, "--column", "COLUMN") for c in column)
+            source = PredictInput(input, state.cfg, inputs, format, columns)
+            check_writable(output)
         from .serving.predictor import Predictor
 
         predictor = Predictor.load(run_dir)
         if generation:
             predictor.set_generation(**generation)
-        if text is not None:
-            typer.echo(json.dumps(predictor.predict(text), ensure_ascii=False))
+        if one:
+            typer.echo(json.dumps(predictor.predict(record), ensure_ascii=False))
             return
-        n = predictor.predict_file(input, output, batch_size)
+        n = predictor.predict_file(source, output, batch_size)
     except TunesmithError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _say("interrupted" + (f"; {output} was not written (it appears only once every row is predicted)"
+                              if output else ""))
+        raise typer.Exit(130)
+    except Exception as e:  # a bug, not a user error: still one message and exit code 2, never a traceback
+        _fail(TunesmithError(f"predict failed ({type(e).__name__}: {printable(str(e))}); this is a bug in "
+                             "tunesmith, please report it with the command you ran"))
     console.print(f"wrote {n} predictions to {escape(printable(output))}")
 
 

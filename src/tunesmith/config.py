@@ -451,8 +451,15 @@ def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()
     return lines
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    return "\n".join([f"invalid configuration in {source}:", *_error_lines(err, RunConfig)])
+def _format_errors(err: ValidationError, source: str, given: dict[str, str] | None = None) -> str:
+    """The error lines under one heading; a line about a key set by an override (`given`: dotted key ->
+    "--set train.lrr=1") says so, and the heading names the config file only if a line comes from it."""
+    lines, from_file = [], False
+    for line in _error_lines(err, RunConfig):
+        item = next((i for k, i in (given or {}).items() if f"'{k}'" in line or line.startswith(f"  - {k}:")), None)
+        lines.append(f"{line} (given by {item})" if item else line)
+        from_file = from_file or item is None
+    return "\n".join([f"invalid configuration in {source}:" if from_file else "invalid configuration:", *lines])
 
 
 _OVERRIDE_EXAMPLE = {"--set": "--set train.lr=3e-5", "override": "\"train.lr=3e-5\" or {\"train.lr\": 3e-5}"}
@@ -532,7 +539,8 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        given = {".".join(keys): f"{flag} {item}" for keys, _, item in _override_items(overrides or [], flag)}
+        raise ConfigError(_format_errors(err, source, given)) from None
     if base_dir is not None:
         for split in ("train", "validation", "test"):
             p = getattr(cfg.data, split)

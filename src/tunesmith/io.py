@@ -13,7 +13,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TextIO
 
 from .errors import DiskFull
 
@@ -94,7 +94,15 @@ def disk_full_names(path: str | Path) -> Iterator[None]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path`.
+    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path` (`atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[TextIO]:
+    """A text file to write in pieces (output of any length, written as it is made): a temp file beside
+    `path`, fsynced and renamed over `path` when the block ends, removed if it raises.
 
     mkstemp creates the file 0600; it gets the mode an ordinary file gets under the umask before
     it takes the final name, so run files are as readable as anything else the user writes.
@@ -105,8 +113,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o666 & ~umask())
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

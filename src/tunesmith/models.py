@@ -11,6 +11,7 @@ import torch
 from .config import ModelConfig, RunConfig
 from .errors import ConfigError, ModelError, TunesmithError
 from .io import atomic_dir, hash_files, json_text, sha256_file
+from .serving.inputs import STATE_FILE
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -236,9 +237,6 @@ def _has_safetensors(name: str) -> bool | None:
     if p.is_dir():
         return any(p.glob("*.safetensors")) or None
     return None
-
-
-STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
 
 
 def portable_config(cfg: RunConfig) -> dict[str, Any]:

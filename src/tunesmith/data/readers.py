@@ -12,7 +12,7 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import DataError
 
@@ -83,39 +83,49 @@ def _read_delimited(path: Path, delimiter: str, header: bool = True,
                     column_names: list[str] | None = None) -> list[Record]:
     """Rows as dicts keyed by the header (or by `column_names` / positions "0", "1", ... without one)."""
     text = _read_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                        quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
-    rows: list[Record] = []
     with _field_limit(len(text) + 1):
-        names = None
-        if header:
-            try:
-                names = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise DataError("the file is empty", file=str(path)) from None
-            dup = next((h for i, h in enumerate(names) if h in names[:i]), None)
-            if dup is not None:
-                raise DataError(f"the header names column '{dup}' more than once ({', '.join(names)})",
-                                file=str(path), line=1, hint="rename one of the columns (or, if the first row "
-                                                             "is data, not names, set data.header: false)")
-        elif column_names:
-            names = list(column_names)
-        line = reader.line_num
-        for values in reader:
-            start = line + 1
-            line = reader.line_num
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue  # blank line
-            if names is None:  # no header and no names: columns are positions, as wide as the first row
-                names = [str(i) for i in range(len(values))]
-            if len(values) != len(names):
-                raise DataError(f"expected {len(names)} fields ({', '.join(names)}) but found {len(values)}",
-                                file=str(path), line=start,
-                                hint="check for an unquoted delimiter in the text, or a missing field")
-            rows.append((start, dict(zip(names, values))))
+        rows = list(_delimited_records(io.StringIO(text, newline=""), path, delimiter, header, column_names))
     if not rows:
         raise DataError("the file has a header but no rows" if header else "the file has no rows", file=str(path))
     return rows
+
+
+def _delimited_records(lines: Iterable[str], path: Path, delimiter: str, header: bool,
+                       column_names: list[str] | None) -> Iterator[Record]:
+    """The records of CSV/TSV text given line by line (lines keep their endings), one at a time."""
+    reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+    names = None
+    if header:
+        try:
+            names = _header_names(next(reader), path)
+        except StopIteration:
+            raise DataError("the file is empty", file=str(path)) from None
+    elif column_names:
+        names = list(column_names)
+    line = reader.line_num
+    for values in reader:
+        start = line + 1
+        line = reader.line_num
+        if not values or (len(values) == 1 and not values[0].strip()):
+            continue  # blank line
+        if names is None:  # no header and no names: columns are positions, as wide as the first row
+            names = [str(i) for i in range(len(values))]
+        if len(values) != len(names):
+            raise DataError(f"expected {len(names)} fields ({', '.join(names)}) but found {len(values)}",
+                            file=str(path), line=start,
+                            hint="check for an unquoted delimiter in the text, or a missing field")
+        yield start, dict(zip(names, values))
+
+
+def _header_names(row: list[str], path: Path) -> list[str]:
+    """A CSV/TSV header row as column names; a name given twice is an error (one column would be lost)."""
+    names = [h.strip() for h in row]
+    dup = next((h for i, h in enumerate(names) if h in names[:i]), None)
+    if dup is not None:
+        raise DataError(f"the header names column '{dup}' more than once ({', '.join(names)})",
+                        file=str(path), line=1, hint="rename one of the columns (or, if the first row "
+                                                     "is data, not names, set data.header: false)")
+    return names
 
 
 def _is_number(s: str) -> bool:
@@ -179,18 +189,8 @@ def read_jsonl(path: Path) -> list[Record]:
     # split on "\n" only: str.splitlines() also breaks on U+2028 and friends inside JSON strings
     for i, line in enumerate(_read_text(path).split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e.msg} (character {e.colno})", file=str(path), line=i) from None
-        except _DuplicateKey as e:
-            raise DataError(f"key '{e}' appears twice in one object", file=str(path), line=i,
-                            hint="remove or rename one of them") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"expected a JSON object per line, got {type(obj).__name__}", file=str(path), line=i)
-        rows.append((i, obj))
+        if line.strip():
+            rows.append((i, _jsonl_object(line, path, i)))
     return rows
 
 
@@ -203,6 +203,20 @@ def _first_line_is_a_value(text: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
+
+
+def _jsonl_object(line: str, path: Path, i: int) -> dict:
+    """One JSON Lines line as its object; errors name the file and line."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON: {e.msg} (character {e.colno})", file=str(path), line=i) from None
+    except _DuplicateKey as e:
+        raise DataError(f"key '{e}' appears twice in one object", file=str(path), line=i,
+                        hint="remove or rename one of them") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object per line, got {type(obj).__name__}", file=str(path), line=i)
+    return obj
 
 
 @register_reader("json")
@@ -415,3 +429,106 @@ def is_missing(value: object) -> bool:
     if isinstance(value, str) and not value.strip():
         return True
     return False  # note: an empty label list is a valid multi-label "no label" row
+
+
+# ---------------------------------------------------------------- streaming (prediction of files of any length)
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its ending) of a text file, read lazily; only "\n" ends a line (as
+    `read_jsonl` splits: U+2028 inside a JSON string is no line break). Bytes that are not UTF-8 name their line."""
+    import gzip
+    import zlib
+
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"bytes {raw[e.start:e.end]!r} are not valid UTF-8", file=str(path), line=n,
+                                    hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+                yield n, line
+    except EOFError:
+        raise DataError("the gzip file is truncated (it ends before its end-of-stream marker)",
+                        file=str(path), hint="copy or download the file again") from None
+    except (OSError, zlib.error) as e:
+        if not gz:
+            raise
+        raise DataError(f"not a valid gzip file ({e})", file=str(path),
+                        hint="decompress it or rename it without .gz if it is not compressed") from None
+
+
+def _line_text(line: str) -> str:
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def iter_txt(path: Path) -> Iterator[Record]:
+    """A plain text file, one text per line, as {"text": line}; blank lines are skipped (they hold nothing to
+    predict) and every record keeps its line number."""
+    for n, line in _lines(path):
+        text = _line_text(line)
+        if text.strip():
+            yield n, {"text": text}
+
+
+def iter_jsonl(path: Path) -> Iterator[Record]:
+    """`read_jsonl`, one record at a time."""
+    for n, line in _lines(path):
+        text = _line_text(line)
+        if text.strip():
+            yield n, _jsonl_object(text, path, n)
+
+
+def iter_delimited(path: Path, delimiter: str, header: bool = True,
+                   column_names: list[str] | None = None) -> Iterator[Record]:
+    """`read_csv` / `read_tsv`, one record at a time; no field is longer than the file (gzip: 2 GiB)."""
+    limit = 2**31 - 1 if path.suffix == ".gz" else path.stat().st_size + 1
+    with _field_limit(limit):
+        yield from _delimited_records((line for _, line in _lines(path)), path, delimiter, header, column_names)
+
+
+def iter_parquet(path: Path) -> Iterator[Record]:
+    """`read_parquet`, a row group batch at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DataError(f"cannot read Parquet: {e}", file=str(path)) from None
+
+
+def iter_records(path: str | Path, fmt: str, header: bool = True, column_names: list[str] | None = None,
+                 conll_tag_column: int = -1) -> Iterator[Record]:
+    """Records of a file in a known format ("txt" too), lazily where the format allows: txt, jsonl, csv/tsv
+    and parquet stream; a JSON array and a CoNLL file come from the training readers, whole. A file with
+    no records is a DataError."""
+    path = Path(path)
+    require_file(path)
+    if path.is_dir():
+        raise DataError("this is a folder, not a file", file=str(path), hint="name the file to predict")
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", file=str(path))
+    if fmt == "txt":
+        rows = iter_txt(path)
+    elif fmt == "jsonl":
+        rows = iter_jsonl(path)
+    elif fmt in DELIMITED:
+        rows = iter_delimited(path, "," if fmt == "csv" else "\t", header, column_names)
+    elif fmt == "parquet":
+        rows = iter_parquet(path)
+    else:
+        rows = iter(read_file(path, fmt, header=header, column_names=column_names, conll_tag_column=conll_tag_column))
+    empty = True
+    for record in rows:
+        empty = False
+        yield record
+    if empty:
+        raise DataError("the file has no rows", file=str(path))

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 import csv
 import difflib
-import io
 import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 import torch
 
 from ..config import RunConfig
 from ..console import quiet_libraries
-from ..data.prepare import Table, check_kind, load_splits, read_configured, resolve_columns
+from ..data.prepare import Table, check_kind, load_splits
 from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
 from ..evaluation.inference import PRECISION, evaluate_split
-from ..io import atomic_write_jsonl, atomic_write_text, mismatched_files, nearest_existing
-from ..models import STATE_FILE, check_no_remote_code
-from ..tasks.base import Role, Task, get_task
+from ..io import atomic_writer, json_text, mismatched_files
+from ..models import check_no_remote_code
+from ..tasks.base import Role, Task
+from .inputs import (CHUNK_ROWS, STATE_FILE, PredictInput, check_writable, input_roles, read_run_state,
+                     string_role)
 
 
 _DECODING = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "length_penalty",
@@ -37,7 +37,7 @@ class Predictor:
         self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
-        self.inputs: list[Role] = [r for r in task.roles() if not r.target]
+        self.inputs: list[Role] = input_roles(task)
 
     @classmethod
     @quiet_libraries()
@@ -50,20 +50,8 @@ class Predictor:
         """
         from transformers import AutoTokenizer
 
-        root = Path(run_dir)
-        model_dir = root / "model" if (root / "model" / STATE_FILE).exists() else root
-        state_path = model_dir / STATE_FILE
-        if not state_path.exists():
-            raise ConfigError(f"{root} is not a tunesmith run folder (no model/{STATE_FILE}); "
-                              "has training finished?")
-        try:
-            saved = json.loads(state_path.read_text(encoding="utf-8"))
-            cfg = RunConfig.model_validate(saved["config"])
-            task = get_task(cfg, saved["task"])
-        except (ValueError, KeyError, TypeError) as e:  # JSON, UTF-8 and validation errors are ValueErrors
-            raise ModelError(f"{state_path} is damaged and cannot be read ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); copy the model folder again "
-                             "from the run, or train again") from None
+        state = read_run_state(run_dir)
+        model_dir, saved, cfg, task = state.model_dir, state.saved, state.cfg, state.task
         check_model_files(model_dir, saved.get("files"))
         check_no_remote_code(model_dir)
         try:  # never the folder's own code, whatever its files or its config's model.trust_remote_code say
@@ -87,16 +75,12 @@ class Predictor:
         self.task.generation = {**self.task.generation, **options}
 
     def _string_role(self) -> Role:
-        """The role a bare string fills: the one required text input, or the only text input."""
-        strings = [r for r in self.inputs if r.kind == "string"]
-        bare = [r for r in strings if r.bare]
-        if bare:
-            return bare[0]
-        required = [r for r in strings if r.required]
-        if len(required) == 1 or (not required and len(strings) == 1):
-            return (required or strings)[0]
-        raise TypeError(f"this task reads {', '.join(r.name for r in self.inputs)}: pass a record such as "
-                        + json.dumps({r.name: "..." for r in self.inputs if r.required}) + ", not a string")
+        """The role a bare string fills (`inputs.string_role`); a task that reads several needs records."""
+        role = string_role(self.inputs)
+        if role is None:
+            raise TypeError(f"this task reads {', '.join(r.name for r in self.inputs)}: pass a record such as "
+                            + json.dumps({r.name: "..." for r in self.inputs if r.required}) + ", not a string")
+        return role
 
     def _table(self, records: list[dict], source: str = "input", lines: list[int] | None = None,
                columns: dict[str, str] | None = None) -> Table:
@@ -161,30 +145,41 @@ class Predictor:
                                    self.device)
         return result.predictions
 
-    def predict_file(self, path: str | Path, output: str | Path, batch_size: int | None = None) -> int:
+    def predict_file(self, path: str | Path | PredictInput, output: str | Path, batch_size: int | None = None, *,
+                     format: str | None = None, columns: dict[str, str] | None = None,
+                     chunk_rows: int = CHUNK_ROWS) -> int:
         """Predict every row of a data file; write JSONL (or CSV/TSV by extension) with inputs and outputs.
 
-        The roles are read from the columns training used. Input rows are kept unchanged: what
-        tunesmith adds goes under its own names (JSONL: one `tunesmith` object holding `line` and the
-        `prediction` record; CSV: `input_line` and `pred_*` columns), renamed if the input uses them.
+        The input is read by its own extension (or `format`: txt, jsonl, json, csv, tsv, parquet, conll);
+        each role comes from `columns` ({role: column}), else the column training used, else the role's
+        own names. Input rows are kept unchanged: what tunesmith adds goes under its own names (JSONL: one
+        `tunesmith` object holding `line` and the `prediction` record; CSV: `input_line` and `pred_*`
+        columns), renamed if the input uses them. Rows are read, predicted and written `chunk_rows` at a
+        time, so memory does not grow with the file; the output appears (renamed from a temp file) only
+        when every row is written. Returns the number of rows predicted. `path` may be a `PredictInput`
+        already opened (the CLI opens it to check the columns before the model loads): it is used as it is.
         """
-        path, output = Path(path), Path(output)
+        source = path if isinstance(path, PredictInput) else PredictInput(path, self.cfg, self.inputs, format,
+                                                                          columns, chunk_rows)
+        output = Path(output)
         check_writable(output)  # before the predictions, which may take long
-        records = read_configured(path, self.cfg.data)
-        columns = resolve_columns(str(path), records, self.cfg.data, self.task.roles(), needs_targets=False)
-        lines, rows = [ln for ln, _ in records], [r for _, r in records]
-        preds = self._predict_table(self._table(rows, str(path), lines, columns), batch_size)
         suffix = output.suffix.lower()
+        keys = source.keys()
+        n = 0
         try:
-            if suffix in (".csv", ".tsv"):
-                atomic_write_text(output, csv_text(rows, lines, preds, "\t" if suffix == ".tsv" else ","))
-            else:
-                key = free_name("tunesmith", set().union(*rows))
-                atomic_write_jsonl(output, ({**r, key: {"line": ln, "prediction": p}}
-                                            for ln, r, p in zip(lines, rows, preds)))
+            with atomic_writer(output) as f:
+                out = (CsvPredictions(f, keys, "\t" if suffix == ".tsv" else ",", str(source.path))
+                       if suffix in (".csv", ".tsv") else JsonlPredictions(f, keys))
+                for chunk in source.chunks():
+                    lines, rows = [ln for ln, _ in chunk], [r for _, r in chunk]
+                    preds = self._predict_table(self._table(rows, str(source.path), lines, source.columns),
+                                                batch_size)
+                    out.write(lines, rows, preds)
+                    f.flush()  # each chunk is in the temp file before the next one is read
+                    n += len(rows)
         except OSError as e:
             raise ConfigError(f"cannot write predictions to {output}: {e.strerror or e}") from None
-        return len(rows)
+        return n
 
     def evaluate(self, path: str | Path, batch_size: int | None = None) -> dict[str, Any]:
         """Metrics on a labelled file, with the training run's columns, labels and missing-value policy."""
@@ -215,18 +210,6 @@ def check_model_files(model_dir: Path, files: Any) -> None:
         raise ModelError(f"{model_dir / name} has changed since training (its sha256 is not the one recorded in "
                          f"{STATE_FILE}): the file is damaged or was replaced; copy the model folder again from "
                          "the run")
-
-
-def check_writable(output: Path) -> None:
-    """Fail before predicting when the output cannot be written (a folder, or under a file or read-only folder)."""
-    if output.is_dir():
-        raise ConfigError(f"cannot write predictions to {output}: it is a folder; name a file such as "
-                          f"{output / 'predictions.jsonl'}")
-    parent = nearest_existing(output.parent)
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write predictions to {output}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write predictions to {output}: the folder {parent} is not writable")
 
 
 def free_name(name: str, taken: set) -> str:
@@ -265,22 +248,44 @@ def flat_record(record: dict, prefix: str = "pred_") -> dict[str, Any]:
     return out
 
 
-def csv_text(rows: list[dict], lines: list[int], preds: list[dict], delimiter: str) -> str:
-    """CSV/TSV: the input columns (union of every row's keys, first-seen order), then `input_line` and
-    the prediction record flattened (`flat_record`), each renamed when the input already has a column of
-    that name."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    taken = set(columns)
-    flat = [{"input_line": ln, **flat_record(p)} for ln, p in zip(lines, preds)]
-    added: dict[str, str] = {}  # our column -> its name in the file
-    for f in flat:
-        for key in f:
-            if key not in added:
-                added[key] = free_name(key, taken)
-                taken.add(added[key])
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
-    writer.writerow([safe_cell(c) for c in columns + list(added.values())])
-    for r, f in zip(rows, flat):
-        writer.writerow([safe_cell(r.get(c, "")) for c in columns] + [safe_cell(f.get(key, "")) for key in added])
-    return buf.getvalue()
+class JsonlPredictions:
+    """JSONL output: each input row unchanged plus one key (`tunesmith`, or `tunesmith_1`, ... when an input
+    row has that key) holding {line, prediction}."""
+
+    def __init__(self, f: TextIO, input_keys: list[str]) -> None:
+        self.f, self.key = f, free_name("tunesmith", set(input_keys))
+
+    def write(self, lines: list[int], rows: list[dict], preds: list[dict]) -> None:
+        self.f.writelines(json_text({**r, self.key: {"line": ln, "prediction": p}}) + "\n"
+                          for ln, r, p in zip(lines, rows, preds))
+
+
+class CsvPredictions:
+    """CSV/TSV output: the input columns (every key of the input rows, first-seen order), then `input_line`
+    and the prediction record flattened (`flat_record`), each renamed when the input already has a column
+    of that name. The prediction columns are those of the first chunk's records (a task's records have
+    the same fields); a later record with another field is an error naming its line, never a lost value."""
+
+    def __init__(self, f: TextIO, input_keys: list[str], delimiter: str, source: str) -> None:
+        self.columns, self.source = input_keys, source
+        self.writer = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+        self.added: dict[str, str] | None = None  # our column -> its name in the file
+
+    def write(self, lines: list[int], rows: list[dict], preds: list[dict]) -> None:
+        flat = [{"input_line": ln, **flat_record(p)} for ln, p in zip(lines, preds)]
+        if self.added is None:
+            taken, self.added = set(self.columns), {}
+            for f in flat:
+                for key in f:
+                    if key not in self.added:
+                        self.added[key] = free_name(key, taken)
+                        taken.add(self.added[key])
+            self.writer.writerow([safe_cell(c) for c in self.columns + list(self.added.values())])
+        for ln, r, f in zip(lines, rows, flat):
+            new = next((k for k in f if k not in self.added), None)
+            if new is not None:
+                raise DataError(f"this row's prediction has a field '{new}' that the CSV header, made from the "
+                                "first rows' predictions, has no column for", file=self.source, line=ln,
+                                hint="write JSONL output (-o FILE.jsonl), which keeps every field")
+            self.writer.writerow([safe_cell(r.get(c, "")) for c in self.columns]
+                                 + [safe_cell(f.get(key, "")) for key in self.added])
