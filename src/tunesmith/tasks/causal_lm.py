@@ -285,7 +285,7 @@ class CausalLM:
         max_len = self.cfg.model.max_length
         eos = tokenizer.eos_token_id
         cols: dict[str, list] = {k: [] for k in ("input_ids", "labels", "example", "length", "n_tokens",
-                                                 "prompt_len")}
+                                                 "prompt_len", "n_targets")}
         text_mode = self._mode_of(table) == "text"
         chat = self._mode_of(table) == "chat" or (self.mode == "chat" and not gold)
         for i in range(len(table)):
@@ -322,6 +322,8 @@ class CausalLM:
                 cols["length"].append(len(block_ids))
                 cols["n_tokens"].append(n)
                 cols["prompt_len"].append(min(prompt_len, len(block_ids)) if not text_mode else 0)
+                # trained target tokens (a label at position 0 is nobody's target): 0 trains nothing
+                cols["n_targets"].append(sum(x != -100 for x in block_labels[1:]) if gold else 0)
         return datasets.Dataset.from_dict(cols)
 
     def untrainable(self, features: "datasets.Dataset") -> dict[int, str]:
@@ -330,9 +332,8 @@ class CausalLM:
         if not len(features) or not features[0]["labels"]:
             return {}
         trained: dict[int, bool] = {}
-        for ex, labels in zip(features["example"], features["labels"]):
-            # position 0 is no target; a response is at the end, so the reversed scan stops at once
-            trained[ex] = trained.get(ex, False) or any(x != -100 for x in labels[:0:-1])
+        for ex, n in zip(features["example"], features["n_targets"]):
+            trained[ex] = trained.get(ex, False) or n > 0
         max_len = self.cfg.model.max_length
         why = ("a text of one token: no next token to train on" if self.mode == "text" else
                f"the prompt fills model.max_length={max_len}: no response token is left to train on (set "
@@ -362,7 +363,7 @@ class CausalLM:
     def cache_key(self) -> dict:
         return {"task": self.name, "max_length": self.cfg.model.max_length, "mode": self.mode,
                 "train_on_prompt": self.opts.train_on_prompt, "chat_template": self._chat_template(),
-                "truncate_prompt": self.opts.truncate_prompt, "version": 1}
+                "truncate_prompt": self.opts.truncate_prompt, "version": 2}
 
     # ------------------------------------------------------------------ model
     def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
