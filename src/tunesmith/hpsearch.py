@@ -557,7 +557,7 @@ def unfinished_points(s: Search, rows: list[dict[str, Any]]) -> list[dict[str, A
     return out
 
 
-def problems(s: Search, summary: dict[str, Any]) -> list[str]:
+def search_problems(s: Search, summary: dict[str, Any]) -> list[str]:
     """Why the search is not complete: grid points not completed (a failed trial, or one still queued when
     the search stopped) and local workers that exited with an error. `tunesmith search` exits non-zero
     on any, so that a script does not take a partial grid for a whole one."""
@@ -570,9 +570,12 @@ def problems(s: Search, summary: dict[str, Any]) -> list[str]:
             values = ", ".join(f"{k}={v}" for k, v in u["point"].items())
             if u["state"] == "failed":
                 why = f"trial {u['trial']} failed: {u['reason']}"
+            elif u["state"] == "running":
+                why = (f"trial {u['trial']} is still marked running (its worker stopped, or runs elsewhere); run "
+                       "the same command again to run it once its heartbeat is stale")
             else:
-                why = (f"trial {u['trial']} is {u['state']}: the search stopped before it ran (search.timeout, "
-                       "or its workers stopped); run the same command again to run it")
+                why = (f"trial {u['trial']} is still queued: the search stopped before it ran (search.timeout, "
+                       "or every worker stopped); run the same command again to run it")
             lines.append(f"  {values}: {why}")
         out.append("\n".join(lines))
     for k, code in enumerate(summary.get("worker_exit_codes", [])):
@@ -679,7 +682,7 @@ class SearchResult:
     summary: dict[str, Any]
     final: Any = None
     problems: list[str] = field(default_factory=list)
-    """Why the search is not complete (see `problems`); the command exits non-zero when there are any."""
+    """Why the search is not complete (see `search_problems`); the command exits non-zero if there are any."""
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -698,7 +701,7 @@ def run_search(config: str | Path | dict | RunConfig, overrides: list[str] | dic
     s = resolve(config, overrides, flag)
     n = workers or s.spec.workers
     study = open_study(s, create=not join, worker=worker_index)
-    codes = []
+    codes: list[int] = []
     if join or n == 1:
         work(s, study, timeout=s.spec.timeout)
     else:
@@ -706,7 +709,7 @@ def run_search(config: str | Path | dict | RunConfig, overrides: list[str] | dic
     summary = write_results(s, study, codes)
     if not join:
         print_leaderboard(s, summary["leaderboard"])
-    result = SearchResult(s.study_dir, summary, problems=problems(s, summary))
+    result = SearchResult(s.study_dir, summary, problems=search_problems(s, summary))
     if final and not join:
         if summary["best"] is None:
             raise TunesmithError("no trial completed, so there is no best config to retrain; see "
