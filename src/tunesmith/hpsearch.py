@@ -568,7 +568,9 @@ def search_problems(s: Search, summary: dict[str, Any]) -> list[str]:
                  f"{s.study_dir / 'leaderboard.csv'}):"]
         for u in unfinished:
             values = ", ".join(f"{k}={v}" for k, v in u["point"].items())
-            if u["state"] == "failed":
+            if u["trial"] is None:
+                why = "no trial has its values; run the same command again to queue it"
+            elif u["state"] == "failed":
                 why = f"trial {u['trial']} failed: {u['reason']}"
             elif u["state"] == "running":
                 why = (f"trial {u['trial']} is still marked running (its worker stopped, or runs elsewhere); run "
