@@ -5,12 +5,14 @@ so several worker processes, on one machine or many, share it: each asks the stu
 it with `run.train`, and tells the study the validation score. Nothing here trains by itself.
 
 - grid: every combination is queued in the study once, before any worker starts; a worker takes queued
-  trials only (the database hands each to one worker) and stops when none is left, so no point runs twice.
+  trials only (the database hands each to one worker: SQLite under BEGIN IMMEDIATE) and stops when none
+  is left, so no point runs twice. A point that did not complete makes `tunesmith search` exit non-zero.
 - random / bayes: Optuna's RandomSampler / TPESampler, seeded from (seed, worker, trials so far), until
   `search.trials` trials exist (a trial that ran out of time or was killed counts; one retried does not).
 - A running trial beats a heartbeat; one silent for 2 x heartbeat_seconds (its worker was killed) is
-  marked failed by the next worker that looks and its parameters are queued again. A study interrupted
-  with Ctrl-C queues the interrupted trial again when it is started again.
+  marked failed by the next worker that looks, its parameters are queued again, and its checkpoints and
+  dead lock are removed. A study interrupted with Ctrl-C queues the interrupted trial again when it is
+  started again.
 - A pruner gets the validation score at each evaluation, at the percent of an epoch trained; a pruned
   trial stops there (`Control.prune` -> RunPruned): no test, no model.
 - Only the best completed trial keeps its model/ (search.keep_models keeps all); no trial keeps
