@@ -235,6 +235,7 @@ def test_space_keys_and_values_are_checked_before_any_training(base_config: dict
 
 
 def test_two_local_workers_share_a_grid_without_running_a_point_twice(base_config: dict, tmp_path: Path) -> None:
+    base_config["train"].update(max_steps=2)  # what is tested is the claim, not the training
     space = {"train.lr": {"choice": [5e-3, 1e-3, 2e-3]}, "train.batch_size": {"choice": [8, 16]}}
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(_config(base_config, tmp_path, space, method="grid", workers=2)))
