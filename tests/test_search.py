@@ -235,6 +235,7 @@ def test_space_keys_and_values_are_checked_before_any_training(base_config: dict
 
 
 def test_two_local_workers_share_a_grid_without_running_a_point_twice(base_config: dict, tmp_path: Path) -> None:
+    base_config["train"].update(max_steps=2)  # what is tested is the claim, not the training
     space = {"train.lr": {"choice": [5e-3, 1e-3, 2e-3]}, "train.batch_size": {"choice": [8, 16]}}
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(_config(base_config, tmp_path, space, method="grid", workers=2)))
@@ -243,6 +244,134 @@ def test_two_local_workers_share_a_grid_without_running_a_point_twice(base_confi
     assert sorted(_params(result, ["train.lr", "train.batch_size"])) == sorted(product([5e-3, 1e-3, 2e-3], [8, 16]))
     assert [r["state"] for r in rows] == ["completed"] * 6
     assert (result.dir / STUDY_DB).exists()
+
+
+def test_a_queued_trial_is_claimed_by_one_worker_even_when_another_reads_it_at_the_same_moment(
+        base_config: dict, tmp_path: Path) -> None:
+    import sqlite3
+
+    s = resolve(_config(base_config, tmp_path, {"train.lr": {"choice": [5e-3, 1e-3]}}, method="grid"))
+    first, second = open_study(s, create=True), open_study(s, create=False, worker=1)
+    backend = first._storage._backend
+    check, seen = backend.check_trial_is_updatable, []
+
+    def between_read_and_write(trial_id: int, state: Any) -> None:
+        """The first worker has read its queued trial (WAITING) and not yet marked it RUNNING: the second
+        asks now, unless the first holds the database's write lock, for then the second waits for it."""
+        check(trial_id, state)
+        if seen:
+            return
+        probe = sqlite3.connect(s.study_dir / STUDY_DB, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            seen.append(second.ask().number)
+        except sqlite3.OperationalError as e:
+            seen.append(str(e))
+        finally:
+            probe.close()
+
+    backend.check_trial_is_updatable = between_read_and_write
+    assert first.ask().number == 0
+    assert seen == ["database is locked"]
+    assert second.ask().number == 1  # the next queued point, not the first worker's again
+
+
+def _grid_cli_config(base_config: dict, tmp_path: Path, space: dict, **search: Any) -> Path:
+    base_config["train"].update(max_steps=2)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(_config(base_config, tmp_path, space, method="grid", **search)))
+    return path
+
+
+def test_the_search_command_exits_non_zero_naming_a_grid_point_that_did_not_complete(base_config: dict,
+                                                                                     tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    missing, real = str(tmp_path / "no-such-model"), base_config["model"]["name"]
+    path = _grid_cli_config(base_config, tmp_path, {"model.name": {"choice": [missing, real]}})
+    result = CliRunner().invoke(app, ["search", str(path)], env={"COLUMNS": "400"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, out
+    assert "Traceback" not in out
+    assert (f"error: 1 of 2 grid points did not complete (see {tmp_path / 'study' / 'leaderboard.csv'}): "
+            f"model.name={missing}: trial 0 failed: ") in out
+    summary = json.loads((tmp_path / "study" / "leaderboard.json").read_text())
+    assert [(u["point"], u["trial"], u["state"]) for u in summary["unfinished"]] == [({"model.name": missing}, 0,
+                                                                                     "failed")]
+    assert summary["trials"]["completed"] == 1 and summary["worker_exit_codes"] == []
+
+
+def test_a_worker_whose_trial_another_worker_failed_meanwhile_goes_on_with_the_next(
+        base_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    import tunesmith.run
+    from tunesmith.hpsearch import work
+
+    base_config["train"].update(max_steps=2)
+    s = resolve(_config(base_config, tmp_path, {"train.lr": {"choice": [5e-3, 1e-3]}}, method="grid"))
+    study, other = open_study(s, create=True), open_study(s, create=False, worker=1)
+    real = tunesmith.run.train
+
+    def train_while_another_worker_fails_trial_0(base: Any, overrides: dict, **kwargs: Any) -> Any:
+        if overrides["output_dir"].endswith("0000"):  # trial 0's heartbeat was late: what fail_stale_trials does
+            other._storage.set_trial_state_values(_trial(other, 0)._trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(other, _trial(other, 0))
+        return real(base, overrides, **kwargs)
+
+    monkeypatch.setattr(tunesmith.run, "train", train_while_another_worker_fails_trial_0)
+    assert work(s, study) == 3  # trial 0, then 1, then 2 (trial 0's values again), no exception
+    assert ("search: trial 0: another worker marked it failed while this worker still ran it (its heartbeat was "
+            "late); this worker's result for it is dropped") in " ".join(capsys.readouterr().err.split())
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert {n: t.state for n, t in trials.items()} == {0: TrialState.FAIL, 1: TrialState.COMPLETE,
+                                                       2: TrialState.COMPLETE}
+    assert trials[2].params == trials[0].params and trials[2].system_attrs["retry_history"] == [0]
+
+
+def test_a_killed_trials_checkpoints_and_dead_lock_are_removed_and_its_point_runs_when_the_study_resumes(
+        base_config: dict, tmp_path: Path) -> None:
+    import socket
+    import sqlite3
+
+    from tunesmith.hpsearch import suggest
+    from tunesmith.rundir import LOCK_NAME
+
+    base_config["train"].update(max_steps=2)
+    space = {"train.lr": {"choice": [5e-3, 1e-3]}}
+    cfg = _config(base_config, tmp_path, space, method="grid", heartbeat_seconds=1)
+    s = resolve(cfg)
+    study = open_study(s, create=True)
+    # what a worker killed with -9 during trial 0 leaves: the trial RUNNING with a heartbeat long stale, and
+    # its folder with checkpoints and the lock of a process that is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    suggest(trial, "train.lr", s.spec.space["train.lr"])
+    run_dir = s.study_dir / "trials" / "0000"
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    (run_dir / "checkpoints" / "step-1").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"weights")
+    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                 "started": "2026-01-01T00:00:00+00:00"}))
+    study._storage.record_heartbeat(trial._trial_id)
+    with sqlite3.connect(s.study_dir / STUDY_DB) as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")
+
+    result = tunesmith.search(cfg)
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / LOCK_NAME).exists()
+    rows = {r["trial"]: r for r in result.summary["leaderboard"]}
+    assert {n: (r["state"], r["train.lr"]) for n, r in rows.items()} == {
+        0: ("failed", 5e-3), 1: ("completed", 1e-3), 2: ("completed", 5e-3)}
+    assert rows[0]["reason"] == "worker killed or interrupted; queued again"
+    assert result.problems == []
+    for n in (1, 2):
+        assert not (Path(rows[n]["run_dir"]) / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------- PostgreSQL, two workers, one killed

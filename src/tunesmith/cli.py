@@ -143,6 +143,11 @@ def search(config: Path = typer.Argument(..., help="YAML config with a search se
         best = result.best
         _say(f"study folder: {result.dir}" + (f"; best trial {best['trial']}, config: {result.dir / 'best_config.yaml'}"
                                               if best else "; no trial completed"))
+        if result.problems:
+            for problem in result.problems:
+                console.print(f"[bold red]error:[/bold red] {escape(printable(problem, keep_newlines=True))}",
+                              soft_wrap=True)
+            raise typer.Exit(1)
 
 
 def _command(config: Path, set_: list[str], flag: Optional[str]) -> str:

@@ -5,12 +5,14 @@ so several worker processes, on one machine or many, share it: each asks the stu
 it with `run.train`, and tells the study the validation score. Nothing here trains by itself.
 
 - grid: every combination is queued in the study once, before any worker starts; a worker takes queued
-  trials only (the database hands each to one worker) and stops when none is left, so no point runs twice.
+  trials only (the database hands each to one worker: SQLite under BEGIN IMMEDIATE) and stops when none
+  is left, so no point runs twice. A point that did not complete makes `tunesmith search` exit non-zero.
 - random / bayes: Optuna's RandomSampler / TPESampler, seeded from (seed, worker, trials so far), until
   `search.trials` trials exist (a trial that ran out of time or was killed counts; one retried does not).
 - A running trial beats a heartbeat; one silent for 2 x heartbeat_seconds (its worker was killed) is
-  marked failed by the next worker that looks and its parameters are queued again. A study interrupted
-  with Ctrl-C queues the interrupted trial again when it is started again.
+  marked failed by the next worker that looks, its parameters are queued again, and its checkpoints and
+  dead lock are removed. A study interrupted with Ctrl-C queues the interrupted trial again when it is
+  started again.
 - A pruner gets the validation score at each evaluation, at the percent of an epoch trained; a pruned
   trial stops there (`Control.prune` -> RunPruned): no test, no model.
 - Only the best completed trial keeps its model/ (search.keep_models keeps all); no trial keeps
@@ -37,6 +39,7 @@ from typing import Any
 from .config import Dimension, RunConfig, SearchConfig, build_config, load_config
 from .errors import ConfigError, RunPruned, TunesmithError
 from .io import atomic_write_json, atomic_write_text
+from .rundir import LOCK_NAME, remove_dead_lock
 
 HYPERBAND_REDUCTION = 3  # Optuna's default: each rung keeps the best third
 
@@ -168,10 +171,14 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
     optuna = _optuna()
     if s.storage_url.startswith("sqlite:///"):
         Path(s.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    sqlite = s.storage_url.startswith("sqlite")
     storage = optuna.storages.RDBStorage(
         s.storage_url, heartbeat_interval=s.spec.heartbeat_seconds, grace_period=2 * s.spec.heartbeat_seconds,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        engine_kwargs={"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else None)
+        # sqlite3 opens no transaction itself: _begin_immediate does, for every transaction
+        engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None)
+    if sqlite:
+        _begin_immediate(storage.engine)
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(
@@ -199,6 +206,18 @@ def open_study(s: Search, *, create: bool, worker: int = 0) -> Any:
             study.enqueue_trial(point, skip_if_exists=True)
         _requeue_interrupted(study)
     return study
+
+
+def _begin_immediate(engine: Any) -> None:
+    """Begin every transaction on a SQLite study with BEGIN IMMEDIATE, which takes the database's write
+    lock at once. SQLite ignores SELECT ... FOR UPDATE (optuna#1014, #4621), so in a deferred transaction
+    two workers both read a queued trial as WAITING and both mark it RUNNING: both train the same grid
+    point and one of them then fails it. Under the lock, the second worker reads it after the first
+    committed, sees RUNNING and takes the next one (SQLAlchemy's recipe for pysqlite: sqlite3's own
+    BEGIN is off, isolation_level None, and the engine's "begin" event emits ours)."""
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def max_resource(s: Search) -> int:
@@ -314,11 +333,13 @@ def _record(trial: Any, report: dict, metric: str) -> None:
                                        and not isinstance(v, bool)})
 
 
-def _objective(s: Search) -> Any:
+def _objective(s: Search, current: dict[str, Any]) -> Any:
+    """The function each trial runs; `current["trial"]` is the trial it runs now (for work's errors)."""
     optuna = _optuna()
     from .run import train
 
     def objective(trial: Any) -> float:
+        current["trial"] = trial
         queued = "fixed_params" in trial.study._storage.get_trial(trial._trial_id).system_attrs
         if s.spec.method == "grid" and not queued:
             trial.set_user_attr("surplus", True)
@@ -432,20 +453,57 @@ def work(s: Search, study: Any, *, timeout: float | None = None) -> int:
     from optuna.trial import TrialState
 
     started, ran = time.monotonic(), 0
-    objective = _objective(s)
+    current: dict[str, Any] = {}
+    objective = _objective(s, current)
     while timeout is None or time.monotonic() - started < timeout:
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
+        _clean_dead_trials(trials)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if waiting or (s.spec.method != "grid" and _counted(trials) < s.trials):
-            study.optimize(objective, n_trials=1, catch=(Exception,),
-                           callbacks=[lambda st, _: _drop_other_models(s, st)])
+            current.clear()
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,),
+                               callbacks=[lambda st, _: _drop_other_models(s, st)])
+            except (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError):
+                if not _finished_elsewhere(study, current.get("trial")):
+                    raise
             ran += 1
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(POLL_SECONDS)
         else:
             break
     return ran
+
+
+def _finished_elsewhere(study: Any, trial: Any) -> bool:
+    """Whether another worker finished the trial this one was running, which makes Optuna's tell fail
+    (UpdateFinishedTrialError, "Cannot tell a FAIL trial"): its heartbeat came late (the worker was
+    stopped or starved for 2 x heartbeat_seconds), so another worker marked it failed and queued its
+    values again. Said, and this worker goes on with the next trial instead of dying with a traceback."""
+    if trial is None:
+        return False
+    frozen = study._storage.get_trial(trial._trial_id)
+    if not frozen.state.is_finished():
+        return False
+    state = {"FAIL": "failed", "COMPLETE": "completed"}.get(frozen.state.name, frozen.state.name.lower())
+    _say(f"trial {frozen.number}: another worker marked it {state} while this worker still ran it (its "
+         "heartbeat was late); this worker's result for it is dropped")
+    return True
+
+
+def _clean_dead_trials(trials: list[Any]) -> None:
+    """A trial whose worker was killed (kill -9, a machine lost) keeps its checkpoints/ and a lock that no
+    process holds. Once the study has marked it failed, both go, as its own cleanup would have done; a
+    folder whose lock a running process (or another host) holds is left alone."""
+    from optuna.trial import TrialState
+
+    for t in trials:
+        if t.state != TrialState.FAIL or "run_dir" not in t.user_attrs:
+            continue
+        run_dir = Path(t.user_attrs["run_dir"])
+        if ((run_dir / "checkpoints").exists() or (run_dir / LOCK_NAME).exists()) and remove_dead_lock(run_dir):
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the leaderboard
@@ -488,7 +546,50 @@ def leaderboard(s: Search, study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(s: Search, study: Any) -> dict[str, Any]:
+def unfinished_points(s: Search, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid points that no trial completed or pruned, each with its last trial, state and reason."""
+    out = []
+    for point in s.grid:
+        mine = [r for r in rows if all(r[k] == v for k, v in point.items())]
+        if any(r["state"] in ("completed", "pruned") for r in mine):
+            continue
+        last = max(mine, key=lambda r: r["trial"], default=None)
+        out.append({"point": point, "trial": last["trial"] if last else None,
+                    "state": last["state"] if last else "never queued", "reason": last["reason"] if last else None})
+    return out
+
+
+def search_problems(s: Search, summary: dict[str, Any]) -> list[str]:
+    """Why the search is not complete: grid points not completed (a failed trial, or one still queued when
+    the search stopped) and local workers that exited with an error. `tunesmith search` exits non-zero
+    on any, so that a script does not take a partial grid for a whole one."""
+    out = []
+    unfinished = summary.get("unfinished", [])
+    if unfinished:
+        lines = [f"{len(unfinished)} of {len(s.grid)} grid points did not complete (see "
+                 f"{s.study_dir / 'leaderboard.csv'}):"]
+        for u in unfinished:
+            values = ", ".join(f"{k}={v}" for k, v in u["point"].items())
+            if u["trial"] is None:
+                why = "no trial has its values; run the same command again to queue it"
+            elif u["state"] == "failed":
+                why = f"trial {u['trial']} failed: {u['reason']}"
+            elif u["state"] == "running":
+                why = (f"trial {u['trial']} is still marked running (its worker stopped, or runs elsewhere); run "
+                       "the same command again to run it once its heartbeat is stale")
+            else:
+                why = (f"trial {u['trial']} is still queued: the search stopped before it ran (search.timeout, "
+                       "or every worker stopped); run the same command again to run it")
+            lines.append(f"  {values}: {why}")
+        out.append("\n".join(lines))
+    for k, code in enumerate(summary.get("worker_exit_codes", [])):
+        if code:
+            out.append(f"worker {k} exited with code {code} (its error is printed above); the trial it was "
+                       "running, if any, is queued again when the next worker finds its heartbeat stale")
+    return out
+
+
+def write_results(s: Search, study: Any, worker_exit_codes: list[int] | None = None) -> dict[str, Any]:
     """leaderboard.{csv,json}, best_config.yaml and the plots; returns the JSON's content."""
     rows = leaderboard(s, study)
     best = next((r for r in rows if r["state"] == "completed"), None)
@@ -497,6 +598,7 @@ def write_results(s: Search, study: Any) -> dict[str, Any]:
                "trials": {state: sum(r["state"] == state for r in rows)
                           for state in ("completed", "pruned", "failed", "running", "waiting")},
                "samples_trained": sum(r["samples"] or 0 for r in rows),
+               "unfinished": unfinished_points(s, rows), "worker_exit_codes": worker_exit_codes or [],
                "best": best, "leaderboard": rows}
     s.study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(s.study_dir / "leaderboard.json", summary)
@@ -583,6 +685,8 @@ class SearchResult:
     dir: Path
     summary: dict[str, Any]
     final: Any = None
+    problems: list[str] = field(default_factory=list)
+    """Why the search is not complete (see `search_problems`); the command exits non-zero if there are any."""
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -601,14 +705,15 @@ def run_search(config: str | Path | dict | RunConfig, overrides: list[str] | dic
     s = resolve(config, overrides, flag)
     n = workers or s.spec.workers
     study = open_study(s, create=not join, worker=worker_index)
+    codes: list[int] = []
     if join or n == 1:
         work(s, study, timeout=s.spec.timeout)
     else:
-        _spawn_workers(config, overrides, n)
-    summary = write_results(s, study)
+        codes = _spawn_workers(config, overrides, n)
+    summary = write_results(s, study, codes)
     if not join:
         print_leaderboard(s, summary["leaderboard"])
-    result = SearchResult(s.study_dir, summary)
+    result = SearchResult(s.study_dir, summary, problems=search_problems(s, summary))
     if final and not join:
         if summary["best"] is None:
             raise TunesmithError("no trial completed, so there is no best config to retrain; see "
@@ -621,9 +726,9 @@ def run_search(config: str | Path | dict | RunConfig, overrides: list[str] | dic
     return result
 
 
-def _spawn_workers(config: Any, overrides: list[str] | dict | None, n: int) -> None:
+def _spawn_workers(config: Any, overrides: list[str] | dict | None, n: int) -> list[int]:
     """n worker processes on this machine (`tunesmith search --join`), each with a GPU of its own when
-    there are enough, else an even share of the CPU threads."""
+    there are enough, else an even share of the CPU threads; returns their exit codes."""
     import torch
 
     if not isinstance(config, (str, Path)):
@@ -640,6 +745,4 @@ def _spawn_workers(config: Any, overrides: list[str] | dict | None, n: int) -> N
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         procs.append(subprocess.Popen([sys.executable, "-m", "tunesmith", "search", str(config), "--join",
                                        "--worker-index", str(k), *sets], env=env))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        _say(f"worker exit codes: {codes} (a worker's failed trials are in the leaderboard)")
+    return [p.wait() for p in procs]

@@ -102,6 +102,20 @@ def _holder_error(run_dir: Path, lock: Path, holder: dict[str, Any]) -> ConfigEr
                        f"if that run is no longer running, delete {lock} and try again")
 
 
+def remove_dead_lock(run_dir: Path) -> bool:
+    """Remove the folder's lock when its owner is a dead process on this host (a run killed with -9);
+    True when no live run holds the folder afterwards. A live owner's lock, or another host's (whose
+    process cannot be checked from here), is kept."""
+    lock = run_dir / LOCK_NAME
+    holder = _read_lock(lock)
+    if holder is None:
+        return True
+    if _holder_error(run_dir, lock, holder) is not None:
+        return False
+    lock.unlink(missing_ok=True)
+    return True
+
+
 class RunLock:
     """`output_dir/.tunesmith.lock`, created with O_CREAT|O_EXCL and holding {pid, host, started}."""
 
