@@ -54,6 +54,7 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
     With an accelerator of several processes each one takes every n-th batch and the evaluators are
     gathered once, so evaluation is not repeated on every process.
     """
+    device = torch.device(device)  # the Predictor's may be a name ("cpu")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     if accelerator is not None:
         # the bare module: a DDP wrapper syncs buffers in forward, which deadlocks when processes
