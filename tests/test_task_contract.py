@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +136,15 @@ def test_a_collapsed_generation_is_warned_in_the_report_and_the_summary(tiny_mod
     run = tunesmith.train(cfg)
     outputs = [json.loads(x)["prediction"]["summary_text"]
                for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
-    assert len(outputs) == 24 and len(set(outputs)) == 1
+    (top, n), = Counter(outputs).most_common(1)
+    assert len(outputs) == 24 and n > 12  # collapsed: most summaries are one text (24 of 24 on transformers 5)
     advice = "the model's generation has collapsed; train longer, or check train.lr and the training targets"
-    same = f"24 of 24 generated outputs are the same text ({json.dumps(outputs[0])}): {advice}"
-    assert json.loads((run.dir / "report.json").read_text())["warnings"] == [f"validation: {same}", f"test: {same}"]
+    same = f"{n} of 24 generated outputs are the same text ({json.dumps(top)}): {advice}"
+    warnings = json.loads((run.dir / "report.json").read_text())["warnings"]
+    assert warnings[1:] == [f"test: {same}"] and len(warnings) == 2
+    # validation's outputs are not kept in the run folder; its warning has the same form
+    assert re.fullmatch(rf"validation: (1[3-9]|2[0-4]) of 24 generated outputs are the same text \(.+\): "
+                        rf"{re.escape(advice)}", warnings[0]), warnings[0]
     assert f"warning: test: {same}" in " ".join(capsys.readouterr().out.split())
 
 
