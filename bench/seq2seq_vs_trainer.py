@@ -99,7 +99,7 @@ def warm_started(tokenizer: Any) -> EncoderDecoderModel:
 def score(name: str, hyps: list[str], refs: list[str]) -> dict[str, float]:
     """The same metric functions as tunesmith's (sacreBLEU; rouge-score with stemming, in points)."""
     tunesmith = cvt.import_tunesmith()  # noqa: F841  (puts src/ on the path when not installed)
-    from tunesmith.evaluation.generation_metrics import bleu_chrf, rouge
+    from tunesmith.metrics.generation import bleu_chrf, rouge
 
     if name == "multi30k":
         m = bleu_chrf(hyps, [[r] for r in refs])

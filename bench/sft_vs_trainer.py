@@ -109,8 +109,8 @@ def run_trainer(folder: str, train: list[dict], test: list[dict], seed: int, hyp
                 max_new: int, skip: int) -> tvt.SideResult:
     tunesmith = cvt.import_tunesmith()
     from tunesmith.config import load_config
-    from tunesmith.data.prepare import Table
-    from tunesmith.evaluation.generation_metrics import rouge
+    from tunesmith.types import Table
+    from tunesmith.metrics.generation import rouge
     from tunesmith.tasks.base import get_task
 
     result = tvt.SideResult("trainer", seed)

@@ -11,7 +11,7 @@ from conftest import write_jsonl
 
 import tunesmith
 from tunesmith.config import RunConfig
-from tunesmith.data.prepare import Table
+from tunesmith.types import Table
 from tunesmith.errors import ConfigError
 from tunesmith.padding_free import enable
 from tunesmith.tasks.base import get_task
@@ -73,7 +73,8 @@ def test_a_packed_batch_gives_each_example_its_unpacked_loss(kind: str, tiny_mod
         with pytest.raises(ConfigError, match="padding_free: on"):
             task.load_model(tiny_models(kind))
         return
-    model = task.load_model(tiny_models(kind)).eval()
+    model, facts = task.load_model(tiny_models(kind))
+    model.eval()
     rows = [{"prompt": "the movie was really", "response": "good and happy"}, {"prompt": "a", "response": "bad"},
             {"prompt": "it was a very sad day and the food", "response": "was awful"}]
     table = _table(rows)
@@ -82,17 +83,17 @@ def test_a_packed_batch_gives_each_example_its_unpacked_loss(kind: str, tiny_mod
     batch = task.collate([features[i] for i in range(3)])
     # packed rows compute the output layer at labelled positions only; the losses and gradients are those
     # of padded batches with every position's logits
-    assert model.tunesmith_speed_paths["logits"] == "labelled positions only (logits_to_keep)"
-    packed_loss, packed = task.forward(model, batch, predict=False)
+    assert facts.speed_paths["logits"] == "labelled positions only (logits_to_keep)"
+    packed_loss, packed = task.forward(model, batch, "loss")
     packed_loss.backward()
     packed_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     enable(model, "off")
     model.set_attn_implementation("sdpa")
-    padded_loss, padded = task.forward(model, batch, predict=False)
+    padded_loss, padded = task.forward(model, batch, "loss")
     padded_loss.backward()
     with torch.no_grad():
-        alone = [task.forward(model, task.collate([features[i]]), predict=False)[1]["loss"][0] for i in range(3)]
+        alone = [task.forward(model, task.collate([features[i]]), "loss")[1]["loss"][0] for i in range(3)]
     assert packed["count"] == padded["count"] and sum(packed["count"]) == task.count_items(batch)
     torch.testing.assert_close(torch.tensor(packed["loss"]), torch.tensor(padded["loss"]), rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.tensor(packed["loss"]), torch.tensor(alone), rtol=0, atol=1e-5)
@@ -150,7 +151,7 @@ def test_corpus_text_is_cut_into_blocks_every_token_trained(tiny_models: Any) ->
 
 def test_batched_generation_equals_one_prompt_at_a_time(tiny_models: Any) -> None:
     task = _task(max_new_tokens=5)
-    model = task.load_model(tiny_models("llama")).eval()
+    model = task.load_model(tiny_models("llama"))[0].eval()
     task.fit({"train": _table([{"prompt": "a", "response": "b"}])})
     table = _table([{"prompt": "the movie"}, {"prompt": "it was a very sad day and"}, {"prompt": "good"}])
     features = task.preprocess(table, task.tokenizer)
@@ -180,16 +181,18 @@ def test_a_run_keeps_sample_generations_and_predicts_with_sampling_options(tiny_
     predictor = tunesmith.load(run.dir)
     greedy = predictor.predict("the good movie")
     assert set(greedy) == {"generated_text"} and greedy == predictor.predict("the good movie")
-    predictor.set_generation(do_sample=True, temperature=5.0, top_p=1.0, max_new_tokens=3)
+    predictor.set_decoding(do_sample=True, temperature=5.0, top_p=1.0, max_new_tokens=3)
     torch.manual_seed(0)
     draws = {predictor.predict("the good movie")["generated_text"] for _ in range(8)}
     assert len(draws) > 1  # sampling at a high temperature varies
-    with pytest.raises(ConfigError, match="no decoding option num_beams"):
-        predictor.set_generation(num_beams=2)
+    with pytest.raises(ConfigError) as err:
+        predictor.set_decoding(num_beams=2)
+    assert str(err.value) == ("num_beams=2: not a decoding option of the text-generation task; its decoding options "
+                              "are task.max_new_tokens, task.do_sample, task.temperature, task.top_p")
     # the command line: one prompt in, the record out as JSON
     from test_cli import invoke
 
-    out = invoke("predict", run.dir, "--text", "the good movie", "--max-new-tokens", "2")
+    out = invoke("predict", run.dir, "--text", "the good movie", "--set", "task.max_new_tokens=2")
     assert out.exit_code == 0, out.output
     record = json.loads(out.stdout)
     generated = predictor.task.tokenizer(record["generated_text"], add_special_tokens=False)["input_ids"]

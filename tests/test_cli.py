@@ -340,7 +340,8 @@ def test_evaluate_a_file_holding_some_labels_averages_macro_f1_over_those(traine
     expected = f1_score(gold, pred, average="macro", labels=["neg"])
     assert expected != f1_score(gold, pred, average="macro", labels=["neg", "pos"])  # the file tells them apart
     assert metrics["macro_f1"] == expected and metrics["rows"] == len(rows) == 9
-    assert metrics["macro_average"] == {"labels": 1, "of": 2, "over": "labels present in the gold labels"}
+    assert metrics["macro_average"] == {"metric": "macro_f1", "labels": 1, "of": 2,
+                                    "over": "labels present in the gold labels"}
     lines = result.output.splitlines()
     assert lines[0].startswith(f"{f}: rows=9, dropped_rows=0, loss=") and f"macro_f1={expected:.4f}" in lines[0]
     assert lines[1] == "    macro_f1 over 1 of 2 labels (labels present in the gold labels)"

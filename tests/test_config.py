@@ -411,3 +411,28 @@ def test_every_example_names_its_data_and_its_offline_command_works(name: str) -
     offline = load_config(path, [s for s in sets if s.startswith("data.")])  # checks that every data file exists
     shared = (REPO.parent / "shared").resolve()  # CI's copy, or a link to it
     assert offline.data.hub_dataset is None and Path(offline.data.train).resolve().is_relative_to(shared)
+
+
+@pytest.mark.parametrize("old, new, value", [("train.class_weights", "class_weights", "balanced"),
+                                             ("train.loss", "loss", "focal"), ("train.sampler", "sampler", "balanced"),
+                                             ("train.focal_gamma", "focal_gamma", 1.5),
+                                             ("data.label_separator", "label_separator", "|"),
+                                             ("model.truncation", "long_text", "head_tail")])
+def test_a_moved_key_keeps_working_with_a_note_naming_its_new_place(old: str, new: str, value: object) -> None:
+    import warnings
+
+    from tunesmith import config
+
+    section, key = old.split(".")
+    config._NOTED.clear()
+    raw = {"data": {"train": "x.csv"}}
+    raw[section] = {**raw.get(section, {}), key: value}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(raw)
+    assert cfg.task.options[new] == value
+    assert [str(w.message) for w in caught] == [f"{old} is now task.{new}: the config works as it is; write "
+                                                f"task.{new} to silence this note"]
+    assert key not in cfg.model_dump()[section]
+    with pytest.raises(ConfigError, match=f"{old} is the old place of task.{new}: set only task.{new}"):
+        load_config({**raw, "task": {new: value}})

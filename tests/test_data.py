@@ -15,7 +15,8 @@ from tunesmith.data.readers import read_file
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.run import prepare
 from tunesmith.tasks.base import get_task
-from tunesmith.tasks.classification import TextClassification, truncate
+from tunesmith.tasks.classification import TextClassification
+from tunesmith.tokens import truncate
 
 
 # ---------------------------------------------------------------- helpers

@@ -131,7 +131,7 @@ def test_predict_reads_a_headerless_file_like_training_did(tmp_path, tiny_model_
     cfg = load_config({"model": {"name": tiny_model_dir}, "data": {"train": "x.csv", "header": False,
                                                                    "text_column": 2, "label_column": 0}})
     task = get_task(cfg, {"problem_type": "single_label", "labels": ["3", "4"]})
-    predictor = Predictor(task.load_model(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), task,
+    predictor = Predictor(task.load_model(tiny_model_dir)[0], AutoTokenizer.from_pretrained(tiny_model_dir), task,
                           cfg, device="cpu")
     f = tmp_path / "news.csv"
     f.write_text(NEWS, encoding="utf-8")
@@ -448,7 +448,7 @@ def test_predict_takes_list_and_object_cells_as_training_did(tmp_path, tiny_mode
     def predictor(join: str | None) -> Predictor:
         cfg = load_config({"model": {"name": tiny_model_dir}, "data": {"train": "x.jsonl", "join_text_lists": join}})
         task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
-        return Predictor(task.load_model(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), task, cfg,
+        return Predictor(task.load_model(tiny_model_dir)[0], AutoTokenizer.from_pretrained(tiny_model_dir), task, cfg,
                          device="cpu")
 
     f = tmp_path / "in.jsonl"

@@ -16,10 +16,10 @@ from conftest import FILLER, NEGATIVE, POSITIVE, write_csv, write_jsonl
 import tunesmith
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.evaluation.metrics import binary_metrics, tune_binary_threshold
+from tunesmith.metrics.labels import binary_metrics, tune_binary_threshold
 from tunesmith.run import prepare
 from tunesmith.tasks.base import Batch, get_task
-from tunesmith.tasks.classification import windows
+from tunesmith.tokens import windows
 from tunesmith.training.batching import balanced_order, batch_plan
 
 CLS, SEP = 101, 102
@@ -130,7 +130,7 @@ def _evaluator(aggregation: str, n: int = 2):
                        "data": {"train": "x.csv"}})
     task = get_task(cfg)
     task.problem_type, task.labels = "single_label", ["a", "b", "c"]
-    from tunesmith.data.prepare import Table
+    from tunesmith.types import Table
 
     table = Table({"text": ["x"] * n}, ["f"] * n, list(range(n)))
     return task, task.evaluator(table)
@@ -173,8 +173,8 @@ def test_chunks_train_evaluate_and_predict_per_document(tiny_model_dir: str, tmp
 
 # ---------------------------------------------------------------- losses
 
-def _task(**train: object):
-    cfg = load_config({"task": "text-classification", "data": {"train": "x.csv"}, "train": train})
+def _task(**options: object):
+    cfg = load_config({"task": {"type": "text-classification", **options}, "data": {"train": "x.csv"}})
     task = get_task(cfg)
     task.problem_type, task.labels = "single_label", ["a", "b", "c"]
     return task
@@ -195,7 +195,7 @@ def test_class_weights_scale_each_example_loss_by_its_class_weight() -> None:
 
 
 def _table(labels: list[int]):
-    from tunesmith.data.prepare import Table
+    from tunesmith.types import Table
 
     return Table({"label": labels}, ["f"] * len(labels), list(range(len(labels))))
 
@@ -258,7 +258,7 @@ def _spam_config(tiny_model_dir: str, tmp_path: Path, task: dict | None = None, 
 
 def test_balanced_sampler_run_trains_on_balanced_batches(tiny_model_dir: str, tmp_path: Path) -> None:
     seen: list[int] = []
-    cfg = _spam_config(tiny_model_dir, tmp_path, sampler="balanced", epochs=1)
+    cfg = _spam_config(tiny_model_dir, tmp_path, {"sampler": "balanced"}, epochs=1)
     p = prepare(load_config(cfg))
     labels = np.asarray(p.tokenized["train"]["labels"])
     counts = np.bincount(labels)
@@ -338,21 +338,22 @@ def test_old_truncation_keys_still_work_and_map_to_long_text() -> None:
 
 
 def test_label_options_are_refused_where_they_do_nothing(tiny_model_dir: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"train.class_weights.*not supported by the token-classification task"
-                                          r".*only by text-classification"):
-        get_task(load_config({"task": "token-classification", "data": {"train": "x.jsonl"},
-                              "train": {"class_weights": "balanced"}}))
-    cfg = _spam_config(tiny_model_dir, tmp_path, class_weights={"spma": 3.0})
+    with pytest.raises(ConfigError) as err:
+        load_config({"task": "token-classification", "data": {"train": "x.jsonl"},
+                     "train": {"class_weights": "balanced"}})
+    assert "  - unknown key 'train.class_weights': it is task.class_weights of the text-classification task now " \
+           "(this config's task is token-classification)" in str(err.value).splitlines()
+    cfg = _spam_config(tiny_model_dir, tmp_path, {"class_weights": {"spma": 3.0}})
     with pytest.raises(ConfigError, match="Did you mean 'spam'"):
         prepare(load_config(cfg))
     rows = [{"text": f"{w} {x}", "label": [w] if i % 2 else [w, "b"]} for i, (w, x) in
             enumerate(zip(["a"] * 20, FILLER))]
     ml = copy.deepcopy(cfg)
-    ml["train"]["class_weights"] = "none"
-    ml["train"]["loss"] = "focal"
+    ml["task"]["class_weights"] = "none"
+    ml["task"]["loss"] = "focal"
     for s in ("train", "validation", "test"):
         ml["data"][s] = str(write_jsonl(tmp_path / f"ml-{s}.jsonl", rows))
-    with pytest.raises(ConfigError, match="train.loss: 'focal' needs single-label classification"):
+    with pytest.raises(ConfigError, match="task.loss: 'focal' needs single-label classification"):
         prepare(load_config(ml))
 
 
@@ -384,7 +385,7 @@ def _binary_task(state: dict | None = None, **options: object):
 def test_a_binary_model_saved_before_positive_classes_still_evaluates() -> None:
     task = _binary_task({"problem_type": "single_label", "labels": ["neg", "pos"], "threshold": 0.5})
     assert task.positive == 1
-    from tunesmith.data.prepare import Table
+    from tunesmith.types import Table
 
     ev = task.evaluator(Table({"text": ["x", "y"], "label": [0, 1]}, ["f", "f"], [1, 2]))
     ev.add(Batch({}, {}, {"example": np.array([0, 1])}), torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
@@ -403,7 +404,7 @@ def test_a_fixed_threshold_decides_and_a_one_class_split_has_no_average_precisio
 
 def test_labels_written_as_numbers_in_the_config_name_their_classes(tiny_model_dir: str, tmp_path: Path) -> None:
     rows = [{"text": r["text"], "label": int(r["label"] == "spam")} for r in _spam_rows(60, 4)]
-    cfg = _spam_config(tiny_model_dir, tmp_path, {"positive_label": 0}, class_weights={1: 3.0})
+    cfg = _spam_config(tiny_model_dir, tmp_path, {"positive_label": 0, "class_weights": {1: 3.0}})
     for s in ("train", "validation", "test"):
         cfg["data"][s] = str(write_jsonl(tmp_path / f"num-{s}.jsonl", rows))
     p = prepare(load_config(cfg))

@@ -96,7 +96,7 @@ def test_a_warm_started_encoder_decoder_trains_its_new_layers_in_full(tiny_model
 
     cfg = load_config({"task": "translation", "data": {"train": "x.jsonl"},
                        "model": {"name": tiny_models("bert"), "lora": LORA}})
-    model = load_model(get_task(cfg), tiny_models("bert"), cfg.model)
+    model, _ = load_model(get_task(cfg), tiny_models("bert"), cfg.model)
     whole = {n.split(".modules_to_save.")[0].removeprefix("base_model.model.")
              for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
     assert whole == {f"decoder.bert.encoder.layer.{i}.crossattention" for i in range(2)} | \

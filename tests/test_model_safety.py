@@ -86,11 +86,11 @@ def test_a_nonfinite_step_is_skipped_and_counted(base_config: dict, tmp_path: Pa
     real_forward = TextClassification.forward
     seen: list[torch.Tensor] = []
 
-    def forward(self, model, batch, predict=True):  # the second training step's loss is NaN
-        if not model.training:
-            return real_forward(self, model, batch, predict)
+    def forward(self, model, batch, mode):  # the second training step's loss is NaN
+        if mode != "train":
+            return real_forward(self, model, batch, mode)
         seen.append(model.classifier.weight.detach().clone())
-        loss, out = real_forward(self, model, batch, predict)
+        loss, out = real_forward(self, model, batch, mode)
         return (loss * float("nan") if len(seen) == 2 else loss), out
 
     monkeypatch.setattr(TextClassification, "forward", forward)
@@ -121,7 +121,7 @@ def test_an_evaluation_with_a_nonfinite_metric_or_loss_is_never_best() -> None:
             return Path(f"step-{state.step}")
 
     loop = TrainingLoop.__new__(TrainingLoop)
-    loop.evaluate, loop.metric, loop.higher_better = lambda: next(results), "accuracy", True
+    loop.evaluate, loop.metric, loop.higher_better = lambda model: (next(results), {}), "accuracy", True
     loop.ckpt, loop.callbacks, loop.model, loop.optimizer, loop.scheduler = Checkpoints(), [], None, None, None
     loop.cfg = load_config({"data": {"train": "x.csv"}}).train
     loop.data = [None] * 100  # the training rows: an evaluation reports the epochs trained on them
@@ -287,8 +287,8 @@ def test_position_limit_of_roberta_like_models_and_tokenizers(tmp_path: Path) ->
 # ---------------------------------------------------------------- item 16: many labels
 
 def test_more_than_50_labels_report_the_top_confusions(tmp_path: Path) -> None:
-    from tunesmith.evaluation.metrics import classification_metrics, top_confusions
-    from tunesmith.evaluation.report import plot_top_confusions
+    from tunesmith.metrics.labels import classification_metrics, top_confusions
+    from tunesmith.tasks.classification import plot_top_confusions
 
     names = [f"c{k:04d}" for k in range(1200)]
     y = np.repeat(np.arange(1200), 3)
@@ -318,7 +318,9 @@ def test_a_failing_plot_is_a_warning_not_a_failed_run(base_config: dict, monkeyp
     def boom(*args: object) -> None:
         raise MemoryError("simulated")
 
-    monkeypatch.setattr(tunesmith.run, "plot_confusion_matrix", boom)
+    import tunesmith.tasks.classification
+
+    monkeypatch.setattr(tunesmith.tasks.classification, "plot_confusion_matrix", boom)
     cfg = copy.deepcopy(base_config)
     cfg["train"]["max_steps"] = 2
     run = tunesmith.train(cfg)
@@ -542,7 +544,7 @@ def test_model_dropout_sets_each_architectures_own_keys(tiny_models, kind: str, 
     folder = tiny_models(kind)
     cfg = load_config({"model": {"name": folder, "dropout": 0.2}, "data": {"train": "x.csv"}})
     task = get_task(cfg, {"problem_type": "single_label", "labels": ["neg", "pos"]})
-    model = load_model(task, folder, cfg.model)
+    model, _ = load_model(task, folder, cfg.model)
     assert {k: v for k, v in model.config.to_dict().items() if "drop" in k} == expected
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == ({0.2} if kind != "llama" else set())  # Llama's only dropout is attention's, a float
@@ -557,7 +559,7 @@ def test_model_dropout_of_a_warm_started_decoder_uses_the_decoders_keys(tiny_mod
 
     cfg = load_config({"task": {"type": "summarization", "decoder": tiny_models("gpt2")},
                        "model": {"name": tiny_models("bert"), "dropout": 0.2}, "data": {"train": "x.jsonl"}})
-    model = load_model(get_task(cfg), cfg.model.name, cfg.model)
+    model, _ = load_model(get_task(cfg), cfg.model.name, cfg.model)
     drops = {side: {k: v for k, v in getattr(model.config, side).to_dict().items() if "drop" in k}
              for side in ("encoder", "decoder")}
     assert drops == {"encoder": {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,

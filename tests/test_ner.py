@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.prepare import Table
+from tunesmith.types import Table
 from tunesmith.errors import DataError
 from tunesmith.tasks.token_classification import detect_scheme, iob2_tags, spans_from_tags
 
@@ -177,7 +177,7 @@ def test_a_window_starting_inside_a_word_does_not_read_that_word(make_task, tok)
 # ---------------------------------------------------------------- metrics
 
 def test_seqeval_metrics_hand_computed():
-    from tunesmith.evaluation.seqeval_metrics import seqeval_metrics
+    from tunesmith.metrics.seqeval import seqeval_metrics
 
     y_true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
     y_pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
@@ -384,6 +384,6 @@ def test_contract_fixture_reads_and_fits(make_task, tok):
 def test_load_model_replaces_a_head_of_another_shape(make_task, tiny_model_dir):
     task = make_task()
     task.fit({"train": tagged([["a", "b"]], [["B-LOC", "B-ORG"]])})
-    model = task.load_model(tiny_model_dir)  # a sequence classifier with 2 labels
+    model, _ = task.load_model(tiny_model_dir)  # a sequence classifier with 2 labels
     assert model.classifier.out_features == 5
     assert model.config.id2label == dict(enumerate(LABELS))

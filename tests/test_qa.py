@@ -15,7 +15,7 @@ from tunesmith.config import load_config
 from tunesmith.data.prepare import Table, load_splits
 from tunesmith.data.readers import read_file
 from tunesmith.errors import DataError
-from tunesmith.evaluation.squad_metrics import best_threshold, f1_score, normalize_answer, squad_metrics
+from tunesmith.metrics.squad import best_threshold, f1_score, normalize_answer, squad_metrics
 from tunesmith.tasks.base import get_task
 
 CONTRACT = Path(__file__).parent / "contract" / "question-answering"

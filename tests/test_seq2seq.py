@@ -14,9 +14,9 @@ from conftest import FILLER, GEN_VOCAB, train_losses, write_jsonl
 
 import tunesmith
 from tunesmith.config import RunConfig, load_config
-from tunesmith.data.prepare import Table
+from tunesmith.types import Table
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.evaluation.generation_metrics import bleu_chrf, rouge, sentences_per_line
+from tunesmith.metrics.generation import bleu_chrf, rouge, sentences_per_line
 from tunesmith.tasks.base import get_task
 from tunesmith.tasks.seq2seq import shift_right
 
@@ -64,14 +64,14 @@ def test_summed_loss_equals_the_reference_mean_loss(kind: str, smoothing: float,
     from transformers.trainer_pt_utils import LabelSmoother
 
     task = _task(label_smoothing=smoothing)
-    model = task.load_model(tiny_models(kind))
+    model, _ = task.load_model(tiny_models(kind))
     rows = [{"source": "good movie was fine", "target": "good movie"},
             {"source": "the team", "target": "a match was great and the team felt happy"}]
     features = task.preprocess(_table(rows), task.tokenizer)
     batch = task.collate([features[i] for i in range(2)])
     model.train()
     torch.manual_seed(0)
-    loss, _ = task.forward(model, batch, predict=False)
+    loss, _ = task.forward(model, batch, "train")
     mean = loss / task.count_items(batch)
     labels = batch.targets["labels"]
     torch.manual_seed(0)
@@ -80,19 +80,19 @@ def test_summed_loss_equals_the_reference_mean_loss(kind: str, smoothing: float,
     torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-6)
     model.eval()  # evaluation loss is never smoothed
     with torch.no_grad():
-        eval_loss, generated = task.forward(model, batch, predict=False)
+        eval_loss, generated = task.forward(model, batch, "loss")
         assert generated is None
         torch.testing.assert_close(eval_loss / task.count_items(batch), model(**batch.inputs, labels=labels).loss)
 
 
 def test_generation_uses_the_tasks_decoding_options(tiny_models: Any) -> None:
     task = _task(num_beams=3, max_new_tokens=5, no_repeat_ngram_size=2, length_penalty=0.5)
-    model = task.load_model(tiny_models("t5")).eval()
+    model = task.load_model(tiny_models("t5"))[0].eval()
     features = task.preprocess(_table([{"source": "good movie", "target": "x"}, {"source": "a b c d", "target": "y"}]),
                                task.tokenizer)
     batch = task.collate([features[i] for i in range(2)])
     with torch.no_grad():
-        _, ours = task.forward(model, batch)
+        _, ours = task.forward(model, batch, "predict")
         theirs = model.generate(**batch.inputs, num_beams=3, max_new_tokens=5, no_repeat_ngram_size=2,
                                 length_penalty=0.5, early_stopping=True, do_sample=False)
     assert torch.equal(ours, theirs) and ours.shape[1] <= 6  # the start token + at most 5

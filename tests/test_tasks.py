@@ -142,24 +142,26 @@ def test_macro_f1_averages_over_the_labels_present_in_the_gold_labels() -> None:
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from tunesmith.evaluation.metrics import classification_metrics, multilabel_metrics
+    from tunesmith.metrics.labels import classification_metrics, multilabel_metrics
 
     y, pred = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2])
     out = classification_metrics(pred, y, ["a", "b", "c", "d", "e"])
     assert out["macro_f1"] == pytest.approx(13 / 20, abs=1e-12)
     assert out["macro_f1"] == f1_score(y, pred, average="macro", labels=[0, 1])
-    assert out["macro_average"] == {"labels": 2, "of": 5, "over": "labels present in the gold labels"}
+    assert out["macro_average"] == {"metric": "macro_f1", "labels": 2, "of": 5,
+                                    "over": "labels present in the gold labels"}
     assert out["accuracy"] == 0.6 and [out["per_class"][n]["support"] for n in "abcde"] == [3, 2, 0, 0, 0]
     # multi-label: columns 0 and 1 have gold positives, column 2 none -> mean of F1 1 and F1 2/3
     ml = multilabel_metrics(np.array([[1, 0, 0], [1, 1, 1]]), np.array([[1, 0, 0], [0, 1, 0]]),
                             ["x", "y", "z"], 0.5)
     assert ml["macro_f1"] == pytest.approx(5 / 6, abs=1e-12)
-    assert ml["macro_average"] == {"labels": 2, "of": 3, "over": "labels present in the gold labels"}
+    assert ml["macro_average"] == {"metric": "macro_f1", "labels": 2, "of": 3,
+                                    "over": "labels present in the gold labels"}
 
 
 def _metrics_of(n_labels: int) -> dict:
     pc = {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
-    return {"accuracy": 0.5, "macro_f1": 0.25, "macro_average": {"labels": 5, "of": n_labels,
+    return {"accuracy": 0.5, "macro_f1": 0.25, "macro_average": {"metric": "macro_f1", "labels": 5, "of": n_labels,
                                                                 "over": "labels present in the gold labels"},
             "per_class": {f"label{k}": pc for k in range(n_labels)}}
 

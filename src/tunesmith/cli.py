@@ -90,13 +90,13 @@ def train(config: Path = typer.Argument(..., help="YAML config (sections task/mo
         # typos, a folder that may not be written, missing files and columns are reported now, not after
         # the training stack's slow import; Hub datasets are read in the run, where the main process
         # downloads first
-        check(Path(cfg.output_dir).expanduser().resolve(), cfg, resume=resume, overwrite=overwrite,
-              allow_config_change=allow_config_change, config_file=config)
+        changes = check(Path(cfg.output_dir).expanduser().resolve(), cfg, resume=resume, overwrite=overwrite,
+                        allow_config_change=allow_config_change, config_file=config)
         data = None if cfg.data.hub_dataset else load_splits(cfg.data, get_task(cfg).roles())
         from .run import train as run_train
 
         run_train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, data=data,
-                  config_file=config)
+                  config_file=config, checked=changes)
     except DiskFull as e:
         _fail(e.with_command(_command(config, set_, e.flag)))
     except TunesmithError as e:
@@ -255,27 +255,24 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
                                                  help="Read the input as txt, jsonl, json, csv, tsv, parquet or "
                                                       "conll whatever its extension."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size."),
-            max_new_tokens: Optional[int] = typer.Option(None, help="Generation: most tokens generated."),
-            do_sample: Optional[bool] = typer.Option(None, "--sample/--greedy", help="Generation: sample, or "
-                                                     "decode greedily (default: the run's task options)."),
-            temperature: Optional[float] = typer.Option(None, help="Generation: sampling temperature."),
-            top_p: Optional[float] = typer.Option(None, help="Generation: nucleus sampling mass."),
-            num_beams: Optional[int] = typer.Option(None, help="Translation and summarization: beam search.")) -> None:
+            set_: list[str] = typer.Option([], "--set", metavar="task.OPTION=VALUE",
+                                           help="A decoding option of a task that generates, over the run's own "
+                                                "(repeatable), e.g. --set task.num_beams=4 or --set "
+                                                "task.do_sample=true; an option the task lacks is refused with "
+                                                "the list of its decoding options.")) -> None:
     """Predict every row of a file (or one --text / --field record): the input row unchanged plus the prediction.
 
     A .txt file holds one text per line (blank lines are skipped; each record keeps its line number) and
     works for every task that reads one text. JSONL output adds one key, `tunesmith` ({line, prediction});
     CSV/TSV adds `input_line` and `pred_*` columns (for classification `pred_label`, `pred_score` and one
     `pred_probs.<label>` per label). A name the input already uses gets a suffix (`tunesmith_1`); cells that
-    a spreadsheet would run as a formula get a leading '. Generative tasks take the decoding options; the
-    others refuse them. Files of any length are read, predicted and written in chunks; the output appears
-    only once every row is written.
+    a spreadsheet would run as a formula get a leading '. Generative tasks take their decoding options
+    (`--set task.num_beams=4`); the others refuse them. Files of any length are read, predicted and written
+    in chunks; the output appears only once every row is written.
     """
-    from .serving.inputs import (PredictInput, check_writable, command_line_record, input_roles, read_run_state,
-                                 split_assignment)
+    from .serving.inputs import (PredictInput, check_writable, command_line_record, decoding_options, input_roles,
+                                 read_run_state, split_assignment)
 
-    generation = {k: v for k, v in dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                        top_p=top_p, num_beams=num_beams).items() if v is not None}
     try:
         one = text is not None or bool(field)
         if (input is None) == (not one):
@@ -288,6 +285,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         # the task, the roles and the file's columns are checked before the model loads (seconds)
         state = read_run_state(run_dir)
         inputs = input_roles(state.task)
+        decoding = decoding_options(state.task, set_)  # checked before the model loads
         if one:
             record = command_line_record(inputs, text, field)
         else:
@@ -297,8 +295,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         from .serving.predictor import Predictor
 
         predictor = Predictor.load(run_dir)
-        if generation:
-            predictor.set_generation(**generation)
+        predictor.set_decoding(**decoding)
         if one:
             typer.echo(json.dumps(predictor.predict(record), ensure_ascii=False))
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import difflib
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,18 +13,9 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 from pydantic_core import PydanticCustomError
 
+from . import registry
 from .data.readers import parallel_files
 from .errors import ConfigError, DataError
-
-
-def label_name(v: Any) -> Any:
-    """How a class written in a config (YAML 1, 1.0, true) is spelled among the labels ("1", "true"):
-    as text classification spells numbers and booleans read from the data."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
-        return str(int(v))
-    return v
 
 
 class _Section(BaseModel):
@@ -53,11 +45,8 @@ class TaskConfig(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "TaskConfig":
-        from .errors import ConfigError
-        from .tasks.base import task_class
-
         try:
-            options = task_class(self.type).Options
+            options = registry.task_class(self.type).Options
         except ConfigError as e:
             raise PydanticCustomError("tunesmith", "{message}", {"message": str(e)}) from None
         try:
@@ -237,25 +226,6 @@ class TrainConfig(_Section):
     bucket_batches: int = Field(16, ge=1)
     """With batching: bucket, how many batches are drawn at random and then sorted by length
     together. Small windows keep batches nearly as random as plain shuffling; large ones pad least."""
-    sampler: Literal["uniform", "balanced"] = "uniform"
-    """uniform: every training example once per epoch. balanced: each class gets the same share of every
-    epoch (rare classes oversampled, repeated; common ones drawn without repeats), for imbalanced labels.
-    Single-label classification only."""
-    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
-    """Weights of the classes in the loss: none; balanced (n / (classes x n_class), scikit-learn's
-    rule, from the training split); or {label: weight} (labels left out weigh 1). Single-label
-    classification only."""
-
-    @field_validator("class_weights", mode="before")
-    @classmethod
-    def _label_keys(cls, v: Any) -> Any:
-        return {label_name(k): w for k, w in v.items()} if isinstance(v, dict) else v
-
-    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
-    """focal: cross-entropy scaled by (1 - p_true)^focal_gamma, which down-weights easy examples (Lin et
-    al., 2017); class_weights apply to it too. Single-label classification only."""
-    focal_gamma: float = Field(2.0, ge=0)
-    """The focal loss's gamma; 0 is plain cross-entropy."""
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
     eval_every: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)] | Literal["epoch"] = "epoch"
@@ -381,19 +351,28 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, raw: Any) -> Any:
-        """model.truncation and data.label_separator were shared keys that only classification reads;
-        they are task options now, and configs written with them keep working."""
-        if not isinstance(raw, dict):
+        """Keys that were shared once and are a task's options now (the task's `moved_keys`, e.g.
+        train.class_weights -> task.class_weights): a config written with them keeps working, with a note."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("task", {}), (str, dict)):
             return raw
+        task = raw.get("task", {})
+        task = {"type": task} if isinstance(task, str) else dict(task)
+        try:
+            moved = registry.task_class(task.get("type", "text-classification")).moved_keys
+        except ConfigError:
+            return raw  # the unknown task.type is reported by TaskConfig
         raw = dict(raw)
-        for section, key in (("model", "truncation"), ("data", "label_separator")):
-            if isinstance(raw.get(section), dict) and key in raw[section]:
-                raw[section] = dict(raw[section])
-                value = raw[section].pop(key)
-                task = raw.get("task", {})
-                task = {"type": task} if isinstance(task, str) else dict(task)
-                task.setdefault(key, value)
-                raw["task"] = task
+        for old, new in moved.items():
+            section, key = old.split(".")
+            if not isinstance(raw.get(section), dict) or key not in raw[section]:
+                continue
+            raw[section] = dict(raw[section])
+            value = raw[section].pop(key)
+            if new in task:
+                raise ValueError(f"{old} is the old place of task.{new}: set only task.{new}")
+            task[new] = value
+            _note_moved(old, f"task.{new}")
+        raw["task"] = task
         return raw
 
     @model_validator(mode="after")
@@ -411,6 +390,17 @@ class RunConfig(_Section):
 
 
 # ---------------------------------------------------------------- loading and overrides
+
+def _note_moved(old: str, new: str) -> None:
+    """Say once per process that a config key has moved (the config still works)."""
+    if (old, new) not in _NOTED:
+        _NOTED.add((old, new))
+        warnings.warn(f"{old} is now {new}: the config works as it is; write {new} to silence this note",
+                      FutureWarning, stacklevel=2)
+
+
+_NOTED: set[tuple[str, str]] = set()
+
 
 def _sub_section(annotation: Any) -> type[BaseModel] | None:
     """The section model inside an optional annotation (`LoraSection | None` -> LoraSection), else None."""
@@ -430,8 +420,20 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> list[str]:
-    """One line per error, unknown keys with a did-you-mean among the valid keys at that place."""
+def _moved_to(dotted: str, task_type: str | None) -> str | None:
+    """Where a key that moved into a task's options lives now ("it is task.class_weights of the
+    text-classification task now"), when it is one of a registered task's `moved_keys`."""
+    for name in registry.task_names():
+        new = registry.task_class(name).moved_keys.get(dotted)
+        if new is not None:
+            return f"it is task.{new} of the {name} task now (this config's task is {task_type})"
+    return None
+
+
+def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = (),
+                 task_type: str | None = None) -> list[str]:
+    """One line per error, unknown keys with a did-you-mean among the valid keys at that place (`task_type`:
+    the config's task, for a key that moved into another task's options)."""
     lines = []
     for e in err.errors():
         if e["type"] == "tunesmith":  # already worded (task options, unknown task type)
@@ -439,6 +441,9 @@ def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()
             continue
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("function-after",)))
         dotted = ".".join(str(p) for p in prefix + loc) or "(top level)"
+        if e["type"] == "extra_forbidden" and root is RunConfig and _moved_to(dotted, task_type):
+            lines.append(f"  - unknown key '{dotted}': {_moved_to(dotted, task_type)}")
+            continue
         if e["type"] == "extra_forbidden":
             valid = _fields_at(root, loc[:-1])
             if root is RunConfig and loc[:-1] == ("task",):
@@ -451,11 +456,12 @@ def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()
     return lines
 
 
-def _format_errors(err: ValidationError, source: str, given: dict[str, str] | None = None) -> str:
+def _format_errors(err: ValidationError, source: str, given: dict[str, str] | None = None,
+                   task_type: str | None = None) -> str:
     """The error lines under one heading; a line about a key set by an override (`given`: dotted key ->
     "--set train.lrr=1") says so, and the heading names the config file only if a line comes from it."""
     lines, from_file = [], False
-    for line in _error_lines(err, RunConfig):
+    for line in _error_lines(err, RunConfig, task_type=task_type):
         item = next((i for k, i in (given or {}).items() if f"'{k}'" in line or line.startswith(f"  - {k}:")), None)
         lines.append(f"{line} (given by {item})" if item else line)
         from_file = from_file or item is None
@@ -540,7 +546,9 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
         given = {".".join(keys): f"{flag} {item}" for keys, _, item in _override_items(overrides or [], flag)}
-        raise ConfigError(_format_errors(err, source, given)) from None
+        task = raw.get("task", "text-classification")
+        raise ConfigError(_format_errors(err, source, given, task if isinstance(task, str) else
+                                         task.get("type", "text-classification"))) from None
     if base_dir is not None:
         for split in ("train", "validation", "test"):
             p = getattr(cfg.data, split)
@@ -558,7 +566,7 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
 
 def config_reference() -> str:
     """The README's config reference as a Markdown table, generated from the schema so it cannot rot."""
-    from .tasks.base import task_class, task_names
+    from .registry import task_class, task_names
 
     rows = ["| key | default | meaning |", "|---|---|---|"]
 

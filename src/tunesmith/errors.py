@@ -96,12 +96,3 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, checkpoint: Path | None, step: int | None, main: bool) -> None:
         super().__init__(f"interrupted; latest checkpoint: {checkpoint}")
         self.run_dir, self.checkpoint, self.step, self.main = run_dir, checkpoint, step, main
-
-
-class RunPruned(TunesmithError):
-    """A callback (a search's pruner) ended the run at an evaluation: it is neither tested nor exported.
-    `report` is what report.json holds for it (status "pruned", the training so far)."""
-
-    def __init__(self, message: str, report: dict) -> None:
-        super().__init__(message)
-        self.report = report

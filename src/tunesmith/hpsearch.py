@@ -14,7 +14,7 @@ it with `run.train`, and tells the study the validation score. Nothing here trai
   dead lock are removed. A study interrupted with Ctrl-C queues the interrupted trial again when it is
   started again.
 - A pruner gets the validation score at each evaluation, at the percent of an epoch trained; a pruned
-  trial stops there (`Control.prune` -> RunPruned): no test, no model.
+  trial stops there (`Control.prune`; its report's status is "pruned"): no test, no model.
 - Only the best completed trial keeps its model/ (search.keep_models keeps all); no trial keeps
   checkpoints.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Dimension, RunConfig, SearchConfig, build_config, load_config
-from .errors import ConfigError, RunPruned, TunesmithError
+from .errors import ConfigError, TunesmithError
 from .io import atomic_write_json, atomic_write_text
 from .rundir import LOCK_NAME, remove_dead_lock
 
@@ -97,12 +97,9 @@ def resolve(config: str | Path | dict | RunConfig, overrides: list[str] | dict |
 
     task = get_task(base)
     task.fit(load_splits(base.data, task.roles()).splits)  # metrics can depend on the data (problem type)
-    directions = {"loss": False, **task.metrics}
-    metric = spec.metric or base.eval.metric or task.default_metric
-    if metric not in directions:
-        raise ConfigError(f"search.metric '{metric}' is not computed for the {task.name} task; "
-                          f"choose one of {', '.join(directions)}")
-    direction = spec.direction or ("maximize" if directions[metric] else "minimize")
+    metric, higher = task.selected_metric(spec.metric or base.eval.metric, "search.metric" if spec.metric else
+                                          "eval.metric")
+    direction = spec.direction or ("maximize" if higher else "minimize")
     grid = grid_points(spec.space) if spec.method == "grid" else []
     if spec.method == "grid" and spec.trials is not None and spec.trials != len(grid):
         raise ConfigError(f"search.trials is {spec.trials}, but the grid has {len(grid)} points; "
@@ -357,15 +354,16 @@ def _objective(s: Search, current: dict[str, Any]) -> Any:
         try:
             run = train(s.base, overrides, callbacks=[_pruning_callback(trial, s.metric)])
             _record(trial, run.report, s.metric)
+            if run.report["status"] == "pruned":
+                state, reason = "pruned", run.report["reason"]
+                raise optuna.TrialPruned(reason)
             value = run.report["validation"].get(s.metric)
             if value is None or not math.isfinite(value):
                 raise ValueError(f"the validation {s.metric} is {value}")
             state = "completed"
             return float(value)
-        except RunPruned as e:
-            _record(trial, e.report, s.metric)
-            state, reason = "pruned", str(e)
-            raise optuna.TrialPruned(str(e)) from None
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             reason = "interrupted"

@@ -19,6 +19,8 @@ from .errors import DiskFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
+STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
+
 
 def _fsync_dir(path: Path) -> None:
     try:

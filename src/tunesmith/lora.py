@@ -50,13 +50,10 @@ def apply(model: "torch.nn.Module", cfg: "LoraSection", in_full: list[str]) -> "
     in_full = [m for m in in_full if any(n == m or n.endswith("." + m) for n in names)]  # PEFT's suffix match
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                           modules_to_save=in_full or None)
-    speed = dict(getattr(model, "tunesmith_speed_paths", {}))
     try:
-        wrapped = get_peft_model(model, peft_cfg)
+        return get_peft_model(model, peft_cfg)
     except ValueError as e:  # target modules that the model does not have
         raise ConfigError(f"model.lora: {str(e).splitlines()[0]}") from None
-    wrapped.tunesmith_speed_paths = speed
-    return wrapped
 
 
 def is_peft(model: "torch.nn.Module") -> bool:

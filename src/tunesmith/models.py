@@ -10,8 +10,8 @@ import torch
 
 from .config import ModelConfig, RunConfig
 from .errors import ConfigError, ModelError, TunesmithError
-from .io import atomic_dir, hash_files, json_text, sha256_file
-from .serving.inputs import STATE_FILE
+from .io import STATE_FILE, atomic_dir, hash_files, json_text, sha256_file
+from .types import ModelFacts
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -180,8 +180,9 @@ def check_max_length(name: str, cfg: ModelConfig, tokenizer: Any) -> None:
                           f"{limit[0]} tokens ({limit[1]}); set model.max_length to {limit[0]} or less")
 
 
-def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
-    """Load weights through the task (it knows the head); safetensors preferred, remote code off by default."""
+def load_model(task: Any, name: str, cfg: ModelConfig) -> tuple[torch.nn.Module, ModelFacts]:
+    """Load weights through the task (it knows the head); safetensors preferred, remote code off by default.
+    Returns the model and what loading it switched on (the run keeps the facts; the model carries none)."""
     # a checkpoint that already has a classification head for another label set gets a new head
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
                               "ignore_mismatched_sizes": True}
@@ -194,7 +195,7 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
             raise _hub_error(name, e) from None
         kwargs.update(dropout_overrides(mcfg, cfg.dropout, name))
     try:
-        model = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
+        model, facts = task.load_model(name, use_safetensors=_has_safetensors(name), **kwargs)
     except TunesmithError:  # the task's own refusal (e.g. fp16 for T5) is already worded
         raise
     except Exception as e:
@@ -205,8 +206,18 @@ def load_model(task: Any, name: str, cfg: ModelConfig) -> torch.nn.Module:
         from . import lora
 
         # the task's head and what its load_model created from scratch (a warm-started decoder's cross-attention)
-        model = lora.apply(model, cfg.lora, [*task.head_modules, *getattr(model, "tunesmith_new_modules", ())])
-    return model
+        model = lora.apply(model, cfg.lora, [*task.head_modules, *facts.new_modules])
+        facts.lora = cfg.lora.model_dump()
+    return model, facts
+
+
+def bare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside Accelerate's wrappers (DDP, compiled) and PEFT's: the one place that unwraps, for
+    what only the model itself has (`generate`, its forward's signature, its config)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
 # the config keys of dropout probabilities across architectures (BERT and RoBERTa, GPT-2, Llama, T5, BART,

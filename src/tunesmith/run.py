@@ -21,19 +21,17 @@ from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
 from .data.prepare import LoadedData, drop_examples, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
-from .errors import ConfigError, DiskFull, RunPruned, TrainingInterrupted, TunesmithError
+from .errors import ConfigError, DiskFull, TrainingInterrupted, TunesmithError
 from .evaluation import inference
-from .evaluation.report import (collapse_warning, plot_confusion_matrix, plot_learning_curves,
-                                plot_precision_recall, plot_top_confusions, summary_lines)
+from .evaluation.report import collapse_warning, plot_learning_curves, summary_lines
 from .lora import parameter_counts
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
 from .tasks.base import Task, get_task
+from .types import Artifact, ModelFacts
 from .training.checkpoint import CheckpointManager, load_weights
 from .training.loop import Callback, Event, TrainingLoop
 from .training.progress import ProgressReporter
-
-SAMPLES_FILE = "samples.jsonl"  # generations for a few validation prompts at each evaluation
 
 
 @dataclass
@@ -100,8 +98,8 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     for split, table in data.splits.items():
         tokenized[split], hits[split], why = cached_preprocess(task, table, tokenizer, cfg.data.cache_dir, tok_key)
         rebuilt += [why] if why else []
-        if hasattr(task, "untrainable"):  # examples with nothing to train on are dropped and listed
-            tokenized[split] = drop_examples(data, split, tokenized[split], task.untrainable(tokenized[split]))
+        # examples with nothing to train on are dropped and listed
+        tokenized[split] = drop_examples(data, split, tokenized[split], task.untrainable(tokenized[split]))
     report = build_report(data, task, tokenized, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt
@@ -153,8 +151,8 @@ def _metrics_logger(path: Path, every: int, accelerator: Any) -> Callback:
                    "lr": event.data["lr"], "grad_norm": event.data["grad_norm"],
                    "samples_per_second": event.data["samples"] / max(event.data["seconds"], 1e-9)}
         elif event.kind == "eval":
-            if event.data["metrics"].get("samples"):  # a few generations per evaluation (text generation)
-                append_jsonl(path.parent / SAMPLES_FILE, {"step": s.step, "samples": event.data["metrics"]["samples"]})
+            for name, value in event.data.get("logs", {}).items():  # the task's eval_logs, one file each
+                append_jsonl(path.parent / f"{name}.jsonl", {"step": s.step, name: value})
             scalars = {k: v for k, v in event.data["metrics"].items() if isinstance(v, (int, float))}
             row = {"kind": "eval", "step": s.step, "epoch": s.epoch, **scalars, "is_best": event.data["is_best"]}
         else:
@@ -204,7 +202,7 @@ def _peak_rss_mb() -> float:
 def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None = None, *, resume: bool = False,
           overwrite: bool = False, allow_config_change: bool = False,
           callbacks: list[Callback] | None = None, data: LoadedData | None = None,
-          config_file: str | Path | None = None) -> Run:
+          config_file: str | Path | None = None, checked: dict | None = None) -> Run:
     """Run the whole pipeline and return the finished Run (its folder is `config.output_dir`).
 
     output_dir must be empty (or absent) unless `resume` continues the run in it (a config that changes
@@ -214,12 +212,15 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
     disk raises DiskFull, which says what could not be written and the run's last complete checkpoint.
     `data`: the config's `load_splits(cfg.data)`, when the caller has read it already (see `prepare`).
     `config_file`: the YAML file a RunConfig came from (protected from --overwrite like the data).
+    `checked`: what `rundir.check` returned for this config, when the caller ran the folder check already
+    (the CLI does, before the training stack's slow import), so it runs once.
+    A run a search's pruner stopped returns with report status "pruned" (no test, no model).
     """
     owned = _Owned()
     try:
         return _train(config, overrides, resume=resume, overwrite=overwrite,
                       allow_config_change=allow_config_change, callbacks=callbacks, data=data,
-                      config_file=config_file, owned=owned)
+                      config_file=config_file, owned=owned, checked=checked)
     except KeyboardInterrupt as e:
         if owned.started and not isinstance(e, TrainingInterrupted):
             raise TrainingInterrupted(owned.run_dir, *owned.latest(), owned.main) from e
@@ -237,9 +238,51 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
             (owned.claim.release if owned.started else owned.claim.abandon)()
 
 
+@dataclass
+class _Setup:
+    """What every stage shares: the config, where the run lives, the accelerator and the precision."""
+
+    cfg: RunConfig
+    run_dir: Path
+    accelerator: Any
+    precision: str
+    owner: dict[str, Any]
+    changes: dict[str, tuple[Any, Any]]
+
+
 def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None, *, resume: bool,
            overwrite: bool, allow_config_change: bool, callbacks: list[Callback] | None, data: LoadedData | None,
-           config_file: str | Path | None, owned: _Owned) -> Run:
+           config_file: str | Path | None, owned: _Owned, checked: dict | None) -> Run:
+    """The stages, in order: setup -> data -> model -> claim folder -> fit -> final evaluation -> export."""
+    from accelerate.utils import set_seed
+
+    s = _setup(config, overrides, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+               config_file=config_file, owned=owned, checked=checked)
+    p = _data(s, data)
+    set_seed(s.cfg.train.seed)  # the new head's initialisation does not depend on data loading
+    model, facts = load_model(p.task, p.model_name, s.cfg.model)
+    latest = _claim_folder(s, p, owned, resume)
+    loop = _fit(s, p, model, owned, latest, callbacks)
+    final_model = s.accelerator.unwrap_model(loop.model)
+    if loop.pruned:  # a search's pruner: the folder says so, and holds no model
+        report = {"status": "pruned", "task": p.task.name, "reason": loop.pruned,
+                  "train": _train_summary(loop.state, s, final_model, facts, loop.metric)}
+        if s.accelerator.is_main_process:
+            atomic_write_json(s.run_dir / "report.json", report)
+            shutil.rmtree(s.run_dir / "checkpoints", ignore_errors=True)
+        return Run(s.run_dir, report)
+    report, test = _final_evaluation(s, p, loop, final_model, facts, owned.ckpt)
+    if s.accelerator.is_main_process:
+        _finish_run_folder(s.run_dir, p, report, test, final_model, loop.metric)
+    s.accelerator.wait_for_everyone()
+    return Run(s.run_dir, report)
+
+
+def _setup(config: str | Path | dict | RunConfig, overrides: list[str] | dict | None, *, resume: bool,
+           overwrite: bool, allow_config_change: bool, config_file: str | Path | None, owned: _Owned,
+           checked: dict | None) -> _Setup:
+    """The config, the folder check (read-only: a refused run costs seconds and writes nothing; skipped when
+    the caller made it already), the accelerator for this run's precision, the seed."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -247,13 +290,10 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
 
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.output_dir).expanduser().resolve()
-    ckpt_root = run_dir / "checkpoints"
     if config_file is None and isinstance(config, (str, Path)):
         config_file = Path(config)
     owner = dict(resume=resume, overwrite=overwrite, allow_config_change=allow_config_change, config_file=config_file)
-    # read-only, before any data or model work: a refused run costs seconds and writes nothing
-    changes = rundir.check(run_dir, cfg, **owner)
-
+    changes = checked if checked is not None else rundir.check(run_dir, cfg, **owner)
     # cpu=True on machines without CUDA lets a multi-process launch use gloo (MULTI_CPU)
     use_cpu = not torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, torch.device("cpu" if use_cpu else "cuda"))
@@ -263,63 +303,65 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=use_cpu)
     owned.main = accelerator.is_main_process
     # known from the start, so that a full disk at any stage names the checkpoint the folder holds
-    owned.run_dir, owned.ckpt = run_dir, CheckpointManager(ckpt_root, cfg.train.keep_checkpoints, accelerator)
+    owned.run_dir = run_dir
+    owned.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_checkpoints, accelerator)
     set_seed(cfg.train.seed)
-    if accelerator.is_main_process:  # temps of killed runs in the shared cache (live writers' are kept)
-        rundir.remove_dead_temps(cache_root(cfg.data.cache_dir) / "tokenized")
-    with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
-        p = prepare(cfg, data)
-    metric = cfg.eval.metric or p.task.default_metric
-    directions = {"loss": False, **p.task.metrics}
-    if metric not in directions:
-        raise ConfigError(f"eval.metric '{metric}' is not computed for this task; "
-                          f"choose one of {', '.join(directions)}")
-    set_seed(cfg.train.seed)  # the new head's initialisation does not depend on data loading
-    model = load_model(p.task, p.model_name, cfg.model)
+    return _Setup(cfg, run_dir, accelerator, precision, owner, changes)
 
-    # the folder is taken only now, when config, data and model are known to work
-    owned.claim = _on_main(accelerator, lambda: rundir.claim(run_dir, cfg, say=_say, **owner))
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt = owned.ckpt
-    latest = ckpt.latest() if resume else None
-    if accelerator.is_main_process:
-        _write_run_files(run_dir, p)
-        if changes:
-            _say(f"resuming with config changes: {rundir.describe_changes(changes)}")
-            append_jsonl(run_dir / rundir.CHANGES_FILE, {"resumed_from_step": latest[1].step if latest else 0,
-                                                         "changes": {k: list(v) for k, v in changes.items()}})
-        print_report(p.report, dropped_rows_file=run_dir / "dropped_rows.jsonl")
-        for log in (metrics_path, run_dir / SAMPLES_FILE):
+
+def _data(s: _Setup, data: LoadedData | None) -> Prepared:
+    """Data and tokens (one process tokenizes and fills the cache, the others read it), and the metric."""
+    if s.accelerator.is_main_process:  # temps of killed runs in the shared cache (live writers' are kept)
+        rundir.remove_dead_temps(cache_root(s.cfg.data.cache_dir) / "tokenized")
+    with s.accelerator.main_process_first():
+        p = prepare(s.cfg, data)
+    p.task.selected_metric(s.cfg.eval.metric)  # an unknown metric is refused before the model loads
+    return p
+
+
+def _claim_folder(s: _Setup, p: Prepared, owned: _Owned, resume: bool) -> tuple[Path, Any] | None:
+    """Take the folder (only now, when config, data and model are known to work) and write what is known
+    before training; returns the checkpoint a resume continues from."""
+    owned.claim = _on_main(s.accelerator, lambda: rundir.claim(s.run_dir, s.cfg, say=_say, **s.owner))
+    latest = owned.ckpt.latest() if resume else None
+    if s.accelerator.is_main_process:
+        _write_run_files(s.run_dir, p)
+        if s.changes:
+            _say(f"resuming with config changes: {rundir.describe_changes(s.changes)}")
+            append_jsonl(s.run_dir / rundir.CHANGES_FILE, {"resumed_from_step": latest[1].step if latest else 0,
+                                                           "changes": {k: list(v) for k, v in s.changes.items()}})
+        print_report(p.report, dropped_rows_file=s.run_dir / "dropped_rows.jsonl")
+        for log in (s.run_dir / "metrics.jsonl", *(s.run_dir / f"{name}.jsonl" for name in p.task.eval_logs)):
             if latest and log.exists():  # forget log lines written after the checkpoint we resume from
                 atomic_write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= latest[1].step])
             elif not latest:
                 log.unlink(missing_ok=True)
-    pad8 = 8 if accelerator.device.type == "cuda" else None
+    return latest
 
-    def infer(split: str, tune: bool = False, predict: bool = True) -> tuple[Any, float | None]:
-        return inference.evaluate_split(loop.model, p.task, p.data.splits[split], p.tokenized[split],
-                                        cfg.eval.batch_size, accelerator.device, accelerator=accelerator, tune=tune,
-                                        predict=predict)
 
-    def evaluate() -> dict[str, Any]:
-        # generating the validation split is slow: skipped while training when the loss picks the best
+def _fit(s: _Setup, p: Prepared, model: torch.nn.Module, owned: _Owned, latest: tuple[Path, Any] | None,
+         callbacks: list[Callback] | None) -> TrainingLoop:
+    """The loop, from step 1 or from the checkpoint it resumes; evaluations during training validate
+    (generating only when the selected metric needs it)."""
+    cfg, task, accelerator = s.cfg, p.task, s.accelerator
+    metric, higher = task.selected_metric(cfg.eval.metric)
+    # generating the validation split is slow: skipped while training when the loss picks the best
+    predict = not task.generates or metric not in ("loss", *task.loss_metrics)
+
+    def evaluate(model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         # decision thresholds are fitted at every evaluation, so the best checkpoint is chosen on the scores
         # that its own threshold gives (tuned F1 can pick a checkpoint that F1 at 0.5 scores 0)
-        result, loss = infer("validation", tune=True,
-                             predict=not p.task.generates or metric not in ("loss", *p.task.loss_metrics))
-        return {"loss": loss, **result.metrics}
+        result, loss = _infer(s, p, model, "validation", tune=True, predict=predict)
+        return {"loss": loss, **result.metrics}, result.logs
 
     progress = ProgressReporter(enabled=accelerator.is_main_process)
-    train_data = p.tokenized["train"]
-    if hasattr(p.task, "training_features"):
-        train_data = p.task.training_features(train_data)
-    classes = p.task.sampling_labels(train_data) if cfg.train.sampler == "balanced" else None
-    loop = TrainingLoop(model=model, task=p.task, train_data=train_data,
-                        lengths=np.asarray(train_data["length"]), cfg=cfg.train, classes=classes,
-                        accelerator=accelerator, evaluate=evaluate, metric=metric,
-                        higher_is_better=directions[metric], checkpoints=ckpt,
-                        callbacks=[_metrics_logger(metrics_path, cfg.train.log_every, accelerator), progress,
-                                   *(callbacks or [])], pad_to_multiple_of=pad8)
+    train_data = task.training_features(p.tokenized["train"])
+    loop = TrainingLoop(model=model, task=task, train_data=train_data, lengths=np.asarray(train_data["length"]),
+                        cfg=cfg.train, classes=task.sampling_classes(train_data), accelerator=accelerator,
+                        evaluate=evaluate, metric=metric, higher_is_better=higher, checkpoints=owned.ckpt,
+                        callbacks=[_metrics_logger(s.run_dir / "metrics.jsonl", cfg.train.log_every, accelerator),
+                                   progress, *(callbacks or [])],
+                        pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
     if latest and accelerator.is_main_process:
         _say(f"resuming from {latest[0]}: the run had finished all {loop.total_steps} steps; testing and "
              "exporting its best checkpoint again" if latest[1].step >= loop.total_steps else
@@ -327,55 +369,54 @@ def _train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | 
              f"continuing with step {latest[1].step + 1}")
     owned.started = True
     try:
-        state = loop.run(resume=latest is not None)  # a folder started again (no checkpoint) runs from step 1
-    except RunPruned as e:  # a search's pruner: the folder says so, and holds no model
-        e.report.update(status="pruned", task=p.task.name, reason=str(e),
-                        train=_train_summary(loop.state, precision, accelerator, accelerator.unwrap_model(loop.model),
-                                             cfg, metric))
-        if accelerator.is_main_process:
-            atomic_write_json(run_dir / "report.json", e.report)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-        raise
+        loop.run(resume=latest is not None)  # a folder started again (no checkpoint) runs from step 1
     finally:
         progress.stop()
+    return loop
 
-    # the best checkpoint, not the last step, is what gets tested and exported
+
+def _infer(s: _Setup, p: Prepared, model: torch.nn.Module, split: str, tune: bool = False,
+           predict: bool = True) -> tuple[Any, float | None]:
+    return inference.evaluate_split(model, p.task, p.data.splits[split], p.tokenized[split], s.cfg.eval.batch_size,
+                                    s.accelerator.device, accelerator=s.accelerator, tune=tune, predict=predict)
+
+
+def _final_evaluation(s: _Setup, p: Prepared, loop: TrainingLoop, model: torch.nn.Module, facts: ModelFacts,
+                      ckpt: CheckpointManager) -> tuple[dict[str, Any], Any]:
+    """The best checkpoint, not the last step, is what gets tested (and exported): validation with its own
+    thresholds, then test. Returns report.json's content and the test result."""
     best = ckpt.index()["best"]
-    final_model = accelerator.unwrap_model(loop.model)
     if best:
-        load_weights(final_model, ckpt.path(best))
+        load_weights(model, ckpt.path(best))
     started = time.perf_counter()
-    val, val_loss = infer("validation", tune=True)  # the best checkpoint's own thresholds
+    val, val_loss = _infer(s, p, model, "validation", tune=True)
     seconds = time.perf_counter() - started
-    test, test_loss = infer("test")
+    test, test_loss = _infer(s, p, model, "test")
     n_val = len(p.data.splits["validation"])
     report = {
         "task": p.task.name,
         "status": "completed",
         "validation": {"loss": val_loss, **val.metrics},
         "test": {"loss": test_loss, **test.metrics},
-        "train": _train_summary(state, precision, accelerator, final_model, cfg, metric),
+        "train": _train_summary(loop.state, s, model, facts, loop.metric),
         # the final validation pass, batched as eval.batch_size (generation included where the task generates);
         # every evaluation runs in fp32 whatever train.precision is (see evaluation/inference.py)
-        "inference": {"split": "validation", "examples": n_val, "batch_size": cfg.eval.batch_size,
-                      "precision": inference.PRECISION, "device": str(accelerator.device),
+        "inference": {"split": "validation", "examples": n_val, "batch_size": s.cfg.eval.batch_size,
+                      "precision": inference.PRECISION, "device": str(s.accelerator.device),
                       "seconds": round(seconds, 3),
                       "ms_per_example": round(1000 * seconds / max(n_val, 1), 3)},
-        "model": cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
+        "model": s.cfg.model.name or f"{DEFAULT_MODEL} (embedded: {p.model_name})",
     }
     collapsed = [w for split, r in (("validation", val), ("test", test)) if p.task.generates
                  for w in [collapse_warning(split, r.predictions)] if w]
     if collapsed:
         report["warnings"] = collapsed
-    if accelerator.is_main_process:
-        _finish_run_folder(run_dir, p, report, test, final_model, metric)
-    accelerator.wait_for_everyone()
-    return Run(run_dir, report)
+    return report, test
 
 
-def _train_summary(state: Any, precision: str, accelerator: Any, model: torch.nn.Module, cfg: RunConfig,
-                   metric: str) -> dict[str, Any]:
+def _train_summary(state: Any, s: _Setup, model: torch.nn.Module, facts: ModelFacts, metric: str) -> dict[str, Any]:
     """report.json's train section: what the loop did and on what."""
+    accelerator = s.accelerator
     return {"steps": state.step, "epochs_completed": state.epoch, "samples": state.samples,
             "train_runtime_s": round(state.train_seconds, 3),
             "train_samples_per_second": state.samples_per_second,
@@ -383,15 +424,15 @@ def _train_summary(state: Any, precision: str, accelerator: Any, model: torch.nn
             else "all steps (the run was too short for a steady-state figure)",
             "best_step": state.best_step, "metric": metric, "best_metric": state.best_metric,
             "nonfinite_steps": state.nonfinite_steps,
-            "precision": precision, "processes": accelerator.num_processes,
+            "precision": s.precision, "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             # what the task's load_model switched on (model.padding_free, the fast BERT forward)
-            "speed_paths": dict(getattr(model, "tunesmith_speed_paths", {})),
+            "speed_paths": dict(facts.speed_paths),
             "peak_rss_mb": round(_peak_rss_mb(), 1),  # the process's peak, whatever else it ran
             **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
                if accelerator.device.type == "cuda" else {}),
             "parameters": parameter_counts(model),
-            "lora": cfg.model.lora.model_dump() if cfg.model.lora else None,
+            "lora": facts.lora,
             "loop_state": asdict(state)}
 
 
@@ -406,26 +447,15 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
                        prediction_rows(p.task, p.data.splits["test"], test.predictions))
     atomic_write_json(run_dir / "report.json", report)
 
-    test_metrics = report["test"]
-    extras = [("plots/learning_curves.png", lambda path: plot_learning_curves(
-        read_jsonl(run_dir / "metrics.jsonl"), metric, path))]
-    if test_metrics.get("confusion_matrix"):
-        cm = test_metrics["confusion_matrix"]
-        extras += [("confusion_matrix.json", lambda path: atomic_write_json(path, cm)),
-                   ("plots/confusion_matrix.png", lambda path: plot_confusion_matrix(cm["matrix"], cm["labels"],
-                                                                                     path))]
-    if test_metrics.get("top_confusions"):
-        extras.append(("plots/top_confusions.png",
-                       lambda path: plot_top_confusions(test_metrics["top_confusions"], path)))
-    if test_metrics.get("pr_curve"):
-        extras.append(("plots/precision_recall.png", lambda path: plot_precision_recall(test_metrics, path)))
+    extras = [Artifact("plots/learning_curves.png", lambda path: plot_learning_curves(
+        read_jsonl(run_dir / "metrics.jsonl"), metric, path)), *p.task.report_artifacts(report["test"])]
     console = Console()
     unwritten = []
-    for rel, write in extras:
+    for extra in extras:
         try:
-            write(run_dir / rel)
+            extra.write(run_dir / extra.name)
         except Exception as e:  # noqa: BLE001 - an optional artefact never fails a finished run
-            unwritten.append(f"{rel} was not written: {type(e).__name__}: {e}")
+            unwritten.append(f"{extra.name} was not written: {type(e).__name__}: {e}")
     if unwritten:
         report["warnings"] = [*report.get("warnings", []), *unwritten]
         atomic_write_json(run_dir / "report.json", report)

@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 
 from ..io import atomic_dir, hash_files, json_text, mismatched_files
-from .prepare import Table
+from ..types import Table
 
 CACHE_VERSION = 4  # 2: manifest with row count and file hashes; tokenizer state without truncation/padding;
 # 3: role-based tables, features carry their example id; 4: the manifest counts examples and features apart

@@ -12,50 +12,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..types import Role, Table
 from .readers import DELIMITED, LANG, Record, detect_format, first_row_looks_like_data, is_missing, read_file, read_hub
-
-if TYPE_CHECKING:
-    from ..tasks.base import Role
 
 SPLITS = ("train", "validation", "test")
 LEGACY_COLUMNS = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column"}
-
-
-@dataclass
-class Table:
-    """One split as parallel columns, one per role; `file` and `line` point every row back to its source."""
-
-    columns: dict[str, list]
-    file: list[str]
-    line: list[int]
-    column_of: dict[str, str] = field(default_factory=dict)  # role -> the file's column, for messages
-    token_lines: bool = False  # rows of a CoNLL file: token k of row i is on line line[i] + k
-
-    def __len__(self) -> int:
-        return len(self.file)
-
-    def __getitem__(self, role: str) -> list:
-        return self.columns[role]
-
-    def __contains__(self, role: str) -> bool:
-        return role in self.columns
-
-    def get(self, role: str) -> list | None:
-        return self.columns.get(role)
-
-    def take(self, idx: list[int] | np.ndarray) -> "Table":
-        pick = lambda col: [col[i] for i in idx]  # noqa: E731
-        return Table({k: pick(v) for k, v in self.columns.items()}, pick(self.file), pick(self.line), self.column_of,
-                     self.token_lines)
-
-    def where(self, i: int) -> dict:
-        return {"file": self.file[i], "line": self.line[i]}
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..console import printable
-from .prepare import LoadedData, Table, input_keys
+from ..types import Table
+from .prepare import LoadedData, input_keys
 
 MAX_EXAMPLES = 5
 
@@ -46,8 +47,9 @@ def _leakage(a_name: str, a: Table, a_keys: list, b_name: str, b: Table, b_keys:
     }
 
 
-def _lengths(features: Any, max_length: int, windowed: bool, column: str = "n_tokens") -> dict[str, Any]:
-    """Token counts per example (a windowed example's features all carry its whole count)."""
+def token_length_stats(features: Any, max_length: int, windowed: bool, column: str = "n_tokens") -> dict[str, Any]:
+    """Token counts per example (a windowed example's features all carry its whole count) from the features'
+    `column`, and how many exceed `max_length` (cut, or split into windows)."""
     example = np.asarray(features["example"])
     first = np.unique(example, return_index=True)[1]
     n_tokens = np.asarray(features[column])[first]
@@ -69,6 +71,7 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
     windowed = task.long_inputs == "window"
     report: dict[str, Any] = {
         "task": task.name,
+        "headline": task.headline(),
         **task.summary(),
         "columns": data.columns,
         "splits": {s: {"rows": len(t), "source": t.file[0] if len(t) else None,
@@ -77,20 +80,16 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
                    for s, t in data.splits.items()},
         "label_distribution": {s: task.describe(t) for s, t in data.splits.items()},
         "max_length": max_length,
-        "token_lengths": {s: _lengths(features[s], max_length, windowed) for s in data.splits},
+        "token_lengths": {s: token_length_stats(features[s], max_length, windowed) for s in data.splits},
         "duplicates": {s: _duplicates(t, keys[s], inputs, targets) for s, t in data.splits.items()},
         "leakage": {},
         "missing": {"policy": on_missing, "per_split": data.missing, "dropped_rows": len(data.dropped)},
         "untrainable": data.untrainable,  # split -> examples dropped for training nothing, and why
-        "notes": task.notes() if hasattr(task, "notes") else [],  # choices the task made from the data
+        "notes": task.notes(),  # choices the task made from the data
         "warnings": [],
     }
-    # generative tasks cut targets too (features then carry n_target_tokens)
-    targets_cut = {s: _lengths(f, task.target_max_length, False, "n_target_tokens") for s, f in features.items()
-                   if "n_target_tokens" in f.column_names}
-    if targets_cut:
-        report["target_max_length"] = task.target_max_length
-        report["target_token_lengths"] = targets_cut
+    extra, task_warnings = task.data_report(features, report["token_lengths"], max_length)
+    report.update(extra)
     names = list(data.splits)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -100,23 +99,7 @@ def build_report(data: LoadedData, task: Any, features: dict[str, Any], max_leng
         if leak["rows"]:
             w.append(f"{leak['rows']} texts appear in both {pair.replace('-', ' and ')}: "
                      "held-out scores will be optimistic")
-    long_text = getattr(getattr(task, "opts", None), "long_text", None)
-    for s, lens in report["token_lengths"].items():
-        if long_text is not None:  # a task with long-text strategies recommends one beyond 10%
-            if lens.get("truncated_pct", 0) > 10:
-                lost, other = ("their end", "chunks (every token is read, slower) or head_tail (keeps the end "
-                               "too, same cost)") if long_text == "truncate" else \
-                    ("their middle", "chunks (every token is read, slower)")
-                w.append(f"{lens['truncated_pct']}% of {s} texts ({lens['truncated']}) exceed model.max_length="
-                         f"{max_length} and lose {lost} (task.long_text: {long_text}); consider task.long_text: "
-                         f"{other}, or a larger max_length")
-        elif lens.get("truncated_pct", 0) > 5:
-            w.append(f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are truncated; "
-                     "consider a larger max_length")
-    for s, lens in targets_cut.items():
-        if lens["truncated_pct"] > 5:
-            w.append(f"{lens['truncated_pct']}% of {s} targets exceed task.max_target_length="
-                     f"{task.target_max_length} and are truncated in training")
+    w += task_warnings
     for s, d in report["duplicates"].items():
         if d["groups_with_conflicting_labels"]:
             w.append(f"{d['groups_with_conflicting_labels']} duplicated texts in {s} carry different labels")
@@ -148,9 +131,7 @@ def print_report(report: dict[str, Any], console: Any = None, dropped_rows_file:
 
     console = console or Console()
     say = lambda text: console.print(text, soft_wrap=True, highlight=False)  # noqa: E731  never cut, never fold
-    kind = ", ".join([report["task"]] + ([report["problem_type"]] if "problem_type" in report else [])
-                     + ([f"{len(report['labels'])} labels"] if "labels" in report else []))
-    say(f"[bold]Data report ({escape(kind)})[/bold]")
+    say(f"[bold]Data report ({escape(report.get('headline', report['task']))})[/bold]")
     for note in report.get("notes", []):
         say(f"note: {escape(printable(note))}")
     for s, info in report["splits"].items():

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..tasks.base import EvalResult, Task
+from ..tasks.base import Task
+from ..types import EvalResult
 from ..training.batching import eval_plan
 
 PRECISION = "fp32"  # what every evaluation runs in; report.json's inference.precision says so
@@ -68,7 +69,7 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
     with full_precision(model, device):
         for b in batches:
             batch = task.collate(features.__getitems__(b.tolist()), pad_to_multiple_of).to(device)
-            loss, outputs = task.forward(model, batch, predict=predict)
+            loss, outputs = task.forward(model, batch, "predict" if predict else "loss")
             evaluator.add(batch, outputs)
             if loss is not None:
                 loss_sum += float(loss)

@@ -10,7 +10,7 @@ from typing import Any
 from ..console import printable
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
+def figure(figsize: tuple[float, float]) -> Any:
     """A matplotlib Figure drawn without pyplot: no backend switch, no global figure list, so a
     notebook user's plotting is left as it was."""
     from matplotlib.figure import Figure
@@ -18,7 +18,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize)
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -29,7 +29,7 @@ def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
     """Train and validation loss, and the selection metric, against optimizer steps."""
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    fig = _figure((11, 4))
+    fig = figure((11, 4))
     (ax1, ax2) = fig.subplots(1, 2)
     if train:
         ax1.plot(*zip(*train), label="train loss", alpha=0.8)
@@ -39,53 +39,7 @@ def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
     ax2.set_xlabel("step"), ax2.set_ylabel(f"validation {metric}"), ax2.grid(alpha=0.3)
     ax2.set_title(f"validation {metric}")
-    _save(fig, path)
-
-
-def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> None:
-    n = len(labels)
-    fig = _figure((max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
-    ax = fig.subplots()
-    im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("confusion matrix (test)")
-    peak = max(max(r) for r in matrix) or 1
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, matrix[i][j], ha="center", va="center",
-                        color="white" if matrix[i][j] > peak / 2 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax)
-    _save(fig, path)
-
-
-def plot_top_confusions(confusions: list[dict], path: Path) -> None:
-    """The most frequent (true -> predicted) errors as bars: readable for any number of labels."""
-    n = len(confusions)
-    fig = _figure((8, max(2.5, 0.28 * n + 1)))
-    ax = fig.subplots()
-    names = [f"{c['true']} -> {c['predicted']}" for c in confusions]
-    ax.barh(range(n), [c["count"] for c in confusions], color="tab:red")
-    ax.set_yticks(range(n), names, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("test rows"), ax.set_title(f"most frequent confusions (test, top {n})")
-    _save(fig, path)
-
-
-def plot_precision_recall(metrics: dict[str, Any], path: Path) -> None:
-    """A binary task's precision-recall curve on test, with the operating point of its threshold."""
-    curve = metrics["pr_curve"]
-    fig = _figure((5.5, 4.5))
-    ax = fig.subplots()
-    ax.step(curve["recall"], curve["precision"], where="post", color="tab:blue",
-            label=f"AP {metrics.get('average_precision', float('nan')):.3f}")
-    ax.plot([metrics["recall"]], [metrics["precision"]], "o", color="tab:red",
-            label=f"threshold {metrics['threshold']:.3g}: F1 {metrics['f1']:.3f}")
-    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_xlim(0, 1.02), ax.set_ylim(0, 1.02)
-    ax.set_title(f"precision-recall, positive class {printable(str(metrics['positive_label']))} (test)")
-    ax.legend(loc="lower left"), ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 PER_CLASS_SHOWN = 20  # per-class rows printed; report.json (or `evaluate -o`) holds them all
@@ -100,12 +54,12 @@ def metric_lines(title: str, metrics: dict[str, Any], rest_in: str = "report.jso
         out.append(f"{printable(title)}: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
                                                        for k, v in scalars.items()))
     about = metrics.get("macro_average")
-    if about:
-        out.append(f"    macro_f1 over {about['labels']} of {about['of']} labels ({about['over']})")
+    if about:  # which labels a macro average is over (those in the split, or all)
+        out.append(f"    {about['metric']} over {about['labels']} of {about['of']} labels ({about['over']})")
     per_class = list((metrics.get("per_class") or {}).items())
-    for name, pc in per_class[:PER_CLASS_SHOWN]:  # label names come from users' data
-        out.append(f"    {printable(name):>20}: precision={pc['precision']:.3f} recall={pc['recall']:.3f} "
-                   f"f1={pc['f1']:.3f} support={pc['support']}")
+    for name, row in per_class[:PER_CLASS_SHOWN]:  # label names come from users' data
+        out.append(f"    {printable(name):>20}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                       for k, v in row.items()))
     if len(per_class) > PER_CLASS_SHOWN:
         out.append(f"    (and {len(per_class) - PER_CLASS_SHOWN} more: {printable(rest_in)})")
     return out
@@ -151,7 +105,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool, path: Path) -> None:
     """Each completed trial's validation score in trial order, and the best so far."""
     done = sorted((r["trial"], r[metric]) for r in rows if r["state"] == "completed")
-    fig = _figure((7, 4))
+    fig = figure((7, 4))
     ax = fig.subplots()
     if done:
         xs, ys = zip(*done)
@@ -163,23 +117,23 @@ def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool,
     if pruned:
         ax.set_title(f"{len(done)} completed, {len(pruned)} pruned")
     ax.set_xlabel("trial"), ax.set_ylabel(f"validation {metric}"), ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_param_importances(importances: dict[str, float], metric: str, path: Path) -> None:
     """Optuna's importance of each searched key for the validation score (its default evaluator), largest on top."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = _figure((7, max(2.5, 0.5 * len(items) + 1.2)))
+    fig = figure((7, max(2.5, 0.5 * len(items) + 1.2)))
     ax = fig.subplots()
     ax.barh([printable(k) for k, _ in items], [v for _, v in items], color="tab:blue")
     ax.set_xlabel(f"importance for validation {metric}"), ax.grid(alpha=0.3, axis="x")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_score_vs_latency(rows: list[dict[str, Any]], metric: str, label_key: str, path: Path) -> None:
     """Model selection at a glance: validation score against inference time per example."""
     done = [r for r in rows if r["state"] == "completed" and r.get("ms_per_example") is not None]
-    fig = _figure((7, 4.5))
+    fig = figure((7, 4.5))
     ax = fig.subplots()
     for r in done:
         ax.scatter(r["ms_per_example"], r[metric], color="tab:blue")
@@ -187,4 +141,4 @@ def plot_score_vs_latency(rows: list[dict[str, Any]], metric: str, label_key: st
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("ms per example (validation, batched)"), ax.set_ylabel(f"validation {metric}")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

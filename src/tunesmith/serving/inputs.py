@@ -18,10 +18,10 @@ from ..config import DataConfig, RunConfig
 from ..data.prepare import configured_columns
 from ..data.readers import DELIMITED, EXTENSIONS, Record, iter_records
 from ..errors import ConfigError, DataError, ModelError
-from ..io import nearest_existing
-from ..tasks.base import Role, Task, get_task
+from ..io import STATE_FILE, nearest_existing
+from ..tasks.base import Task, get_task
+from ..types import Role
 
-STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
 FORMATS = {**EXTENSIONS, ".txt": "txt", ".text": "txt"}  # a prediction input's format by its extension
 FORMAT_NAMES = sorted(set(FORMATS.values()))
 CHUNK_ROWS = 4096  # records read, predicted and written at a time: memory does not grow with the file
@@ -256,3 +256,31 @@ def check_writable(output: Path) -> None:
         raise ConfigError(f"cannot write predictions to {output}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write predictions to {output}: the folder {parent} is not writable")
+
+
+def check_decoding(task: Task, name: str | None, value: Any, given: str) -> None:
+    """A decoding option for predictions (`given`: how the user wrote it, for the message): one of the task's
+    declared `decoding` options, with a value its options schema accepts; else a ConfigError."""
+    from pydantic import ValidationError
+
+    if name not in task.decoding:
+        there = (f"its decoding options are {', '.join(f'task.{k}' for k in task.decoding)}" if task.decoding
+                 else "it does not generate text, so it has none")
+        raise ConfigError(f"{given}: not a decoding option of the {task.name} task; {there}")
+    try:
+        type(task).Options.__pydantic_validator__.validate_assignment(task.opts.model_copy(), name, value)
+    except ValidationError as e:
+        raise ConfigError(f"{given}: {e.errors()[0]['msg']}") from None
+
+
+def decoding_options(task: Task, items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`task.num_beams=4` items, parsed as the config's overrides are -> {"num_beams": 4}, each checked."""
+    from ..config import parse_override
+
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item, flag)
+        name = keys[1] if len(keys) == 2 and keys[0] == "task" else None
+        check_decoding(task, name, value, f"{flag} {item}")
+        out[name] = value
+    return out

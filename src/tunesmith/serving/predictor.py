@@ -16,19 +16,16 @@ import torch
 
 from ..config import RunConfig
 from ..console import quiet_libraries
-from ..data.prepare import Table, check_kind, load_splits
+from ..data.prepare import check_kind, load_splits
 from ..data.readers import is_missing
 from ..errors import ConfigError, DataError, ModelError
 from ..evaluation.inference import PRECISION, evaluate_split
-from ..io import atomic_writer, json_text, mismatched_files
+from ..io import STATE_FILE, atomic_writer, json_text, mismatched_files
 from ..models import check_no_remote_code
-from ..tasks.base import Role, Task
-from .inputs import (CHUNK_ROWS, STATE_FILE, PredictInput, check_writable, input_roles, read_run_state,
+from ..tasks.base import Task
+from ..types import Role, Table
+from .inputs import (CHUNK_ROWS, PredictInput, check_decoding, check_writable, input_roles, read_run_state,
                      string_role)
-
-
-_DECODING = ("max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "length_penalty",
-             "no_repeat_ngram_size")
 
 
 class Predictor:
@@ -62,17 +59,13 @@ class Predictor:
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
         return cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
 
-    def set_generation(self, **options: Any) -> None:
-        """Decoding options for the predictions that follow (max_new_tokens, do_sample, temperature, top_p,
-        num_beams), over the run's task options; a task that does not generate text refuses them."""
-        if not self.task.generates:
-            raise ConfigError(f"{self.task.name} does not generate text: decoding options do not apply")
-        allowed = type(self.task).Options.model_fields
-        unknown = [k for k in options if k not in allowed]
-        if unknown:
-            raise ConfigError(f"{self.task.name} has no decoding option {unknown[0]} "
-                              f"(it has {', '.join(k for k in allowed if k in _DECODING)})")
-        self.task.generation = {**self.task.generation, **options}
+    def set_decoding(self, **options: Any) -> None:
+        """Decoding options (the task's `decoding`, e.g. num_beams=4) for the predictions that follow, over the
+        run's own; an option the task does not declare, or a value its schema refuses, is a ConfigError."""
+        for name, value in options.items():
+            check_decoding(self.task, name, value, f"{name}={value!r}")
+        for name, value in options.items():
+            setattr(self.task.opts, name, value)
 
     def _string_role(self) -> Role:
         """The role a bare string fills (`inputs.string_role`); a task that reads several needs records."""

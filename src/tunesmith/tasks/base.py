@@ -1,8 +1,9 @@
 """The task interface: what a task family supplies to the one training loop, evaluation and prediction.
 
 A task is one module in this package (or an entry point in the `tunesmith.tasks` group) holding one
-class decorated with `@register_task`. The loop, evaluation and the predictor only ever talk to a task
-through `Task` below, so adding a task touches no shared file.
+subclass of `Task` decorated with `@register_task`. Shared code (the recipe, data report, evaluation,
+serving, the CLI, search) only ever asks a task's declaration below, never its name, so adding a task
+touches no shared file. `register_task` checks the declaration when the module is imported.
 
 The shape of the data as it flows:
 
@@ -17,245 +18,236 @@ config is validated, which must stay fast (`tunesmith train` checks a config bef
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-import pkgutil
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+import inspect
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from .. import registry
+from ..errors import ConfigError
+from ..types import Artifact, Batch, EvalResult, Evaluator, ModelFacts, Role, Table, TaskOptions
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
     import torch
 
     from ..config import RunConfig
-    from ..data.prepare import Table
 
-RoleKind = Literal["string", "strings", "ints", "mapping", "any"]
+__all__ = ["Artifact", "Batch", "EvalResult", "Evaluator", "Mode", "ModelFacts", "Role", "Table", "Task",
+           "TaskOptions", "get_task", "register_task", "task_class", "task_names"]
 
-
-@dataclass(frozen=True)
-class Role:
-    """One input or target a task reads from each data row.
-
-    `kind` is checked when the file is read (a "strings" role holding a string is an error naming the
-    row); values reach the task unchanged otherwise. `columns` are the column names tried, in order,
-    when `data.columns` does not map the role. A `target` role is gold data: needed to train and
-    evaluate, not to predict. A `bare` role is the one a plain string given to `predict` fills (needed
-    only where several text roles are optional). A `may_be_empty` text keeps an empty value ("") instead of
-    going through data.on_missing (Alpaca's input is empty for most instructions). A `numbered` role that a
-    file lacks may be spread over numbered columns (summary1, summary2, ...), read as one list (several
-    references per example).
-    """
-
-    name: str
-    kind: RoleKind
-    required: bool = True
-    target: bool = False
-    columns: tuple[str, ...] = ()
-    doc: str = ""
-    bare: bool = False
-    may_be_empty: bool = False
-    numbered: bool = False
-
-    @property
-    def candidates(self) -> tuple[str, ...]:
-        return self.columns or (self.name,)
+#: how `Task.forward` is called: "train" (a training step: the loss only, training-time regularisation on),
+#: "loss" (an evaluation that needs the loss only), "predict" (an evaluation that needs the outputs too)
+Mode = Literal["train", "loss", "predict"]
+LONG_INPUTS = ("truncate", "window")
+TRUNCATED_WARN_PCT = 5  # share of a split's inputs cut by model.max_length above which the data report warns
 
 
-class TaskOptions(BaseModel):
-    """Base of every task's options section (`task:` in the config, beside `type`)."""
+class Task(ABC):
+    """One task family. Class attributes are its declaration, read by shared code without an instance."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
-
-
-@dataclass
-class Batch:
-    """A collated batch. Only `inputs` reach the model; `targets` feed the loss; `meta` (example ids,
-    offsets, ...) stays on the CPU for the evaluator and never reaches the model."""
-
-    inputs: dict[str, "torch.Tensor"]
-    targets: dict[str, "torch.Tensor"] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to(self, device: Any, non_blocking: bool = False) -> "Batch":
-        move = lambda d: {k: v.to(device, non_blocking=non_blocking) for k, v in d.items()}  # noqa: E731
-        return Batch(move(self.inputs), move(self.targets), self.meta)
-
-    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
-        pin = lambda d: {k: v.pin_memory() for k, v in d.items()}  # noqa: E731
-        return Batch(pin(self.inputs), pin(self.targets), self.meta)
-
-
-@dataclass
-class EvalResult:
-    """`metrics`: scalars (those in `Task.metrics` among them) plus tables such as per-class scores.
-    `predictions`: one task-shaped record per example, in example order."""
-
-    metrics: dict[str, Any]
-    predictions: list[dict]
-
-
-class Evaluator(Protocol):
-    """Streams one split: keeps only what its metrics and predictions need (not whole logit matrices)."""
-
-    def add(self, batch: Batch, outputs: Any) -> None:
-        """Take one batch's outputs (from `Task.forward`) and its metadata."""
-
-    def merge(self, other: "Evaluator") -> None:
-        """Absorb another process's evaluator of the same split (multi-process evaluation)."""
-
-    def result(self, tune: bool = False) -> EvalResult:
-        """Metrics (empty without gold) and one prediction per example. `tune`: fit decision settings
-        on this split (a multi-label threshold, a no-answer threshold) and keep them in the task state."""
-
-
-class Task(Protocol):
     name: ClassVar[str]
-    aliases: ClassVar[tuple[str, ...]]
-    Options: ClassVar[type[TaskOptions]]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
     #: "truncate": inputs longer than model.max_length lose tokens; "window": they are split into
     #: overlapping windows and merged back (nothing lost). The data report words its length table by it.
-    long_inputs: ClassVar[str]
+    long_inputs: ClassVar[str] = "truncate"
     #: True when outputs come from generation (slow): evaluations during training skip it when eval.metric is
     #: "loss" or one of `loss_metrics` (metrics computed from the loss alone, such as perplexity)
-    generates: ClassVar[bool]
-    loss_metrics: ClassVar[tuple[str, ...]]
+    generates: ClassVar[bool] = False
+    loss_metrics: ClassVar[tuple[str, ...]] = ()
     #: names of the head modules its models add (trained in full under LoRA): ("classifier", "score"), ...
-    head_modules: ClassVar[tuple[str, ...]]
-    #: the LABEL_TRAIN_OPTIONS keys it implements (optional; none by default)
-    train_options: ClassVar[tuple[str, ...]]
+    head_modules: ClassVar[tuple[str, ...]] = ()
+    #: the Options fields that only steer decoding: set per prediction (`predict --set task.num_beams=4`,
+    #: `Predictor.set_decoding`) over what the run was trained with
+    decoding: ClassVar[tuple[str, ...]] = ()
+    #: config keys that used to live elsewhere -> the option they are now (`{"train.loss": "loss"}`): a config
+    #: that still sets them keeps working, with a note naming the new key
+    moved_keys: ClassVar[dict[str, str]] = {}
+    #: names of the logs an evaluation returns in `EvalResult.logs` (the run appends each to `<name>.jsonl`)
+    eval_logs: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None: ...
+    def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
+        self.cfg = cfg
+        self.opts = self.Options.model_validate(cfg.task.options)
 
-    def roles(self) -> list[Role]:
-        """The roles this task reads (may depend on its options)."""
-
-    # ---- data
-    def fit(self, splits: dict[str, "Table"]) -> None:
-        """Learn what the training split fixes (label set, tag scheme) and check + encode every split;
-        bad rows raise DataError naming file, line and column."""
-
-    def encode(self, split: str, table: "Table") -> None:
-        """Check and encode a later labelled table (e.g. `tunesmith evaluate`) against the fitted state."""
-
-    def stratify_keys(self, table: "Table") -> list | None:
-        """Keys to stratify made splits by, or None."""
-
-    def describe(self, table: "Table") -> dict[str, Any]:
-        """The split's target statistics for the data report (label or entity counts, invalid tags)."""
-
-    def summary(self) -> dict[str, Any]:
-        """What the task learned, for label_map.json and the data report (labels, problem type, ...)."""
-
-    def gold(self, table: "Table", i: int) -> Any:
-        """Row i's gold answer in the user's terms, for predictions/test.jsonl."""
-
-    # ---- tokens
-    def preprocess(self, table: "Table", tokenizer: Any) -> "datasets.Dataset":
-        """Features: one row per model input, with int columns `example` (row of `table`), `length`
-        (tokens) and `n_tokens` (the whole example's token count, before truncation or windows)."""
-
-    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch: ...
-
-    def cache_key(self) -> dict:
-        """Everything besides the table and the tokenizer that changes `preprocess` output."""
-
-    # ---- model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module": ...
-
-    def count_items(self, batch: Batch) -> int:
-        """The number of loss terms in the batch (examples, labelled tokens): the loop normalises by it."""
-
-    def forward(self, model: "torch.nn.Module", batch: Batch,
-                predict: bool = True) -> tuple["torch.Tensor | None", Any]:
-        """One forward pass: (loss summed over the batch's items, or None without targets; outputs for
-        the evaluator). `predict` False: only the loss is used (training steps, loss-only evaluations),
-        so a task whose outputs cost extra work (generation) may skip it."""
-
-    # ---- evaluation and prediction
+    # ---- declaration that depends on the fitted state
     @property
+    @abstractmethod
     def metrics(self) -> dict[str, bool]:
         """Scalar metrics eval.metric may select -> whether higher is better ("loss" is added by the run)."""
 
     @property
-    def default_metric(self) -> str: ...
+    def default_metric(self) -> str:
+        return next(iter(self.metrics))
 
-    def evaluator(self, table: "Table") -> Evaluator:
+    def selected_metric(self, name: str | None, key: str = "eval.metric") -> tuple[str, bool]:
+        """(the metric `name`, default the task's own; whether higher is better): the one resolution that the
+        run and a search share. A metric the task does not compute is an error naming `key` and the choices."""
+        directions = {"loss": False, **self.metrics}
+        metric = name or self.default_metric
+        if metric not in directions:
+            raise ConfigError(f"{key} '{metric}' is not computed for the {self.name} task; "
+                              f"choose one of {', '.join(directions)}")
+        return metric, directions[metric]
+
+    @abstractmethod
+    def roles(self) -> list[Role]:
+        """The roles this task reads (may depend on its options)."""
+
+    # ---- data
+    @abstractmethod
+    def fit(self, splits: dict[str, Table]) -> None:
+        """Learn what the training split fixes (label set, tag scheme) and check + encode every split;
+        bad rows raise DataError naming file, line and column."""
+
+    @abstractmethod
+    def encode(self, split: str, table: Table) -> None:
+        """Check and encode a later labelled table (e.g. `tunesmith evaluate`) against the fitted state."""
+
+    def stratify_keys(self, table: Table) -> list | None:
+        """Keys to stratify made splits by, or None."""
+        return None
+
+    def describe(self, table: Table) -> dict[str, Any]:
+        """The split's target statistics for the data report (label or entity counts, invalid tags)."""
+        return {}
+
+    def headline(self) -> str:
+        """What the data report's heading says the task is: its name, and how many labels it learned."""
+        labels = self.summary().get("labels")
+        return ", ".join([self.name, *([f"{len(labels)} labels"] if labels else [])])
+
+    def notes(self) -> list[str]:
+        """Choices the task made from the data, for the data report (e.g. why SQuAD v2 was chosen)."""
+        return []
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """What the task learned, for label_map.json and the data report (labels, problem type, ...)."""
+
+    @abstractmethod
+    def gold(self, table: Table, i: int) -> Any:
+        """Row i's gold answer in the user's terms, for predictions/test.jsonl."""
+
+    # ---- tokens
+    @abstractmethod
+    def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
+        """Features: one row per model input, with int columns `example` (row of `table`), `length`
+        (tokens) and `n_tokens` (the whole example's token count, before truncation or windows)."""
+
+    @abstractmethod
+    def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch: ...
+
+    def cache_key(self) -> dict:
+        """Everything besides the table and the tokenizer that changes `preprocess` output."""
+        return {}
+
+    def untrainable(self, features: "datasets.Dataset") -> dict[int, str]:
+        """Examples (row of the table -> why) with nothing to train on: dropped and listed with the dropped rows."""
+        return {}
+
+    def data_report(self, features: dict[str, "datasets.Dataset"], token_lengths: dict[str, dict],
+                    max_length: int) -> tuple[dict[str, Any], list[str]]:
+        """What the task adds to the data report: (entries, warnings). `token_lengths`: each split's input
+        token statistics. By default, a warning for each split with many inputs cut by model.max_length."""
+        return {}, [f"{lens['truncated_pct']}% of {s} texts exceed model.max_length={max_length} and are "
+                    "truncated; consider a larger max_length"
+                    for s, lens in token_lengths.items() if lens.get("truncated_pct", 0) > TRUNCATED_WARN_PCT]
+
+    # ---- training
+    def training_features(self, features: "datasets.Dataset") -> "datasets.Dataset":
+        """The training split's features as trained on (e.g. only the first windows of each document);
+        evaluation always sees them all."""
+        return features
+
+    def sampling_classes(self, features: "datasets.Dataset") -> "np.ndarray | None":
+        """One class per training feature when training draws classes balanced (a task option), else None."""
+        return None
+
+    # ---- model
+    @abstractmethod
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
+        """The model with this task's head, and what loading it switched on (speed paths, new modules)."""
+
+    @abstractmethod
+    def count_items(self, batch: Batch) -> int:
+        """The number of loss terms in the batch (examples, labelled tokens): the loop normalises by it."""
+
+    @abstractmethod
+    def forward(self, model: "torch.nn.Module", batch: Batch, mode: Mode) -> tuple["torch.Tensor | None", Any]:
+        """One forward pass: (loss summed over the batch's items, or None without targets; outputs for
+        the evaluator). `mode` (see `Mode`): only "predict" uses the outputs, so a task whose outputs cost
+        extra work (generation) may skip them otherwise; only "train" applies training-time regularisation."""
+
+    # ---- evaluation and prediction
+    @abstractmethod
+    def evaluator(self, table: Table) -> Evaluator:
         """A fresh evaluator for `table` (encoded when it has gold, raw inputs when predicting)."""
 
+    def report_artifacts(self, metrics: dict[str, Any]) -> list[Artifact]:
+        """Files the run folder gets from the test split's metrics (plots, tables); none by default."""
+        return []
+
+    @abstractmethod
     def state(self) -> dict:
         """What prediction needs besides the weights, saved beside the model."""
-
-    # ---- optional hooks (looked up with getattr)
-    # training_features(features) -> features: the training split's features as trained on (e.g. only
-    #     the first windows of each document); evaluation always sees them all.
-    # sampling_labels(features) -> np.ndarray: one class per training feature, for train.sampler: balanced.
 
 
 # ---------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, type] = {}
-_DISCOVERED = False
-ENTRY_POINT_GROUP = "tunesmith.tasks"
+def _declaration_problems(cls: type) -> list[str]:
+    """What is wrong with a task class's declaration (empty when nothing is)."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        return [f"{getattr(cls, '__name__', cls)!r} is not a subclass of tunesmith.tasks.base.Task"]
+    problems = []
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        problems.append("`name` must be a non-empty string")
+    if not isinstance(cls.aliases, tuple) or not all(isinstance(a, str) and a for a in cls.aliases):
+        problems.append("`aliases` must be a tuple of names")
+    if not (isinstance(cls.Options, type) and issubclass(cls.Options, TaskOptions)):
+        problems.append("`Options` must be a subclass of TaskOptions")
+        return problems
+    fields = cls.Options.model_fields
+    if cls.long_inputs not in LONG_INPUTS:
+        problems.append(f"`long_inputs` must be one of {LONG_INPUTS}, not {cls.long_inputs!r}")
+    for attr in ("loss_metrics", "head_modules", "decoding", "eval_logs"):
+        value = getattr(cls, attr)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            problems.append(f"`{attr}` must be a tuple of strings")
+    problems += [f"`decoding` names {k!r}, which is not one of its Options" for k in cls.decoding if k not in fields]
+    problems += [f"`moved_keys` moves {old!r} to {new!r}, which is not one of its Options"
+                 for old, new in cls.moved_keys.items() if new not in fields]
+    problems += [f"`moved_keys` key {old!r} must be a dotted key such as 'train.loss'"
+                 for old in cls.moved_keys if old.count(".") != 1]
+    if cls.decoding and not cls.generates:
+        problems.append("`decoding` options are for a task that generates (`generates = True`)")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        problems.append(f"it does not implement {', '.join(missing)}")
+    for hook in ("forward",):
+        params = list(inspect.signature(getattr(cls, hook)).parameters)
+        if params[:4] != ["self", "model", "batch", "mode"]:
+            problems.append(f"`{hook}` must take (self, model, batch, mode), not ({', '.join(params)})")
+    return problems
 
 
 def register_task(cls: type) -> type:
-    """Class decorator: make a task available under its `name` and `aliases`."""
-    for key in (cls.name, *getattr(cls, "aliases", ())):
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"task name '{key}' is registered twice ({_REGISTRY[key].__name__}, {cls.__name__})")
-        _REGISTRY[key] = cls
+    """Class decorator: check the task's declaration, then make it available under its `name` and `aliases`.
+
+    A task module with a wrong declaration fails when it is imported, naming what to fix, instead of
+    failing inside a run."""
+    problems = _declaration_problems(cls)
+    if problems:
+        raise TypeError(f"task class {cls.__qualname__} cannot be registered: " + "; ".join(problems))
+    registry.add(cls, (cls.name, *cls.aliases))
     return cls
 
 
-def _discover() -> None:
-    """Import every module of this package and every entry point: registering is being there."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    from importlib.metadata import entry_points
-
-    from .. import tasks
-
-    for info in pkgutil.iter_modules(tasks.__path__):
-        importlib.import_module(f"{tasks.__name__}.{info.name}")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
-
-
-def task_names() -> list[str]:
-    """Canonical names of the registered tasks (aliases left out)."""
-    _discover()
-    return sorted({cls.name for cls in _REGISTRY.values()})
-
-
-def task_class(name: str) -> type:
-    """The registered task class for a name or alias; an unknown name is a ConfigError with did-you-mean."""
-    from ..errors import ConfigError
-
-    _discover()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
-        raise ConfigError(f"unknown task.type '{name}'." + (f" Did you mean '{close[0]}'?" if close else "")
-                          + f" Known tasks: {', '.join(task_names())}")
-    return _REGISTRY[name]
-
-
-#: train.* keys that change the loss or the sampling of labels, and their defaults: a task that does not
-#: list a key in its `train_options` refuses a non-default value rather than ignoring it
-LABEL_TRAIN_OPTIONS = {"class_weights": "none", "loss": "cross_entropy", "sampler": "uniform"}
+task_names = registry.task_names
+task_class = registry.task_class
 
 
 def get_task(cfg: "RunConfig", state: dict | None = None) -> Task:
-    from ..errors import ConfigError
-
-    cls = task_class(cfg.task.type)
-    for key, default in LABEL_TRAIN_OPTIONS.items():
-        if getattr(cfg.train, key) != default and key not in getattr(cls, "train_options", ()):
-            users = [n for n in task_names() if key in getattr(task_class(n), "train_options", ())]
-            raise ConfigError(f"train.{key}: {getattr(cfg.train, key)!r} is not supported by the {cls.name} task"
-                              + (f" (only by {', '.join(users)})" if users else ""))
-    return cls(cfg, state)
+    """The configured task, fresh (`state` None) or as saved beside a model."""
+    return task_class(cfg.task.type)(cfg, state)

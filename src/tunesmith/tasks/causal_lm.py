@@ -32,9 +32,11 @@ import numpy as np
 from pydantic import Field
 
 from ..console import printable
-from ..data.prepare import Table
+from ..collate import pad_inputs
 from ..errors import ConfigError, DataError
-from .base import Batch, EvalResult, Role, TaskOptions, register_task
+from ..models import bare_model
+from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -59,11 +61,7 @@ def takes_logits_to_keep(model: "torch.nn.Module") -> bool:
     do), so that a packed batch computes logits at its labelled positions only."""
     import inspect
 
-    from accelerate.utils import extract_model_from_parallel
-
-    inner = extract_model_from_parallel(model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in inspect.signature(bare_model(model).forward).parameters
 
 
 class CausalLMOptions(TaskOptions):
@@ -93,7 +91,7 @@ class CausalLMOptions(TaskOptions):
 
 
 @register_task
-class CausalLM:
+class CausalLM(Task):
     """Decoder-only language-model fine-tuning: corpus text, prompt/response, Alpaca or chat data."""
 
     name = "text-generation"
@@ -102,15 +100,15 @@ class CausalLM:
     long_inputs = "truncate"
     generates = True
     loss_metrics = ("perplexity",)
-    head_modules = ()
+    decoding = ("max_new_tokens", "do_sample", "temperature", "top_p")
+    eval_logs = ("samples",)
+    opts: CausalLMOptions
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
-        self.cfg = cfg
-        self.opts = CausalLMOptions.model_validate(cfg.task.options)
+        super().__init__(cfg, state)
         state = state or {}
         self.mode: str | None = state.get("mode")
         self.tokenizer: Any = None  # set by load_model: prompts are rendered and generations decoded with it
-        self.generation: dict[str, Any] = {}  # overrides of the task's decoding options (predict's command line)
 
     def roles(self) -> list[Role]:
         return [Role("prompt", "string", required=False, bare=True, columns=("prompt", "question", "query"),
@@ -344,8 +342,6 @@ class CausalLM:
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
 
-        from .classification import pad_inputs
-
         inputs = pad_inputs([{"input_ids": f["input_ids"]} for f in features], pad_to_multiple_of)
         meta: dict[str, Any] = {"example": np.array([f["example"] for f in features]),
                                 "prompt_len": np.array([f["prompt_len"] for f in features]), "n_labelled": 0}
@@ -366,7 +362,7 @@ class CausalLM:
                 "truncate_prompt": self.opts.truncate_prompt, "version": 2}
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..padding_free import enable
@@ -375,13 +371,11 @@ class CausalLM:
         hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        model.tunesmith_speed_paths = {"packing": enable(model, "on") if self.opts.packing
-                                       else "off (task.packing: false)"}
+        speed = {"packing": enable(model, "on") if self.opts.packing else "off (task.packing: false)"}
         if self.opts.packing:
-            model.tunesmith_speed_paths["logits"] = (
-                "labelled positions only (logits_to_keep)" if takes_logits_to_keep(model)
-                else f"every position ({type(model).__name__}.forward takes no logits_to_keep)")
-        return model
+            speed["logits"] = ("labelled positions only (logits_to_keep)" if takes_logits_to_keep(model)
+                               else f"every position ({type(model).__name__}.forward takes no logits_to_keep)")
+        return model, ModelFacts(speed_paths=speed)
 
     def count_items(self, batch: Batch) -> int:
         """Trained target tokens (response tokens and their EOS): loss_sum / count is the mean token loss."""
@@ -392,7 +386,7 @@ class CausalLM:
 
         gen = copy.deepcopy(model.generation_config)
         opts = {"max_new_tokens": self.opts.max_new_tokens, "do_sample": self.opts.do_sample,
-                "temperature": self.opts.temperature, "top_p": self.opts.top_p, **self.generation}
+                "temperature": self.opts.temperature, "top_p": self.opts.top_p}
         if not opts["do_sample"]:
             opts.update(temperature=None, top_p=None, top_k=None)
         tok = self.tokenizer
@@ -424,10 +418,11 @@ class CausalLM:
         return result
 
     def forward(self, model: "torch.nn.Module", batch: Batch,
-                predict: bool = True) -> tuple["torch.Tensor | None", dict[str, Any]]:
+                mode: Mode) -> tuple["torch.Tensor | None", dict[str, Any]]:
+        """Evaluations ("loss", "predict") keep each example's loss (perplexity records) and generate: every
+        prompt for "predict", the first task.sample_prompts for "loss" (the samples log)."""
         import torch
         import torch.nn.functional as F
-        from accelerate.utils import extract_model_from_parallel
 
         from ..padding_free import flat_call, is_enabled
 
@@ -456,17 +451,16 @@ class CausalLM:
                 rows = torch.arange(labels.shape[0], device=labels.device).repeat_interleave(labels.shape[1])
             token_loss = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="none")
             loss = token_loss.sum()
-            if not model.training:  # per example, for perplexity records
+            if mode != "train":  # per example, for perplexity records
                 b = labels.shape[0]
                 outputs["loss"] = torch.zeros(b, device=loss.device).index_add_(0, rows, token_loss).tolist()
                 outputs["count"] = torch.zeros(b, device=loss.device).index_add_(
                     0, rows, (target != -100).float()).tolist()
-        if not model.training and self.mode != "text":
-            inner = extract_model_from_parallel(model)
+        if mode != "train" and self.mode != "text":
             wanted = [r for r, ex in enumerate(batch.meta["example"])
-                      if predict or ex < self.opts.sample_prompts]
+                      if mode == "predict" or ex < self.opts.sample_prompts]
             if wanted:
-                outputs["generated"] = self._generate(inner, batch, wanted)
+                outputs["generated"] = self._generate(bare_model(model), batch, wanted)
         return loss, outputs
 
     # ------------------------------------------------------------------ evaluation
@@ -515,7 +509,7 @@ class CausalLMEvaluator:
     def result(self, tune: bool = False) -> EvalResult:
         import math
 
-        from ..evaluation import generation_metrics
+        from ..metrics import generation as generation_metrics
 
         t, task = self.table, self.task
         metrics: dict[str, Any] = {}
@@ -523,9 +517,9 @@ class CausalLMEvaluator:
         if total:
             metrics["perplexity"] = math.exp(sum(self.loss.values()) / total)
         if self.texts and len(self.texts) < len(t):  # a loss-only evaluation: only the sample prompts
-            metrics["samples"] = [{"example": i, "prompt": task._prompt(t, i, task.tokenizer),
-                                   "generated_text": s, "gold": task.gold(t, i)} for i, s in sorted(self.texts.items())]
-            return EvalResult(metrics, [])
+            samples = [{"example": i, "prompt": task._prompt(t, i, task.tokenizer), "generated_text": s,
+                        "gold": task.gold(t, i)} for i, s in sorted(self.texts.items())]
+            return EvalResult(metrics, [], logs={"samples": samples})
         if task.mode == "text" or not self.texts:
             records = [{"perplexity": math.exp(self.loss[i] / self.count[i]) if self.count.get(i) else None}
                        for i in range(len(t))] if self.count else []

@@ -4,15 +4,19 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Hashable, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..config import label_name
-from ..data.prepare import Table
+from ..collate import pad_inputs
+from ..console import printable
 from ..errors import ConfigError, DataError
-from .base import LABEL_TRAIN_OPTIONS, Batch, EvalResult, Role, TaskOptions, register_task
+from ..evaluation.report import figure, save_figure
+from ..tokens import truncate, windows
+from ..types import Artifact, Batch, EvalResult, ModelFacts, Role, Table, TaskOptions, label_name
+from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -22,92 +26,10 @@ if TYPE_CHECKING:
 
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")  # no leading zeros: "007" is an identifier
+#: options that change the loss or the sampling of labels: single-label classification only
+SINGLE_LABEL_OPTIONS = ("class_weights", "loss", "sampler")
 _HF_PROBLEM = {"single_label": "single_label_classification",
                "multi_label": "multi_label_classification", "regression": "regression"}
-
-
-def _content_runs(special: list[int]) -> list[list[int]]:
-    """Positions of each text's content tokens (the runs between special tokens)."""
-    runs: list[list[int]] = []
-    prev_special = True
-    for i, s in enumerate(special):
-        if not s:
-            if prev_special:
-                runs.append([])
-            runs[-1].append(i)
-        prev_special = bool(s)
-    return runs
-
-
-def truncate(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
-             strategy: str, head_tokens: int | None = None) -> tuple[list[int], list[int] | None]:
-    """Cut content tokens (never special ones) down to max_length.
-
-    Pairs lose tokens from the longer text first; `head_tail` keeps each cut text's first `head_tokens`
-    (default a quarter of its budget) and fills the rest of its budget from its end (Sun et al., 2019:
-    how to fine-tune BERT for long texts).
-    """
-    content_runs = _content_runs(special)
-    budget = max_length - (len(ids) - sum(len(r) for r in content_runs))
-    lens = _longest_first([len(r) for r in content_runs], budget)
-    keep = [i for i, s in enumerate(special) if s]
-    for run, n in zip(content_runs, lens):
-        if strategy == "head_tail" and n < len(run):
-            head = n // 4 if head_tokens is None else min(head_tokens, n)
-            keep += run[:head] + run[len(run) - (n - head):]
-        else:
-            keep += run[:n]
-    keep.sort()
-    return [ids[i] for i in keep], ([types[i] for i in keep] if types is not None else None)
-
-
-def windows(ids: list[int], special: list[int], types: list[int] | None, max_length: int,
-            stride: int) -> list[tuple[list[int], list[int] | None, int]]:
-    """A long text as windows of max_length tokens, each with the special tokens and any second text
-    whole: [(ids, token types, tokens of the first text it adds to the windows before it)].
-
-    Window k starts k * (size - stride) tokens into the first text, so consecutive windows share
-    `stride` tokens (at most half a window); the last one ends where the text ends (it may share more,
-    never fewer: every window is full). Together they hold every token of the first text. A text that
-    fits is one window. A pair whose second text leaves the first under a quarter of max_length is cut
-    instead (longer text first): windows that small would multiply the features and read little each.
-    """
-    runs = _content_runs(special)
-    first = runs[0] if runs else []
-    size = max_length - (len(ids) - len(first))
-    if len(ids) <= max_length or size < max_length // 4:
-        if len(ids) > max_length:
-            ids, types = truncate(ids, special, types, max_length, "head")
-        return [(ids, types, min(len(first), len(ids)))]
-    stride = min(stride, size // 2)
-    step = size - stride
-    in_first = set(first)
-    fixed = [i for i in range(len(ids)) if i not in in_first]
-    starts = list(range(0, len(first) - size, step)) + [len(first) - size]
-    out, seen = [], 0
-    for start in starts:
-        keep = sorted(fixed + first[start:start + size])
-        out.append(([ids[i] for i in keep], [types[i] for i in keep] if types is not None else None,
-                    start + size - seen))
-        seen = start + size
-    return out
-
-
-def _longest_first(lens: list[int], budget: int) -> list[int]:
-    """Lengths after cutting the longest text first: cap every text at the largest c that fits."""
-    if sum(lens) <= budget:
-        return lens
-    lo, hi = 0, max(lens)
-    while lo < hi:
-        c = (lo + hi + 1) // 2
-        lo, hi = (c, hi) if sum(min(n, c) for n in lens) <= budget else (lo, c - 1)
-    out = [min(n, lo) for n in lens]
-    spare = budget - sum(out)
-    for k, n in enumerate(lens):  # leftover tokens go to the earliest texts still cut
-        if spare and n > out[k]:
-            out[k] += 1
-            spare -= 1
-    return out
 
 
 class ClassificationOptions(TaskOptions):
@@ -144,6 +66,24 @@ class ClassificationOptions(TaskOptions):
     threshold_metric: Literal["f1", "macro_f1", "accuracy"] = "f1"
     """What a tuned threshold maximises: the positive class's F1 (binary) or micro-F1 (multi-label),
     macro-F1, or accuracy (subset accuracy for multi-label)."""
+    sampler: Literal["uniform", "balanced"] = "uniform"
+    """uniform: every training example once per epoch. balanced: each class gets the same share of every
+    epoch (rare classes oversampled, repeated; common ones drawn without repeats), for imbalanced labels.
+    Single-label only (formerly train.sampler)."""
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    """Weights of the classes in the loss: none; balanced (n / (classes x n_class), scikit-learn's
+    rule, from the training split); or {label: weight} (labels left out weigh 1). Single-label only
+    (formerly train.class_weights)."""
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    """focal: cross-entropy scaled by (1 - p_true)^focal_gamma, which down-weights easy examples (Lin et
+    al., 2017); class_weights apply to it too. Single-label only (formerly train.loss)."""
+    focal_gamma: float = Field(2.0, ge=0)
+    """The focal loss's gamma; 0 is plain cross-entropy (formerly train.focal_gamma)."""
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys(cls, v: Any) -> Any:
+        return {label_name(k): w for k, w in v.items()} if isinstance(v, dict) else v
 
     @field_validator("positive_label", mode="before")
     @classmethod
@@ -160,26 +100,32 @@ class ClassificationOptions(TaskOptions):
             old = raw.pop("truncation")
             if "long_text" in raw:
                 raise ValueError("task.truncation is the old name of task.long_text: set only long_text")
-            raw["long_text"] = {"head": "truncate"}.get(old, old)
+            raw["long_text"] = old
         return raw
+
+    @field_validator("long_text", mode="before")
+    @classmethod
+    def _old_head(cls, v: Any) -> Any:
+        """The old truncation value `head` is long_text's truncate."""
+        return "truncate" if v == "head" else v
 
 
 @register_task
-class TextClassification:
+class TextClassification(Task):
     """One label (or several, or a number) per text or text pair."""
 
     name = "text-classification"
     aliases = ("classification",)
     Options = ClassificationOptions
     long_inputs = "truncate"  # "window" for an instance with long_text: chunks
-    generates = False
-    loss_metrics = ()
     head_modules = ("classifier", "score")
-    train_options = ("class_weights", "loss", "sampler")
+    moved_keys = {"train.class_weights": "class_weights", "train.loss": "loss", "train.sampler": "sampler",
+                  "train.focal_gamma": "focal_gamma", "model.truncation": "long_text",
+                  "data.label_separator": "label_separator"}
+    opts: ClassificationOptions
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
-        self.cfg = cfg
-        self.opts = ClassificationOptions.model_validate(cfg.task.options)
+        super().__init__(cfg, state)
         self.long_inputs = "window" if self.opts.long_text == "chunks" else "truncate"
         state = state or {}
         self.problem_type: str = state.get("problem_type", self.opts.problem_type)
@@ -288,10 +234,11 @@ class TextClassification:
 
     def _check_label_options(self, train: Table) -> None:
         """The options that only some problem types have, refused where they would do nothing."""
-        tr = self.cfg.train
-        for key, default in LABEL_TRAIN_OPTIONS.items():
-            if getattr(tr, key) != default and self.problem_type != "single_label":
-                raise ConfigError(f"train.{key}: {getattr(tr, key)!r} needs single-label classification; this "
+        o = self.opts
+        for key in SINGLE_LABEL_OPTIONS:
+            value, default = getattr(o, key), ClassificationOptions.model_fields[key].default
+            if value != default and self.problem_type != "single_label":
+                raise ConfigError(f"task.{key}: {value!r} needs single-label classification; this "
                                   f"task is {self.problem_type}")
         binary = self.binary
         if self.opts.positive_label is not None and not binary:
@@ -302,13 +249,13 @@ class TextClassification:
         if self.opts.positive_label is not None and self.opts.positive_label not in self.labels:
             raise ConfigError(f"task.positive_label '{self.opts.positive_label}' is not a label of the training "
                               f"split ({', '.join(self.labels)})")
-        if isinstance(tr.class_weights, dict):
-            unknown = [k for k in tr.class_weights if k not in self.labels]
+        if isinstance(o.class_weights, dict):
+            unknown = [k for k in o.class_weights if k not in self.labels]
             if unknown:
                 import difflib
 
                 close = difflib.get_close_matches(unknown[0], self.labels, n=1)
-                raise ConfigError(f"train.class_weights names '{unknown[0]}', which is not a label of the training "
+                raise ConfigError(f"task.class_weights names '{unknown[0]}', which is not a label of the training "
                                   "split" + (f". Did you mean '{close[0]}'?" if close else "")
                                   + f" Labels: {', '.join(self.labels)}")
 
@@ -321,7 +268,7 @@ class TextClassification:
         return 0 if counts[0] < 0.4 * counts.sum() else 1
 
     def _class_weights(self, train: Table) -> list[float] | None:
-        w = self.cfg.train.class_weights
+        w = self.opts.class_weights
         if w == "none" or self.problem_type != "single_label":
             return None
         if w == "balanced":  # scikit-learn's rule: n / (classes x n_class)
@@ -430,9 +377,25 @@ class TextClassification:
             return features
         return features.select(np.flatnonzero(np.asarray(features["window"]) < self.opts.max_chunks))
 
-    def sampling_labels(self, features: "datasets.Dataset") -> np.ndarray:
-        """The class of each training feature (a window takes its document's), for train.sampler: balanced."""
-        return np.asarray(features["labels"], dtype=np.int64)
+    def headline(self) -> str:
+        return f"{self.name}, {self.problem_type}, {len(self.labels)} labels"
+
+    def data_report(self, features: dict[str, "datasets.Dataset"], token_lengths: dict[str, dict],
+                    max_length: int) -> tuple[dict[str, Any], list[str]]:
+        """Beyond 10% of a split's texts cut, the long-text strategy that keeps what is lost."""
+        lt, warnings = self.opts.long_text, []
+        lost, other = ("their end", "chunks (every token is read, slower) or head_tail (keeps the end too, same "
+                       "cost)") if lt == "truncate" else ("their middle", "chunks (every token is read, slower)")
+        for s, lens in token_lengths.items():
+            if lens.get("truncated_pct", 0) > 10:
+                warnings.append(f"{lens['truncated_pct']}% of {s} texts ({lens['truncated']}) exceed model.max_length="
+                                f"{max_length} and lose {lost} (task.long_text: {lt}); consider task.long_text: "
+                                f"{other}, or a larger max_length")
+        return {}, warnings
+
+    def sampling_classes(self, features: "datasets.Dataset") -> np.ndarray | None:
+        """With task.sampler: balanced, the class of each training feature (a window takes its document's)."""
+        return np.asarray(features["labels"], dtype=np.int64) if self.opts.sampler == "balanced" else None
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch
@@ -454,7 +417,7 @@ class TextClassification:
                 **({"stride": o.stride} if o.long_text == "chunks" else {})}
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
         from transformers import AutoModelForSequenceClassification
 
         from ..fast_bert import speed_up_bert_classifier
@@ -469,14 +432,13 @@ class TextClassification:
             fast = "on (exact fast forward of BertForSequenceClassification)"
         else:
             fast = "off (not a covered BERT classifier)"
-        model.tunesmith_speed_paths = {"fast_bert": fast}
-        return model
+        return model, ModelFacts(speed_paths={"fast_bert": fast})
 
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])
 
     def forward(self, model: "torch.nn.Module", batch: Batch,
-                predict: bool = True) -> tuple["torch.Tensor | None", "torch.Tensor"]:
+                mode: Mode) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
         logits = model(**batch.inputs).logits.float()
@@ -492,13 +454,13 @@ class TextClassification:
         return loss, logits
 
     def _single_label_loss(self, logits: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
-        """Summed cross-entropy, each example weighted by its class's weight (train.class_weights), and
-        for train.loss: focal scaled by (1 - p_true)^gamma. Weights are applied in evaluation too, so
+        """Summed cross-entropy, each example weighted by its class's weight (task.class_weights), and
+        for task.loss: focal scaled by (1 - p_true)^gamma. Weights are applied in evaluation too, so
         the validation loss is the loss being minimised."""
         import torch
         import torch.nn.functional as F
 
-        tr = self.cfg.train
+        tr = self.opts
         logp = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
         per_example = -logp
         if tr.loss == "focal":  # clamped: (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1
@@ -529,6 +491,24 @@ class TextClassification:
 
     def evaluator(self, table: Table) -> "ClassificationEvaluator":
         return ClassificationEvaluator(self, table)
+
+    def report_artifacts(self, metrics: dict[str, Any]) -> list[Artifact]:
+        """The confusion matrix (JSON and plot) up to 50 labels, the most frequent confusions beyond, and a
+        binary task's precision-recall curve."""
+        from ..io import atomic_write_json
+
+        out = []
+        cm = metrics.get("confusion_matrix")
+        if cm:
+            out += [Artifact("confusion_matrix.json", lambda path: atomic_write_json(path, cm)),
+                    Artifact("plots/confusion_matrix.png",
+                             lambda path: plot_confusion_matrix(cm["matrix"], cm["labels"], path))]
+        if metrics.get("top_confusions"):
+            out.append(Artifact("plots/top_confusions.png",
+                                lambda path: plot_top_confusions(metrics["top_confusions"], path)))
+        if metrics.get("pr_curve"):
+            out.append(Artifact("plots/precision_recall.png", lambda path: plot_precision_recall(metrics, path)))
+        return out
 
     def scores(self, logits: "torch.Tensor") -> np.ndarray:
         """Probabilities (softmax or sigmoid) or the predicted value, as numpy."""
@@ -596,7 +576,7 @@ class ClassificationEvaluator:
     def result(self, tune: bool = False) -> EvalResult:
         import torch
 
-        from ..evaluation.metrics import (binary_metrics, classification_metrics, multilabel_metrics,
+        from ..metrics.labels import (binary_metrics, classification_metrics, multilabel_metrics,
                                           regression_metrics, tune_binary_threshold, tune_threshold)
 
         task = self.task
@@ -623,26 +603,51 @@ class ClassificationEvaluator:
         return EvalResult(metrics, [task.record(row) for row in s])
 
 
-def pad_inputs(features: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, "torch.Tensor"]:
-    """input_ids, attention_mask and (when the features have them) token_type_ids, right-padded to the
-    longest feature (rounded up to a multiple of `pad_to_multiple_of`). Padding ids are 0: the attention
-    mask hides them, so any valid id does, and features from the cache need no tokenizer to collate."""
-    import torch
+# ------------------------------------------------------------------ plots of the test split
+# matplotlib is imported by evaluation.report's figure() only when a plot is drawn
 
-    n = max(len(f["input_ids"]) for f in features)
-    if pad_to_multiple_of:
-        n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
-    ids = torch.zeros((len(features), n), dtype=torch.long)
-    mask = torch.zeros((len(features), n), dtype=torch.long)
-    has_types = "token_type_ids" in features[0]
-    types = torch.zeros((len(features), n), dtype=torch.long) if has_types else None
-    for i, f in enumerate(features):
-        L = len(f["input_ids"])
-        ids[i, :L] = torch.as_tensor(f["input_ids"])
-        mask[i, :L] = 1
-        if types is not None:
-            types[i, :L] = torch.as_tensor(f["token_type_ids"])
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+    n = len(labels)
+    fig = figure((max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    ax = fig.subplots()
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("confusion matrix (test)")
+    peak = max(max(r) for r in matrix) or 1
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, matrix[i][j], ha="center", va="center",
+                        color="white" if matrix[i][j] > peak / 2 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    save_figure(fig, path)
+
+
+def plot_top_confusions(confusions: list[dict], path: Path) -> None:
+    """The most frequent (true -> predicted) errors as bars: readable for any number of labels."""
+    n = len(confusions)
+    fig = figure((8, max(2.5, 0.28 * n + 1)))
+    ax = fig.subplots()
+    names = [f"{c['true']} -> {c['predicted']}" for c in confusions]
+    ax.barh(range(n), [c["count"] for c in confusions], color="tab:red")
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("test rows"), ax.set_title(f"most frequent confusions (test, top {n})")
+    save_figure(fig, path)
+
+
+def plot_precision_recall(metrics: dict[str, Any], path: Path) -> None:
+    """A binary task's precision-recall curve on test, with the operating point of its threshold."""
+    curve = metrics["pr_curve"]
+    fig = figure((5.5, 4.5))
+    ax = fig.subplots()
+    ax.step(curve["recall"], curve["precision"], where="post", color="tab:blue",
+            label=f"AP {metrics.get('average_precision', float('nan')):.3f}")
+    ax.plot([metrics["recall"]], [metrics["precision"]], "o", color="tab:red",
+            label=f"threshold {metrics['threshold']:.3g}: F1 {metrics['f1']:.3f}")
+    ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_xlim(0, 1.02), ax.set_ylim(0, 1.02)
+    ax.set_title(f"precision-recall, positive class {printable(str(metrics['positive_label']))} (test)")
+    ax.legend(loc="lower left"), ax.grid(alpha=0.3)
+    save_figure(fig, path)

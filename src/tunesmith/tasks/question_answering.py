@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..data.prepare import Table
+from ..collate import pad_inputs
 from ..data.squad import Answers, answer_problem, columns_answers, parse_answers
 from ..errors import DataError, ModelError
-from .base import Batch, EvalResult, Role, TaskOptions, register_task
-from .classification import pad_inputs
+from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -56,7 +56,7 @@ class QuestionAnsweringOptions(TaskOptions):
 
 
 @register_task
-class QuestionAnswering:
+class QuestionAnswering(Task):
     """The answer to a question as a span of its context (extractive QA)."""
 
     name = "question-answering"
@@ -68,8 +68,7 @@ class QuestionAnswering:
     head_modules = ("qa_outputs",)
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
-        self.cfg = cfg
-        self.opts = QuestionAnsweringOptions.model_validate(cfg.task.options)
+        super().__init__(cfg, state)
         state = state or {}
         self.version_2: bool = state.get("version_2", self.opts.version_2 is True)
         #: a v2 question is answered "" when its no-answer score minus its best span score is above this
@@ -245,21 +244,19 @@ class QuestionAnswering:
                 "max_question_length": self.opts.max_question_length}
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
         from transformers import AutoModelForQuestionAnswering
 
         from ..padding_free import enable
 
         kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         model = AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
-        model.tunesmith_speed_paths = {"padding_free": enable(model, self.cfg.model.padding_free)}
-        return model
+        return model, ModelFacts(speed_paths={"padding_free": enable(model, self.cfg.model.padding_free)})
 
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])
 
-    def forward(self, model: "torch.nn.Module", batch: Batch,
-                predict: bool = True) -> tuple["torch.Tensor | None", Any]:
+    def forward(self, model: "torch.nn.Module", batch: Batch, mode: Mode) -> tuple["torch.Tensor | None", Any]:
         """Loss summed over windows of (CE(start) + CE(end)) / 2 over each window's own tokens: padding
         positions get -inf, so a window's loss does not depend on the batch it is padded in (without
         padding, the model's own loss divided by the windows)."""
@@ -379,7 +376,7 @@ class QuestionAnsweringEvaluator:
         return {"answer": self.table["context"][k][a:b], "start": a, "end": b, "score": float(probs[0])}
 
     def result(self, tune: bool = False) -> EvalResult:
-        from ..evaluation.squad_metrics import best_scores, best_threshold, squad_metrics
+        from ..metrics.squad import best_scores, best_threshold, squad_metrics
 
         task, n = self.task, len(self.table)
         metrics: dict[str, Any] = {}

@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from ..data.prepare import Table
+from ..collate import pad_inputs, pad_labels
+from ..data.report import token_length_stats
 from ..errors import ConfigError, DataError
-from .base import Batch, EvalResult, Role, TaskOptions, register_task
-from .classification import pad_inputs, truncate
+from ..models import bare_model
+from ..tokens import truncate
+from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from .base import TRUNCATED_WARN_PCT, Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -81,7 +84,7 @@ def _token_id(*values: Any) -> int | None:
     return next((v for v in values if isinstance(v, int)), None)
 
 
-class Seq2SeqTask:
+class Seq2SeqTask(Task):
     """Shared by translation and summarization; the subclasses differ in metrics and record key."""
 
     name: ClassVar[str]
@@ -90,14 +93,12 @@ class Seq2SeqTask:
     Options = Seq2SeqOptions
     long_inputs = "truncate"
     generates = True
-    loss_metrics = ()
-    head_modules = ()
+    decoding = ("num_beams", "length_penalty", "max_new_tokens", "no_repeat_ngram_size")
+    opts: Seq2SeqOptions
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
-        self.cfg = cfg
-        self.opts = Seq2SeqOptions.model_validate(cfg.task.options)
+        super().__init__(cfg, state)
         self.tokenizer: Any = None  # set by load_model: generated ids are decoded with it
-        self.generation: dict[str, Any] = {}  # overrides of the decoding options (predict's command line)
 
     def roles(self) -> list[Role]:
         langs = self.cfg.data.languages or []
@@ -181,19 +182,11 @@ class Seq2SeqTask:
         return datasets.Dataset.from_dict(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
-        import torch
-
         inputs = pad_inputs([{"input_ids": f["input_ids"]} for f in features], pad_to_multiple_of)
         meta: dict[str, Any] = {"example": np.array([f["example"] for f in features]), "n_labelled": 0}
         targets = {}
         if "labels" in features[0]:
-            n = max(len(f["labels"]) for f in features)
-            if pad_to_multiple_of:
-                n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
-            labels = torch.full((len(features), n), -100, dtype=torch.long)
-            for i, f in enumerate(features):
-                labels[i, :len(f["labels"])] = torch.as_tensor(f["labels"], dtype=torch.long)
-            targets["labels"] = labels
+            targets["labels"] = pad_labels([f["labels"] for f in features], pad_to_multiple_of)
             meta["n_labelled"] = sum(len(f["labels"]) for f in features)
         return Batch(inputs, targets, meta)
 
@@ -202,12 +195,21 @@ class Seq2SeqTask:
                 "source_lang": self.opts.source_lang, "target_lang": self.opts.target_lang,
                 "max_target_length": self.opts.max_target_length, "length": "max(source, target)"}
 
-    @property
-    def target_max_length(self) -> int:
-        return self.opts.max_target_length
+    def data_report(self, features: dict[str, "datasets.Dataset"], token_lengths: dict[str, dict],
+                    max_length: int) -> tuple[dict[str, Any], list[str]]:
+        """The targets' token lengths too: they are cut at task.max_target_length."""
+        entries, warnings = super().data_report(features, token_lengths, max_length)
+        cap = self.opts.max_target_length
+        cut = {s: token_length_stats(f, cap, False, "n_target_tokens") for s, f in features.items()
+               if "n_target_tokens" in f.column_names}
+        if cut:
+            entries.update(target_max_length=cap, target_token_lengths=cut)
+        warnings += [f"{lens['truncated_pct']}% of {s} targets exceed task.max_target_length={cap} and are "
+                     "truncated in training" for s, lens in cut.items() if lens["truncated_pct"] > TRUNCATED_WARN_PCT]
+        return entries, warnings
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
 
         from ..models import DROPOUT_NAMES, dropout_overrides
@@ -220,6 +222,7 @@ class Seq2SeqTask:
         if self.cfg.train.precision == "fp16" and config.model_type in FP16_UNSAFE:
             raise ConfigError(f"train.precision: fp16 is refused for {config.model_type} models: their activations "
                               "overflow in fp16 and the loss turns NaN; use bf16 (or fp32)")
+        new_modules: tuple[str, ...] = ()
         if getattr(config, "is_encoder_decoder", False):
             model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
         else:
@@ -239,11 +242,10 @@ class Seq2SeqTask:
             model.config.vocab_size = model.config.decoder.vocab_size
             # new layers, which LoRA trains in full: the cross-attention, and (BERT decoders) the LM head's
             # transform, absent from encoder checkpoints such as MiniLM's
-            model.tunesmith_new_modules = ("crossattention", "predictions.transform")
+            new_modules = ("crossattention", "predictions.transform")
         if self.opts.target_lang is not None:
             model.generation_config.forced_bos_token_id = tok.convert_tokens_to_ids(self.opts.target_lang)
-        model.tunesmith_speed_paths = {}
-        return model
+        return model, ModelFacts(new_modules=new_modules)
 
     def count_items(self, batch: Batch) -> int:
         """Target tokens: loss_sum / count is the model's own mean token loss."""
@@ -256,15 +258,14 @@ class Seq2SeqTask:
         gen = copy.deepcopy(model.generation_config)
         opts = {"num_beams": self.opts.num_beams, "length_penalty": self.opts.length_penalty, "do_sample": False,
                 "max_new_tokens": self.opts.max_new_tokens or self.opts.max_target_length,
-                "no_repeat_ngram_size": self.opts.no_repeat_ngram_size, **self.generation}
+                "no_repeat_ngram_size": self.opts.no_repeat_ngram_size}
         gen.update(**opts, max_length=None, early_stopping=opts["num_beams"] > 1)
         return gen
 
-    def forward(self, model: "torch.nn.Module", batch: Batch, predict: bool = True) -> tuple[Any, Any]:
+    def forward(self, model: "torch.nn.Module", batch: Batch, mode: Mode) -> tuple[Any, Any]:
         import torch.nn.functional as F
-        from accelerate.utils import extract_model_from_parallel
 
-        inner = extract_model_from_parallel(model)
+        inner = bare_model(model)
         loss = generated = None
         labels = batch.targets.get("labels")
         if labels is not None:
@@ -272,10 +273,10 @@ class Seq2SeqTask:
             start = _token_id(gen.decoder_start_token_id, cfg.decoder_start_token_id, gen.bos_token_id)
             pad = _token_id(cfg.pad_token_id, gen.pad_token_id, 0)
             logits = model(**batch.inputs, decoder_input_ids=shift_right(labels, start, pad)).logits
-            smoothing = self.opts.label_smoothing if model.training else 0.0
+            smoothing = self.opts.label_smoothing if mode == "train" else 0.0
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                    reduction="sum", label_smoothing=smoothing)
-        if predict and not model.training:
+        if mode == "predict":
             generated = inner.generate(**batch.inputs, generation_config=self.generation_config(inner))
         return loss, generated
 
@@ -283,12 +284,8 @@ class Seq2SeqTask:
     #: metric name -> higher is better; the first is the default eval.metric
     metrics: ClassVar[dict[str, bool]]
 
-    @property
-    def default_metric(self) -> str:
-        return next(iter(self.metrics))
-
     def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
-        from ..evaluation import generation_metrics
+        from ..metrics import generation as generation_metrics
 
         return generation_metrics.bleu_chrf(hypotheses, references) if "bleu" in self.metrics else \
             generation_metrics.rouge(hypotheses, references)

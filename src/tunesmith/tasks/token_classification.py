@@ -43,11 +43,11 @@ import numpy as np
 from pydantic import Field
 
 from ..console import printable
-from ..data.prepare import Table
+from ..collate import pad_inputs, pad_labels
 from ..data.readers import DELIMITED, detect_format, looks_like_conll
 from ..errors import DataError, ModelError
-from .base import Batch, EvalResult, Role, TaskOptions, register_task
-from .classification import pad_inputs
+from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -189,7 +189,7 @@ class TokenClassificationOptions(TaskOptions):
 
 
 @register_task
-class TokenClassification:
+class TokenClassification(Task):
     """A tag per word (named entities, parts of speech), with entity-level seqeval metrics."""
 
     name = "token-classification"
@@ -201,8 +201,7 @@ class TokenClassification:
     head_modules = ("classifier", "score")
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
-        self.cfg = cfg
-        self.opts = TokenClassificationOptions.model_validate(cfg.task.options)
+        super().__init__(cfg, state)
         state = state or {}
         self.scheme: str = state.get("tag_scheme", self.opts.tag_scheme)
         self.labels: list[str] = state.get("labels", [])
@@ -480,7 +479,6 @@ class TokenClassification:
         return datasets.Dataset.from_dict(cols, features=_feature_types(cols))
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
-        import torch
 
         # padded positions are masked out, so the pad id only has to exist in every vocabulary: 0 does
         inputs = pad_inputs(features, pad_to_multiple_of)
@@ -489,10 +487,8 @@ class TokenClassification:
         for k in ("word_pos", "word_index", "word_context", "gold_tags", "word_starts", "word_ends"):
             meta[k] = [f[k] for f in features]
         meta["n_labelled"] = 0
-        if "labels" in features[0]:
-            labels = torch.full(inputs["input_ids"].shape, -100, dtype=torch.long)
-            for i, f in enumerate(features):
-                labels[i, :len(f["labels"])] = torch.as_tensor(f["labels"], dtype=torch.long)
+        if "labels" in features[0]:  # one label per input position (-100 where no loss is read)
+            labels = pad_labels([f["labels"] for f in features], pad_to_multiple_of)
             targets["labels"] = labels
             meta["n_labelled"] = int((labels != -100).sum())
         return Batch(inputs, targets, meta)
@@ -503,7 +499,7 @@ class TokenClassification:
                 "label_all_subtokens": self.opts.label_all_subtokens}
 
     # ------------------------------------------------------------------ model
-    def load_model(self, name_or_path: str, **kwargs: Any) -> "torch.nn.Module":
+    def load_model(self, name_or_path: str, **kwargs: Any) -> tuple["torch.nn.Module", ModelFacts]:
         from transformers import AutoModelForTokenClassification
 
         from ..padding_free import enable
@@ -514,15 +510,14 @@ class TokenClassification:
         model = AutoModelForTokenClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
-        model.tunesmith_speed_paths = {"padding_free": enable(model, self.cfg.model.padding_free)}
-        return model
+        return model, ModelFacts(speed_paths={"padding_free": enable(model, self.cfg.model.padding_free)})
 
     def count_items(self, batch: Batch) -> int:
         """Labelled sub-tokens (counted at collation, on the CPU): loss_sum / count = the HF model's mean loss."""
         return int(batch.meta["n_labelled"])
 
     def forward(self, model: "torch.nn.Module", batch: Batch,
-                predict: bool = True) -> tuple["torch.Tensor | None", "torch.Tensor"]:
+                mode: Mode) -> tuple["torch.Tensor | None", "torch.Tensor"]:
         import torch.nn.functional as F
 
         from ..padding_free import is_enabled, token_outputs
@@ -628,7 +623,7 @@ class TokenEvaluator:
         self.offsets.update(other.offsets)
 
     def result(self, tune: bool = False) -> EvalResult:
-        from ..evaluation.seqeval_metrics import seqeval_metrics
+        from ..metrics.seqeval import seqeval_metrics
 
         task, t = self.task, self.table
         text_mode = task._mode(t, needs_gold=False) == "text"

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..errors import RunPruned, TrainingDiverged
+from ..errors import TrainingDiverged
 from .batching import batch_plan, shard
 from .checkpoint import CheckpointManager, LoopState
 
@@ -30,7 +30,8 @@ STEADY_AFTER = 10  # steps excluded from steady-state throughput (allocator and 
 class Control:
     stop: bool = False
     prune: bool = False
-    """At an "eval" event: end the run now as pruned (RunPruned); no checkpoint, test or export."""
+    """At an "eval" event: end the run now as pruned (`TrainingLoop.pruned` says why); no checkpoint is
+    written, and the run neither tests nor exports."""
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Event:
 
 
 Callback = Callable[[Event], "Control | None"]
+#: what the loop's `evaluate(model)` returns: (metrics with "loss", logs for the run folder: EvalResult.logs)
+Evaluation = tuple[dict[str, Any], dict[str, Any]]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -89,9 +92,15 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) ->
     return norm
 
 
-def total_steps(n_batches: int, cfg: TrainConfig) -> int:
-    per_epoch = math.ceil(n_batches / cfg.grad_accum)
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+def total_steps(batches_per_epoch: Callable[[int], int], cfg: TrainConfig) -> int:
+    """train.max_steps, or the optimizer steps of train.epochs epochs, counted on each epoch's own plan
+    (`batches_per_epoch(epoch)`: with train.batch_tokens every epoch cuts a different number of batches);
+    a fractional last epoch runs that share of its steps."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    steps = lambda epoch: math.ceil(batches_per_epoch(epoch) / cfg.grad_accum)  # noqa: E731
+    whole, part = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
+    return max(1, sum(steps(e) for e in range(whole)) + (math.ceil(part * steps(whole)) if part else 0))
 
 
 def _crosses(before: int, after: int, span: float) -> bool:
@@ -103,7 +112,7 @@ def _crosses(before: int, after: int, span: float) -> bool:
 
 class TrainingLoop:
     def __init__(self, *, model: torch.nn.Module, task: Any, train_data: Any, lengths: np.ndarray,
-                 cfg: TrainConfig, accelerator: Any, evaluate: Callable[[], dict[str, Any]], metric: str,
+                 cfg: TrainConfig, accelerator: Any, evaluate: Callable[[torch.nn.Module], Evaluation], metric: str,
                  higher_is_better: bool, checkpoints: CheckpointManager, callbacks: list[Callback] = (),
                  pad_to_multiple_of: int | None = None, classes: np.ndarray | None = None) -> None:
         from transformers import get_scheduler
@@ -118,12 +127,18 @@ class TrainingLoop:
         model = model.to(accelerator.device)
         optimizer = build_optimizer(model, cfg)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        n_batches = len(batch_plan(lengths, cfg.batch_size, cfg.seed, 0, 1, self.world, cfg.batch_tokens, classes))
-        self.total_steps = total_steps(n_batches, cfg)
+        self.total_steps = total_steps(lambda epoch: len(self._plan(epoch)), cfg)
         self.scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.higher_better = higher_is_better
+        self.pruned: str | None = None  # why a search's pruner stopped the run (set by _eval_and_save)
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of an epoch: the one plan both training and the step count read."""
+        cfg = self.cfg
+        return batch_plan(self.lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches if cfg.batching == "bucket"
+                          else 1, self.world, cfg.batch_tokens, self.classes)
 
     def _emit(self, kind: str, state: LoopState, **data: Any) -> Control:
         out = Control()
@@ -167,7 +182,7 @@ class TrainingLoop:
             b = b.to(device, non_blocking=True)
             sync = k == len(micro) - 1
             with nullcontext() if sync or self.world == 1 else self.acc.no_sync(self.model):
-                loss_sum, _ = self.task.forward(self.model, b, predict=False)
+                loss_sum, _ = self.task.forward(self.model, b, "train")
                 # DDP averages gradients over processes, so scale by world size to get a global mean
                 self.acc.backward(loss_sum * self.world / items)
             loss_total += loss_sum.detach()
@@ -186,8 +201,8 @@ class TrainingLoop:
         return loss, grad_norm, not math.isfinite(loss) or (not finite and scaler is None)
 
     def _eval_and_save(self, state: LoopState) -> bool:
-        """Evaluate, track the best, checkpoint; True when early stopping triggers."""
-        metrics = self.evaluate()
+        """Evaluate, track the best, checkpoint; True when early stopping or the pruner ends the run."""
+        metrics, logs = self.evaluate(self.model)
         value = metrics[self.metric]  # None when undefined (e.g. correlation of constant predictions)
         # NaN compares false with everything: without this check the first NaN evaluation stays "best"
         finite = all(v is None or math.isfinite(v) for v in (value, metrics.get("loss")))
@@ -198,9 +213,10 @@ class TrainingLoop:
         else:
             state.bad_evals += 1
         # epochs: the share of the data trained on, which a pruner compares across batch sizes
-        if self._emit("eval", state, metrics=metrics, is_best=better, epochs=state.samples / len(self.data)).prune:
-            self._emit("end", state)
-            raise RunPruned(f"pruned at step {state.step}: {self.metric} {value}", {})
+        if self._emit("eval", state, metrics=metrics, logs=logs, is_best=better,
+                      epochs=state.samples / len(self.data)).prune:
+            self.pruned = f"pruned at step {state.step}: {self.metric} {value}"
+            return True
         path = self.ckpt.save(self.model, self.optimizer, self.scheduler, state, is_best=better)
         self._emit("checkpoint", state, path=str(path), is_best=better)
         patience = self.cfg.early_stopping_patience
@@ -212,14 +228,12 @@ class TrainingLoop:
     def run(self, resume: bool = False) -> LoopState:
         cfg = self.cfg
         state = (self.ckpt.load(self.model, self.optimizer, self.scheduler) if resume else None) or LoopState()
-        self.state = state  # where a run that ended by an exception (RunPruned) got to
+        self.state = state  # where a run that ended by an exception got to
         if resume:
             self._emit("resume", state)
         stop = state.step >= self.total_steps
         while not stop:
-            batches = batch_plan(self.lengths, cfg.batch_size, cfg.seed, state.epoch,
-                                 cfg.bucket_batches if cfg.batching == "bucket" else 1, self.world, cfg.batch_tokens,
-                                 self.classes)
+            batches = self._plan(state.epoch)
             windows = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             done = state.batch_in_epoch
             if done == 0:

@@ -52,7 +52,7 @@ def macro_labels(y: np.ndarray, n: int) -> tuple[list[int], dict[str, Any]]:
     present = present_labels(y)
     over = MACRO_OVER if present else "every label (the gold labels hold none)"
     present = present or list(range(n))
-    return present, {"labels": len(present), "of": n, "over": over}
+    return present, {"metric": "macro_f1", "labels": len(present), "of": n, "over": over}
 
 
 def classification_metrics(pred: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
