@@ -53,7 +53,7 @@ class Predictor:
         check_no_remote_code(model_dir)
         try:  # never the folder's own code, whatever its files or its config's model.trust_remote_code say
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-            model = task.load_model(str(model_dir), trust_remote_code=False)
+            model, _ = task.load_model(str(model_dir), trust_remote_code=False)
         except Exception as e:
             raise ModelError(f"cannot load the model in {model_dir}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
