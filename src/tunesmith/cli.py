@@ -316,7 +316,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 def init(data: Path = typer.Option(..., "--data", help="A training data file to inspect."),
          output: Path = typer.Option(Path("tunesmith.yaml"), "-o", "--output", help="Where to write the config."),
          force: bool = typer.Option(False, "--force", help="Overwrite an existing config.")) -> None:
-    """Write a starter config for a data file, guessing the text and label columns (and saying so)."""
+    """Write a starter config for a data file: the task (from the file's shape) and its columns, each guess
+    said with its reason."""
     from .init import guess_config
     from .io import atomic_write_text
 

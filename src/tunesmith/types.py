@@ -120,8 +120,12 @@ class Evaluator(Protocol):
     def add(self, batch: Batch, outputs: Any) -> None:
         """Take one batch's outputs (from `Task.forward`) and its metadata."""
 
-    def merge(self, other: "Evaluator") -> None:
-        """Absorb another process's evaluator of the same split (multi-process evaluation)."""
+    def state(self) -> dict:
+        """What `add` accumulated, as plain data (dicts, lists, arrays, numbers): all that multi-process
+        evaluation sends between processes (never the task, its tokenizer or the data table)."""
+
+    def merge(self, state: dict) -> None:
+        """Absorb another process's `state()` of the same split (multi-process evaluation)."""
 
     def result(self, tune: bool = False) -> EvalResult:
         """Metrics (empty without gold) and one prediction per example. `tune`: fit decision settings

@@ -52,8 +52,10 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
     The one path of the run's validation and test, `evaluate` and `predict`: fp32 (`full_precision`), and
     padding chosen here from the device, so the same rows give the same predictions on every path.
 
-    With an accelerator of several processes each one takes every n-th batch and the evaluators are
-    gathered once, so evaluation is not repeated on every process.
+    With an accelerator of several processes each one takes every n-th batch and the evaluators' states
+    are gathered once, so evaluation is not repeated on every process. Only `evaluator.state()` travels
+    (not the task, its tokenizer or the table), and every process merges all states in process order into
+    a new evaluator, so all of them compute the same result.
     """
     device = torch.device(device)  # the Predictor's may be a name ("cpu")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -77,10 +79,10 @@ def evaluate_split(model: torch.nn.Module, task: Task, table: Any, features: Any
     if world > 1:
         from accelerate.utils import gather_object
 
-        gathered = gather_object([(evaluator, loss_sum, items)])
-        evaluator, loss_sum, items = gathered[0]
-        for other, ls, n in gathered[1:]:
-            evaluator.merge(other)
+        gathered = gather_object([(evaluator.state(), loss_sum, items)])
+        evaluator, loss_sum, items = task.evaluator(table), 0.0, 0
+        for state, ls, n in gathered:
+            evaluator.merge(state)
             loss_sum += ls
             items += n
     return evaluator.result(tune=tune), (loss_sum / items if items else None)

@@ -500,11 +500,14 @@ class CausalLMEvaluator:
             if r in outputs.get("generated", {}):
                 self.texts[ex] = tok.decode(outputs["generated"][r], skip_special_tokens=True).strip()
 
-    def merge(self, other: "CausalLMEvaluator") -> None:
-        for ex, v in other.loss.items():
+    def state(self) -> dict:
+        return {"loss": dict(self.loss), "count": dict(self.count), "texts": dict(self.texts)}
+
+    def merge(self, state: dict) -> None:
+        for ex, v in state["loss"].items():
             self.loss[ex] = self.loss.get(ex, 0.0) + v
-            self.count[ex] = self.count.get(ex, 0.0) + other.count[ex]
-        self.texts.update(other.texts)
+            self.count[ex] = self.count.get(ex, 0.0) + state["count"][ex]
+        self.texts.update(state["texts"])
 
     def result(self, tune: bool = False) -> EvalResult:
         import math

@@ -561,10 +561,16 @@ class ClassificationEvaluator:
         np.add.at(self.weight, idx, w)
         np.maximum.at(self.top, idx, logits)
 
-    def merge(self, other: "ClassificationEvaluator") -> None:
-        self.total += other.total
-        self.weight += other.weight
-        self.top = np.maximum(self.top, other.top)
+    def state(self) -> dict:
+        """The rows of the examples seen here (every seen example has weight >= 1)."""
+        seen = np.flatnonzero(self.weight)
+        return {"example": seen, "total": self.total[seen], "weight": self.weight[seen], "top": self.top[seen]}
+
+    def merge(self, state: dict) -> None:
+        ex = state["example"]
+        self.total[ex] += state["total"]
+        self.weight[ex] += state["weight"]
+        self.top[ex] = np.maximum(self.top[ex], state["top"])
 
     def logits(self) -> np.ndarray:
         """One row per example: its only window's logits, or its windows' combined."""

@@ -355,9 +355,12 @@ class QuestionAnsweringEvaluator:
                                             opts.max_answer_length)
             self._keep(int(k), spans, null)
 
-    def merge(self, other: "QuestionAnsweringEvaluator") -> None:
-        for k, null in other.null.items():
-            self._keep(k, other.candidates.get(k, {}), null)
+    def state(self) -> dict:
+        return {"candidates": {k: dict(spans) for k, spans in self.candidates.items()}, "null": dict(self.null)}
+
+    def merge(self, state: dict) -> None:
+        for k, null in state["null"].items():
+            self._keep(k, state["candidates"].get(k, {}), null)
 
     def _best(self, k: int) -> tuple[list[tuple[float, int, int]], float]:
         """Question k's spans, best first, and its no-answer score (spans tie-broken by position)."""

@@ -334,9 +334,12 @@ class GenerationEvaluator:
             self.texts[int(ex)] = tok.decode(ids, skip_special_tokens=True).strip()
             self.lengths[int(ex)] = sum(1 for x in ids if x not in special)
 
-    def merge(self, other: "GenerationEvaluator") -> None:
-        self.texts.update(other.texts)
-        self.lengths.update(other.lengths)
+    def state(self) -> dict:
+        return {"texts": dict(self.texts), "lengths": dict(self.lengths)}
+
+    def merge(self, state: dict) -> None:
+        self.texts.update(state["texts"])
+        self.lengths.update(state["lengths"])
 
     def result(self, tune: bool = False) -> EvalResult:
         t = self.table

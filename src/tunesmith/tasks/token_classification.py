@@ -616,11 +616,14 @@ class TokenEvaluator:
                 if meta["word_starts"][b]:
                     self.offsets[ex] = list(zip(meta["word_starts"][b], meta["word_ends"][b]))
 
-    def merge(self, other: "TokenEvaluator") -> None:
-        for ex, rows in other.words.items():
+    def state(self) -> dict:
+        return {"words": dict(self.words), "gold": dict(self.gold), "offsets": dict(self.offsets)}
+
+    def merge(self, state: dict) -> None:
+        for ex, rows in state["words"].items():
             self._take(ex, len(rows), np.arange(len(rows)), rows)
-        self.gold.update(other.gold)
-        self.offsets.update(other.offsets)
+        self.gold.update(state["gold"])
+        self.offsets.update(state["offsets"])
 
     def result(self, tune: bool = False) -> EvalResult:
         from ..metrics.seqeval import seqeval_metrics
