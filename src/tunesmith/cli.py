@@ -257,17 +257,16 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             batch_size: Optional[int] = typer.Option(None, help="Default: the run's eval.batch_size."),
             set_: list[str] = typer.Option([], "--set", metavar="task.OPTION=VALUE",
                                            help="A decoding option of a task that generates, over the run's own "
-                                                "(repeatable), e.g. --set task.num_beams=4 or --set "
-                                                "task.do_sample=true; an option the task lacks is refused with "
-                                                "the list of its decoding options.")) -> None:
+                                                "(repeatable); an option the task lacks is refused with the list "
+                                                "of its decoding options (README: each task's).")) -> None:
     """Predict every row of a file (or one --text / --field record): the input row unchanged plus the prediction.
 
     A .txt file holds one text per line (blank lines are skipped; each record keeps its line number) and
     works for every task that reads one text. JSONL output adds one key, `tunesmith` ({line, prediction});
-    CSV/TSV adds `input_line` and `pred_*` columns (for classification `pred_label`, `pred_score` and one
-    `pred_probs.<label>` per label). A name the input already uses gets a suffix (`tunesmith_1`); cells that
+    CSV/TSV adds `input_line` and a `pred_*` column per key of the prediction record (a record {label, score,
+    probs} gives `pred_label`, `pred_score` and one `pred_probs.<label>` per label). A name the input already uses gets a suffix (`tunesmith_1`); cells that
     a spreadsheet would run as a formula get a leading '. Generative tasks take their decoding options
-    (`--set task.num_beams=4`); the others refuse them. Files of any length are read, predicted and written
+    (`--set task.OPTION=VALUE`); the others refuse them. Files of any length are read, predicted and written
     in chunks; the output appears only once every row is written.
     """
     from .serving.inputs import (PredictInput, check_writable, command_line_record, decoding_options, input_roles,

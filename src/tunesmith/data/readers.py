@@ -342,7 +342,7 @@ def parallel_files(path: str | Path, languages: list[str] | None) -> dict[str, P
 
 def read_parallel(files: dict[str, Path]) -> list[Record]:
     """One record per line number, a column per language; files of different line counts are an error
-    naming both (a shifted line would pair every later sentence with the wrong translation)."""
+    naming both (a shifted line would pair every later sentence with the wrong one of the other file)."""
     lines: dict[str, list[str]] = {}
     for lang, f in files.items():
         require_file(f)

@@ -274,7 +274,7 @@ def check_decoding(task: Task, name: str | None, value: Any, given: str) -> None
 
 
 def decoding_options(task: Task, items: list[str], flag: str = "--set") -> dict[str, Any]:
-    """`task.num_beams=4` items, parsed as the config's overrides are -> {"num_beams": 4}, each checked."""
+    """`task.OPTION=VALUE` items, parsed as the config's overrides are -> {OPTION: value}, each checked."""
     from ..config import parse_override
 
     out: dict[str, Any] = {}

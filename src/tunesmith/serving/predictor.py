@@ -60,7 +60,7 @@ class Predictor:
         return cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
 
     def set_decoding(self, **options: Any) -> None:
-        """Decoding options (the task's `decoding`, e.g. num_beams=4) for the predictions that follow, over the
+        """Decoding options (the task's `decoding` declares them) for the predictions that follow, over the
         run's own; an option the task does not declare, or a value its schema refuses, is a ConfigError."""
         for name, value in options.items():
             check_decoding(self.task, name, value, f"{name}={value!r}")

@@ -67,6 +67,9 @@ class Task(ABC):
     #: names of the logs an evaluation returns in `EvalResult.logs` (the run appends each to `<name>.jsonl`)
     eval_logs: ClassVar[tuple[str, ...]] = ()
 
+    cfg: "RunConfig"
+    opts: TaskOptions  #: the task section of the config, validated by `Options`
+
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         self.cfg = cfg
         self.opts = self.Options.model_validate(cfg.task.options)
