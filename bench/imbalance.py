@@ -21,12 +21,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task_vs_trainer as tvt  # noqa: E402  (sets HF_HUB_OFFLINE before any Hugging Face import)
 
-RUNS = {  # name -> (train section changes, task options)
-    "plain": ({}, {}),
-    "class_weights=balanced": ({"class_weights": "balanced"}, {}),
-    "loss=focal (gamma 2)": ({"loss": "focal", "focal_gamma": 2.0}, {}),
-    "sampler=balanced": ({"sampler": "balanced"}, {}),
-    "threshold=tune": ({}, {"threshold": "tune"}),
+RUNS = {  # name -> task options
+    "plain": {},
+    "class_weights=balanced": {"class_weights": "balanced"},
+    "loss=focal (gamma 2)": {"loss": "focal", "focal_gamma": 2.0},
+    "sampler=balanced": {"sampler": "balanced"},
+    "threshold=tune": {"threshold": "tune"},
 }
 
 
@@ -49,13 +49,13 @@ def load_sms(root: Path, seed: int) -> dict[str, list[dict[str, str]]]:
 def one_run(k: int, name: str, files: dict[str, Path], tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     import tunesmith
 
-    train, options = RUNS[name]
+    options = RUNS[name]
     config = {
         "task": {"type": "text-classification", "positive_label": "spam", **options},
         "model": {"max_length": 64},
         "data": {**{k: str(v) for k, v in files.items()}, "cache_dir": str(tmp / "cache")},
         "train": {"epochs": args.epochs, "batch_size": 16, "lr": 5e-5, "warmup_ratio": 0.06, "weight_decay": 0.01,
-                  "seed": args.seed, "precision": args.precision, **train},
+                  "seed": args.seed, "precision": args.precision},
         "eval": {"batch_size": 64, "metric": "f1"},
         "output_dir": str(tmp / f"run-{k}"),
     }

@@ -129,7 +129,6 @@ def replay(curves: dict[str, dict], n_train: int, seeds: range, tmp: Path, preci
 
     import tunesmith
     import tunesmith.run
-    from tunesmith.errors import RunPruned
     from tunesmith.training.loop import Event
 
     def replayed_train(base: Any, overrides: dict[str, Any], callbacks: Any = ()) -> Any:
@@ -140,9 +139,10 @@ def replay(curves: dict[str, dict], n_train: int, seeds: range, tmp: Path, preci
             report = {"train": {"samples": round(step / 100 * n_train)}, "validation": {"accuracy": best}}
             for cb in callbacks:
                 control = cb(Event("eval", None, {"metrics": {"accuracy": value}, "epochs": step / 100}))
-                if control is not None and control.prune:
-                    raise RunPruned(f"pruned at {step}%", report)
-        return types.SimpleNamespace(report=report)
+                if control is not None and control.prune:  # a pruned run returns its report, as run.train does
+                    return types.SimpleNamespace(report={**report, "status": "pruned",
+                                                         "reason": f"pruned at {step}%"})
+        return types.SimpleNamespace(report={**report, "status": "completed"})
 
     csv_path = tmp / "replay.csv"
     csv_path.write_text("text,label\na,x\nb,y\n")  # never read for training: train() is replaced
