@@ -108,29 +108,35 @@ def test_a_nonfinite_step_is_skipped_and_counted(base_config: dict, tmp_path: Pa
 
 
 def test_an_evaluation_with_a_nonfinite_metric_or_loss_is_never_best() -> None:
-    from tunesmith.training.checkpoint import LoopState
+    """Through the loop's own constructor, on the two-parameter model and task of test_loop_mechanics:
+    four steps, an evaluation after each, whose results are NaN loss, infinite accuracy, 0.6, NaN accuracy."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from test_loop_mechanics import Line, WeightedSquaredError, rows
+    from tunesmith.config import TrainConfig
     from tunesmith.training.loop import TrainingLoop
 
     results = iter([{"loss": math.nan, "accuracy": 0.9}, {"loss": 0.5, "accuracy": math.inf},
                     {"loss": 0.5, "accuracy": 0.6}, {"loss": 0.4, "accuracy": math.nan}])
-    saved = []
+    saved, evals = [], []
 
     class Checkpoints:
         def save(self, model, optimizer, scheduler, state, is_best):
             saved.append((state.step, is_best))
             return Path(f"step-{state.step}")
 
-    loop = TrainingLoop.__new__(TrainingLoop)
-    loop.evaluate, loop.metric, loop.higher_better = lambda model: (next(results), {}), "accuracy", True
-    loop.ckpt, loop.callbacks, loop.model, loop.optimizer, loop.scheduler = Checkpoints(), [], None, None, None
-    loop.cfg = load_config({"data": {"train": "x.csv"}}).train
-    loop.data = [None] * 100  # the training rows: an evaluation reports the epochs trained on them
-    state = LoopState()
-    for step in (1, 2, 3, 4):
-        state.step = step
-        loop._eval_and_save(state)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision="no", cpu=True)
+    cfg = TrainConfig(max_steps=4, eval_every=1, batch_size=5, lr=0.1, max_grad_norm=None)
+    loop = TrainingLoop(model=Line(), task=WeightedSquaredError(), train_data=rows(), lengths=np.ones(5, np.int64),
+                        cfg=cfg, accelerator=accelerator, evaluate=lambda model: (next(results), {}),
+                        metric="accuracy", higher_is_better=True, checkpoints=Checkpoints(),
+                        callbacks=[lambda e: evals.append(e.data["is_best"]) if e.kind == "eval" else None])
+    state = loop.run()
     assert saved == [(1, False), (2, False), (3, True), (4, False)]
-    assert (state.best_step, state.best_metric) == (3, 0.6)
+    assert evals == [False, False, True, False]
+    assert (state.best_step, state.best_metric, state.bad_evals) == (3, 0.6, 1)
 
 
 def test_json_files_hold_null_for_nonfinite_numbers(tmp_path: Path) -> None:
