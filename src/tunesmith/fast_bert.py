@@ -9,15 +9,19 @@ last layer computes queries, attention output and feed-forward for position 0 al
 whatever the sampler drew (random batches keep their accuracy) while the work approaches that of
 length-sorted batches.
 
-Two CPU costs of the stock model are also avoided, with the same arithmetic. Dropout masks come from
+A CPU cost of the stock model is also avoided, with the same arithmetic: dropout masks come from
 `torch.rand` (one 32-bit draw per element) instead of `bernoulli_` (a double, two draws, per element):
-the same Bernoulli(1 - p) to float resolution, at half the cost. And the word-embedding gradient
-(30k x 384 floats for MiniLM, most of the model) is written into one persistent buffer in which only
-the rows of the tokens seen are touched and, at the next step, cleared: a fresh dense gradient every
-step costs a page-faulting 47 MB allocation and fill, more than the optimizer step for those rows.
+the same Bernoulli(1 - p) to float resolution, at half the cost. Gradients are ordinary dense
+parameter gradients, so the training loop needs to know nothing about this forward.
+
+The fast forward calls the model's submodules' weights, not their `forward`s, so it declines (the
+stock forward runs) whenever that would be visible: a forward or backward hook (or pre-hook) on any
+submodule, a global module hook (a user's, Captum's), an Accelerate hook, or gradient checkpointing;
+checked at every call.
 
 Same weights, same function: outputs and gradients match the stock model to float rounding
-(tests/test_tasks.py), and saved weights are unchanged because only `forward` is replaced.
+(tests/test_tasks.py, tests/test_fast_bert.py), and saved weights are unchanged because only `forward`
+is replaced.
 """
 from __future__ import annotations
 
@@ -116,50 +120,6 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     return torch.matmul(_dropout(scores.softmax(-1), dropout, True), v)
 
 
-class _WordEmbeddingGrad:
-    """Keeps the word-embedding gradient in one buffer across steps (see the module docstring).
-
-    When the gradient has been reset (None), the buffer is installed as `.grad` after clearing the
-    rows written since it was last installed; the lookup is then sparse, so autograd adds only the
-    rows of this batch's tokens into it. Anything else (a gradient that is not our buffer, no grad
-    mode, CUDA, multi-process runs) takes the ordinary dense lookup.
-    """
-
-    def __init__(self, embeddings: torch.nn.Module) -> None:
-        self.embeddings = embeddings  # BertEmbeddings: its word_embeddings is looked up on every call
-        self.buffer: torch.Tensor | None = None
-        self.written: list[torch.Tensor] | None = []  # None: unknown rows were written, clear all
-
-    def stock_call(self) -> None:
-        """The stock forward is about to run: its dense gradient may land in the buffer anywhere."""
-        if torch.is_grad_enabled() and self.buffer is not None \
-                and self.embeddings.word_embeddings.weight.grad is self.buffer:
-            self.written = None
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.embeddings.word_embeddings
-        w = e.weight
-        if not (torch.is_grad_enabled() and w.requires_grad and w.device.type == "cpu") \
-                or (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return e(ids)  # (in multi-process runs DDP's reducer expects autograd's own dense gradient)
-        if w.grad is None:
-            if self.buffer is None or (self.buffer.shape, self.buffer.dtype) != (w.shape, w.dtype):
-                self.buffer = torch.zeros_like(w)
-            elif self.written is None:
-                self.buffer.zero_()
-            elif self.written:
-                self.buffer.index_fill_(0, torch.cat(self.written), 0.0)
-            self.written = []
-            w.grad = self.buffer
-        if w.grad is not self.buffer:
-            return e(ids)
-        if self.written is not None:
-            self.written.append(ids)
-            if len(self.written) > 64:  # gradients zeroed in place rather than reset: keep the list bounded
-                self.written = [torch.unique(torch.cat(self.written))]
-        return F.embedding(ids, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse=True)
-
-
 def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: _Layout, nh: int,
                        d: int, dropout: float, scale: float, first_only: bool, kv_heads: int | None = None,
                        causal: bool = False) -> torch.Tensor:
@@ -227,16 +187,35 @@ def right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return positions, lengths, real.reshape(-1).nonzero().squeeze(1)
 
 
+def _observed(model: torch.nn.Module) -> bool:
+    """Whether running the submodules' weights without their `forward`s would be visible: a hook on any
+    submodule (forward, backward, pre-hooks; the model's own run either way, around this forward), a
+    global module hook, an Accelerate hook, or gradient checkpointing (the stock forward's recomputation)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks \
+            or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks \
+            or getattr(nn_module, "_global_forward_hooks_always_called", None):
+        return True
+    for m in model.modules():
+        if m is not model and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                               or m._backward_pre_hooks or hasattr(m, "_hf_hook")):
+            return True
+        if getattr(m, "gradient_checkpointing", False) is True:  # what gradient_checkpointing_enable() sets
+            return True
+    return False
+
+
 def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                   token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
     from transformers.modeling_outputs import SequenceClassifierOutput
 
     def stock(**inputs: Any) -> Any:
-        model._tunesmith_word_embeddings.stock_call()
         return type(model).forward(model, input_ids=input_ids, attention_mask=attention_mask,
                                    token_type_ids=token_type_ids, **inputs)
 
-    if input_ids is None or any(v is not None and v is not False for v in kwargs.values()):
+    if input_ids is None or any(v is not None and v is not False for v in kwargs.values()) \
+            or _observed(model):
         return stock(**kwargs)
     b, length = input_ids.shape
     layout = right_padded(input_ids, attention_mask)
@@ -249,7 +228,7 @@ def _fast_forward(model: Any, input_ids: torch.Tensor | None = None, attention_m
     type_ids = token_type_ids.reshape(-1).index_select(0, keep) if token_type_ids is not None \
         else torch.zeros_like(ids)
     # embeddings of real tokens only, each with its own position (BertEmbeddings' order of sums)
-    x = model._tunesmith_word_embeddings(ids) + emb.token_type_embeddings(type_ids)
+    x = emb.word_embeddings(ids) + emb.token_type_embeddings(type_ids)
     x = x + emb.position_embeddings(positions.expand(b, length).reshape(-1).index_select(0, keep))
     x = _dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
     lay = _layout(lengths)
@@ -263,7 +242,7 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
     """Install the exact fast forward on a BertForSequenceClassification; False for anything else.
 
     Calls it cannot serve exactly (labels, embeddings passed in, hidden states or attentions asked
-    for, left padding) go to the stock forward. The forward is bound to the model, so a deep copy
+    for, left padding, a hook on a submodule, gradient checkpointing) go to the stock forward. The forward is bound to the model, so a deep copy
     runs on its own weights.
     """
     from transformers import BertForSequenceClassification
@@ -273,6 +252,5 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
             or cfg._attn_implementation not in ("sdpa", "eager") or cfg.chunk_size_feed_forward \
             or getattr(cfg, "position_embedding_type", "absolute") != "absolute" or model.bert.pooler is None:
         return False
-    model._tunesmith_word_embeddings = _WordEmbeddingGrad(model.bert.embeddings)
     model.forward = types.MethodType(_fast_forward, model)
     return True

@@ -83,9 +83,7 @@ def clip_gradients(model: torch.nn.Module, max_norm: float, accelerator: Any) ->
     flat = [g.reshape(-1).float() for g in grads]  # fp16 dot products overflow above a norm of 256
     norm = float(torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt())
     coef = max_norm / (norm + 1e-6)  # torch's formula, so clipping starts at the same point
-    # unlike torch, a non-finite norm scales nothing: the loop skips that step, and NaN must not spread
-    # from the rows of this batch into gradient storage kept across steps (fast_bert's embedding buffer,
-    # which exists on CPU only; elsewhere the skipped step's gradients are dropped with zero_grad)
+    # a non-finite norm scales nothing: the loop skips that step and drops its gradients with zero_grad
     if math.isfinite(norm) and coef < 1.0:
         for g in grads:
             g.mul_(coef)
