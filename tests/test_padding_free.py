@@ -14,7 +14,8 @@ import torch
 from transformers import BertConfig, BertForTokenClassification, BertPreTrainedModel
 
 from tunesmith.errors import ConfigError
-from tunesmith.padding_free import ATTENTION, enable, is_enabled, token_outputs, unsupported
+from tunesmith.padding_free import (ATTENTION, CLAIMED, enable, flat_call, head_of, is_enabled, token_outputs,
+                                    unsupported)
 
 ROUTED = bool(getattr(BertPreTrainedModel, "_supports_attention_backend", False))
 needs_routing = pytest.mark.skipif(not ROUTED, reason="this transformers does not route BERT attention "
@@ -159,7 +160,7 @@ def test_declines_where_it_has_no_parity_test() -> None:
 
     other = DistilBertForTokenClassification(DistilBertConfig(
         vocab_size=60, dim=32, n_layers=1, n_heads=2, hidden_dim=48, num_labels=3))
-    assert "model type 'distilbert' has no parity test" in unsupported(other)
+    assert "model type 'distilbert' with a token-classification head has no parity test" in unsupported(other)
     assert enable(other, "auto") == f"off ({unsupported(other)})"
     with pytest.raises(ConfigError, match="padding_free: on, but model type 'distilbert'"):
         enable(other, "on")
@@ -211,3 +212,85 @@ def test_a_run_records_the_path_and_trains_as_padded_batches_do(task: str, tiny_
     for name, value in runs["off"].report["test"].items():
         if isinstance(value, float):  # loss, token accuracy, entity scores (per-type tables are dicts)
             assert runs["auto"].report["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def _claimed_model(model_type: str, head: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """A tiny random model of every CLAIMED pair (dropout off), and the outputs its head gives. A pair
+    added to CLAIMED without a model here fails the parity test below."""
+    from transformers import (BertForQuestionAnswering, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              LlamaForQuestionAnswering, LlamaForTokenClassification)
+
+    torch.manual_seed(0)
+    bert = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
+    llama = dict(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, num_labels=5, initializer_range=0.2,
+                 classifier_dropout=0.0, attn_implementation="sdpa")
+    qa = ("start_logits", "end_logits")
+    return {
+        ("bert", "token-classification"): lambda: (BertForTokenClassification(BertConfig(**bert, num_labels=5)),
+                                                   ("logits",)),
+        ("bert", "question-answering"): lambda: (BertForQuestionAnswering(BertConfig(**bert)), qa),
+        ("llama", "token-classification"): lambda: (LlamaForTokenClassification(LlamaConfig(**llama)), ("logits",)),
+        ("llama", "question-answering"): lambda: (LlamaForQuestionAnswering(LlamaConfig(**llama)), qa),
+        ("llama", "causal-lm"): lambda: (LlamaForCausalLM(LlamaConfig(**llama)), ("logits",)),
+        ("gpt2", "causal-lm"): lambda: (GPT2LMHeadModel(GPT2Config(
+            vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, initializer_range=0.2, attn_implementation="sdpa")), ("logits",)),
+    }[model_type, head]()
+
+
+@pytest.mark.parametrize("pair", sorted(CLAIMED), ids="/".join)
+def test_every_claimed_pair_equals_the_padded_forward(pair: tuple[str, str]) -> None:
+    """The parity test of each CLAIMED (model type, head): the padding-free forward's outputs at every real
+    token, its loss and its gradients equal the stock padded SDPA forward's (to 1e-5); where this
+    transformers is below the pair's version, auto declines and says why."""
+    model_type, head = pair
+    stock, names = _claimed_model(model_type, head)
+    assert head_of(stock) == head
+    fast = copy.deepcopy(stock)
+    if unsupported(fast, head) is not None:
+        assert "does not route" in unsupported(fast, head)
+        assert enable(fast, "auto", head).startswith("off (transformers ") and not is_enabled(fast)
+        return
+    assert enable(fast, "auto", head).startswith(f"on ({model_type}")
+    inputs, labels = _batch(LENGTHS)
+    if model_type != "bert":
+        del inputs["token_type_ids"]
+    real = inputs["attention_mask"].bool()
+    out = stock(**inputs)
+    padded = [out[n][real] for n in names]
+    if head == "causal-lm":  # the packed path's own call: one row of real tokens, the logits of each
+        flat, keep = flat_call(fast, inputs)
+        torch.testing.assert_close(keep, real.reshape(-1).nonzero().squeeze(1))
+        flat = [flat.logits[0]]
+    else:
+        flat = [o[real] for o in token_outputs(fast, inputs, names)]
+    for n, a, b in zip(names, padded, flat):
+        assert b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5, msg=n)
+    targets = labels[real]
+    if head == "question-answering":  # a start and an end in each example
+        targets = torch.tensor([n - 1 for n in LENGTHS])
+        padded = [out[n].masked_fill(~real, float("-inf")) for n in names]
+        flat = token_outputs(fast, inputs, names, fill=float("-inf"))
+    losses = [sum(torch.nn.functional.cross_entropy(t, targets, reduction="sum") for t in outs)
+              for outs in (padded, flat)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, p), q in zip(stock.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_pair_without_a_parity_test_is_declined_with_the_reason() -> None:
+    """Keyed by head: GPT-2 is claimed for causal LM, not for token classification."""
+    from transformers import GPT2Config, GPT2ForTokenClassification
+
+    model = GPT2ForTokenClassification(GPT2Config(vocab_size=60, n_embd=32, n_layer=1, n_head=4, num_labels=3))
+    assert ("gpt2", "causal-lm") in CLAIMED and ("gpt2", "token-classification") not in CLAIMED
+    why = unsupported(model, "token-classification")
+    assert why.startswith("model type 'gpt2' with a token-classification head has no parity test")
+    assert enable(model, "auto", "token-classification") == f"off ({why})" and not is_enabled(model)
+    with pytest.raises(ConfigError, match="gpt2' with a token-classification head"):
+        enable(model, "on", "token-classification")

@@ -242,8 +242,8 @@ def speed_up_bert_classifier(model: torch.nn.Module) -> bool:
     """Install the exact fast forward on a BertForSequenceClassification; False for anything else.
 
     Calls it cannot serve exactly (labels, embeddings passed in, hidden states or attentions asked
-    for, left padding, a hook on a submodule, gradient checkpointing) go to the stock forward. The forward is bound to the model, so a deep copy
-    runs on its own weights.
+    for, left padding, a hook on a submodule, gradient checkpointing) go to the stock forward. The forward
+    is bound to the model, so a deep copy runs on its own weights.
     """
     from transformers import BertForSequenceClassification
 

@@ -11,7 +11,7 @@ function is chosen, as `attn_implementation="sdpa"` would choose SDPA. Calls wit
 (padded batches, other callers) get transformers' SDPA, so the model stays an ordinary model.
 
 The path is explicit: `model.padding_free` (auto | on | off), and the report records what ran.
-It is claimed only for the architectures in `CLAIMED`, each with a parity test against the stock
+It is claimed only for the (model type, head) pairs in `CLAIMED`, each with a parity test against the stock
 padded forward (tests/test_padding_free.py), and only where the model routes attention through
 transformers' interface (`_supports_attention_backend`; transformers 5 for BERT).
 """
@@ -29,11 +29,33 @@ ATTENTION = "tunesmith_padding_free"
 """The name the attention function is registered under (never saved: config.json keeps no
 attention implementation, so an exported model loads with transformers' default)."""
 
-CLAIMED = {"bert": (5, 0), "llama": (4, 56), "gpt2": (5, 0)}
-"""model_type values with a parity test -> the first transformers version where it holds (the floor
-CI runs it on 4.56; GPT-2 there does not pass the boundaries on to its attention, BERT does not route
-attention through the interface). Position ids restart at 0 per example in these. BERT's attention is
-bidirectional within an example; the causal models' (`module.is_causal`) causal."""
+CLAIMED: dict[tuple[str, str], tuple[int, int]] = {
+    ("bert", "token-classification"): (5, 0),
+    ("bert", "question-answering"): (5, 0),
+    ("llama", "token-classification"): (5, 0),
+    ("llama", "question-answering"): (5, 0),
+    ("llama", "causal-lm"): (4, 56),
+    ("gpt2", "causal-lm"): (5, 0),
+}
+"""(model_type, head) pairs with a parity test against the stock padded forward
+(tests/test_padding_free.py: test_every_claimed_pair_equals_the_padded_forward, one case per pair) ->
+the first transformers version where it holds (the floor CI runs it on 4.56; GPT-2 there does not pass
+the boundaries on to its attention, BERT does not route attention through the interface; the Llama
+token and QA heads are claimed from the version they were tested on). Position ids restart at 0 per
+example in these. BERT's attention is bidirectional within an example; the causal models'
+(`module.is_causal`) causal."""
+
+HEADS = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering",
+         "ForCausalLM": "causal-lm", "LMHeadModel": "causal-lm"}
+"""Class-name endings -> head, for callers that do not say which head they run (tasks do)."""
+
+
+def head_of(model: torch.nn.Module) -> str | None:
+    """The head of a transformers model from its class name (LlamaForTokenClassification ->
+    token-classification), or None for one that is not listed in HEADS."""
+    name = type(model).__name__
+    return next((head for end, head in HEADS.items() if name.endswith(end)), None)
+
 
 _last: tuple[torch.Tensor, _Layout] | None = None  # the layout of the boundaries seen last (shared by all layers)
 
@@ -81,14 +103,17 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded calls get SDPA's mask
 
 
-def unsupported(model: torch.nn.Module) -> str | None:
-    """Why the path cannot run on this model, or None when it can."""
+def unsupported(model: torch.nn.Module, head: str | None = None) -> str | None:
+    """Why the path cannot run on this model with this head (`head`: what the task runs; None: read from
+    the class name), or None when it can."""
     import transformers
 
     cfg = model.config
-    if cfg.model_type not in CLAIMED:
-        return f"model type '{cfg.model_type}' has no parity test (padding-free covers {', '.join(CLAIMED)})"
-    since = CLAIMED[cfg.model_type]
+    head = head or head_of(model) or type(model).__name__
+    if (cfg.model_type, head) not in CLAIMED:
+        covered = ", ".join(f"{t} {h}" for t, h in CLAIMED)
+        return f"model type '{cfg.model_type}' with a {head} head has no parity test (padding-free covers {covered})"
+    since = CLAIMED[cfg.model_type, head]
     version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
     if not getattr(model, "_supports_attention_backend", False) or version < since:
         return f"transformers {transformers.__version__} does not route {cfg.model_type} attention and its " \
@@ -99,12 +124,14 @@ def unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
-def enable(model: torch.nn.Module, mode: str) -> str:
+def enable(model: torch.nn.Module, mode: str, head: str | None = None) -> str:
     """Switch the model to padding-free attention per `model.padding_free`; returns what runs, for the
-    report. `on` on a model it does not cover is a ConfigError naming why."""
+    report. `head`: the head the task runs ("token-classification", "question-answering", "causal-lm"),
+    which with the model type must be a CLAIMED pair; None reads it from the model's class name. `on` on
+    a pair it does not cover is a ConfigError naming why."""
     if mode == "off":
         return "off (model.padding_free: off)"
-    why = unsupported(model)
+    why = unsupported(model, head)
     if why is not None:
         if mode == "on":
             raise ConfigError(f"model.padding_free: on, but {why}; use auto or off")

@@ -34,7 +34,6 @@ from pydantic import Field
 from ..console import printable
 from ..collate import pad_inputs
 from ..errors import ConfigError, DataError
-from ..models import bare_model
 from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
 from .base import Mode, Task, register_task
 
@@ -60,6 +59,8 @@ def takes_logits_to_keep(model: "torch.nn.Module") -> bool:
     """Whether the causal LM under any DDP or PEFT wrapper takes `logits_to_keep` (transformers' causal LMs
     do), so that a packed batch computes logits at its labelled positions only."""
     import inspect
+
+    from ..models import bare_model  # imports torch: tasks are read before a config is checked
 
     return "logits_to_keep" in inspect.signature(bare_model(model).forward).parameters
 
@@ -371,7 +372,7 @@ class CausalLM(Task):
         hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        speed = {"packing": enable(model, "on") if self.opts.packing else "off (task.packing: false)"}
+        speed = {"packing": enable(model, "on", head="causal-lm") if self.opts.packing else "off (task.packing: false)"}
         if self.opts.packing:
             speed["logits"] = ("labelled positions only (logits_to_keep)" if takes_logits_to_keep(model)
                                else f"every position ({type(model).__name__}.forward takes no logits_to_keep)")
@@ -460,6 +461,8 @@ class CausalLM(Task):
             wanted = [r for r, ex in enumerate(batch.meta["example"])
                       if mode == "predict" or ex < self.opts.sample_prompts]
             if wanted:
+                from ..models import bare_model
+
                 outputs["generated"] = self._generate(bare_model(model), batch, wanted)
         return loss, outputs
 

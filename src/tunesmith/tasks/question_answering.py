@@ -251,7 +251,8 @@ class QuestionAnswering(Task):
 
         kwargs.setdefault("trust_remote_code", False)  # never transformers' prompt to run a repo's code
         model = AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
-        return model, ModelFacts(speed_paths={"padding_free": enable(model, self.cfg.model.padding_free)})
+        padding_free = enable(model, self.cfg.model.padding_free, head="question-answering")
+        return model, ModelFacts(speed_paths={"padding_free": padding_free})
 
     def count_items(self, batch: Batch) -> int:
         return int(batch.meta["example"].shape[0])

@@ -32,7 +32,6 @@ from pydantic import Field
 from ..collate import pad_inputs, pad_labels
 from ..data.report import token_length_stats
 from ..errors import ConfigError, DataError
-from ..models import bare_model
 from ..tokens import truncate
 from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
 from .base import TRUNCATED_WARN_PCT, Mode, Task, register_task
@@ -264,6 +263,8 @@ class Seq2SeqTask(Task):
 
     def forward(self, model: "torch.nn.Module", batch: Batch, mode: Mode) -> tuple[Any, Any]:
         import torch.nn.functional as F
+
+        from ..models import bare_model
 
         inner = bare_model(model)
         loss = generated = None

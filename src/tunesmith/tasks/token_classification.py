@@ -510,7 +510,8 @@ class TokenClassification(Task):
         model = AutoModelForTokenClassification.from_pretrained(
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id={n: i for i, n in enumerate(self.labels)}, **kwargs)
-        return model, ModelFacts(speed_paths={"padding_free": enable(model, self.cfg.model.padding_free)})
+        padding_free = enable(model, self.cfg.model.padding_free, head="token-classification")
+        return model, ModelFacts(speed_paths={"padding_free": padding_free})
 
     def count_items(self, batch: Batch) -> int:
         """Labelled sub-tokens (counted at collation, on the CPU): loss_sum / count = the HF model's mean loss."""
