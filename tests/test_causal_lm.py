@@ -156,8 +156,8 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_models: Any) -> Non
     table = _table([{"prompt": "the movie"}, {"prompt": "it was a very sad day and"}, {"prompt": "good"}])
     features = task.preprocess(table, task.tokenizer)
     with torch.no_grad():
-        together = task.forward(model, task.collate([features[i] for i in range(3)]))[1]["generated"]
-        alone = [task.forward(model, task.collate([features[i]]))[1]["generated"][0] for i in range(3)]
+        together = task.forward(model, task.collate([features[i] for i in range(3)]), "predict")[1]["generated"]
+        alone = [task.forward(model, task.collate([features[i]]), "predict")[1]["generated"][0] for i in range(3)]
     assert [together[i] for i in range(3)] == alone
     assert all(len(x) == 5 or (len(x) < 5 and x[-1] == task.tokenizer.eos_token_id) for x in alone)
 

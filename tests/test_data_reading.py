@@ -377,7 +377,8 @@ def _report(source: str) -> dict:
             "truncated_pct": 1.28}
     labels = ["World", "Sports", "Business", "Sci/Tech", "bad\x1b[31mred"]
     return {
-        "task": "text-classification", "problem_type": "single_label", "labels": labels,
+        "task": "text-classification", "headline": "text-classification, single_label, 5 labels",
+        "problem_type": "single_label", "labels": labels,
         "splits": {"train": {"rows": 4360, "source": source, "made": None},
                    "test": {"rows": 545, "source": source,
                             "made": "545 rows (10%) taken from train, seed 42, stratified by label"},

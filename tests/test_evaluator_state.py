@@ -68,12 +68,12 @@ def split(request: pytest.FixtureRequest, tiny_models: Any, tmp_path_factory: py
     cfg = load_config(_config(request.param, tiny_models, tmp_path_factory.mktemp(request.param), "merge"))
     p = prepare(cfg)
     torch.manual_seed(0)
-    model = load_model(p.task, p.model_name, cfg.model).eval()
+    model = load_model(p.task, p.model_name, cfg.model)[0].eval()
     table, features = p.data.splits["validation"], p.tokenized["validation"]
     whole, fed, loss_sum, items = p.task.evaluator(table), [], 0.0, 0
     for b in eval_plan(features["length"], cfg.eval.batch_size):
         batch = p.task.collate(features.__getitems__(b.tolist()))
-        loss, outputs = p.task.forward(model, batch)
+        loss, outputs = p.task.forward(model, batch, "predict")
         whole.add(batch, outputs)
         fed.append((batch, outputs))
         loss_sum, items = loss_sum + float(loss), items + p.task.count_items(batch)

@@ -102,7 +102,7 @@ def test_loss_sum_over_count_items_is_the_models_mean_loss(make_task, tok):
     task.fit({"train": t})
     batch = task.collate(list(task.preprocess(t, tok)))
     model = tiny_model(tok, len(task.labels))
-    loss_sum, _ = task.forward(model, batch)
+    loss_sum, _ = task.forward(model, batch, "loss")
     assert task.count_items(batch) == 6  # words, not sub-tokens or padding
     expected = model(**batch.inputs, labels=batch.targets["labels"]).loss
     assert abs(loss_sum.item() / 6 - expected.item()) < 1e-6
@@ -347,7 +347,7 @@ def test_entities_match_the_transformers_pipeline_with_first_aggregation(make_ta
     t = texts([text])
     batch = task.collate(list(task.preprocess(t, tok)))
     ev = task.evaluator(t)
-    ev.add(batch, task.forward(model, batch)[1])
+    ev.add(batch, task.forward(model, batch, "predict")[1])
     ours = ev.result().predictions[0]["entities"]
     theirs = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first",
                       device="cpu")(text)

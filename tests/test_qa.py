@@ -290,7 +290,7 @@ def test_normalised_loss_is_the_models_own_loss_per_window(tmp_path, tok, qa_mod
     lengths = batch.inputs["attention_mask"].sum(1).tolist()
     assert len(set(lengths)) > 1  # the short window is padded in this batch
     with torch.no_grad():
-        loss, _ = task.forward(qa_model, batch)
+        loss, _ = task.forward(qa_model, batch, "loss")
         # each window alone, unpadded: padding positions take no probability in the task's loss
         alone = [qa_model(**{k: v[i:i + 1, :n] for k, v in batch.inputs.items()},
                           **{k: v[i:i + 1] for k, v in batch.targets.items()}).loss for i, n in enumerate(lengths)]
@@ -378,7 +378,7 @@ def test_evaluators_merge_and_pickle(tmp_path, tok, qa_model):
     with torch.no_grad():
         for k, f in enumerate(features):
             batch = task.collate([f])
-            _, out = task.forward(qa_model, batch)
+            _, out = task.forward(qa_model, batch, "predict")
             whole.add(batch, out)
             parts[k % 2].add(batch, out)
     merged = task.evaluator(t)
