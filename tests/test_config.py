@@ -71,6 +71,104 @@ def test_unknown_keys_in_a_yaml_file_name_the_file(tmp_path):
     assert "did you mean 'train'?" in str(info.value)
 
 
+# ---------------------------------------------------------------- Hugging Face names
+
+GLOBAL_BATCH = "train.batch_size is the global batch; with N processes each gets batch_size/N"
+
+
+def _lines(msg: str) -> list[str]:
+    return msg.splitlines()[1:]
+
+
+@pytest.mark.parametrize("where, key, value, answer", [
+    ("train", "learning_rate", 3e-5, "tunesmith calls it train.lr"),
+    ("train", "per_device_train_batch_size", 8, GLOBAL_BATCH),
+    ("train", "per_device_eval_batch_size", 8,
+     "tunesmith calls it eval.batch_size (per process: each process evaluates whole batches of that size)"),
+    ("train", "bf16", True, "write train.precision: bf16 (fp32 for bf16: false; the default, auto, picks bf16 "
+                            "where the hardware runs it natively)"),
+    ("train", "fp16", True, "write train.precision: fp16 (fp32 for fp16: false; fp16 needs a CUDA GPU)"),
+    ("model", "model_name_or_path", "bert-base-cased", "tunesmith calls it model.name"),
+    ("train", "eval_steps", 500, "tunesmith calls it train.eval_every (an integer: every N optimizer steps; also "
+                                 "epoch, or a fraction of an epoch)"),
+    ("train", "num_train_epochs", 2, "tunesmith calls it train.epochs"),
+    ("train", "weight_decay", 0.1, None),  # a tunesmith key already: no error
+    (None, "weight_decay", 0.1, "it is train.weight_decay"),
+    ("train", "warmup_ratio", 0.1, None),
+    ("model", "warmup_ratio", 0.1, "it is train.warmup_ratio"),
+    ("train", "warmup_steps", 100, "tunesmith has train.warmup_ratio only: the share of all optimizer steps "
+                                   "(warmup_steps / total steps)"),
+    ("train", "gradient_accumulation_steps", 4, "tunesmith calls it train.grad_accum"),
+    (None, "max_grad_norm", 1.0, "it is train.max_grad_norm"),
+    (None, "seed", 1, "it is train.seed"),
+    ("train", "save_total_limit", 2, "tunesmith calls it train.keep_checkpoints (the best one is always kept too)"),
+    ("train", "logging_steps", 10, "tunesmith calls it train.log_every"),
+    ("train", "lr_scheduler_type", "cosine", "tunesmith calls it train.scheduler (linear, cosine or constant)"),
+    ("train", "output_dir", "out", "it is output_dir, at the top level of the config"),
+    ("model", "max_seq_length", 256, "tunesmith calls it model.max_length"),
+    ("data", "max_seq_length", 256, "tunesmith calls it model.max_length"),
+    (None, "learning_rate", 3e-5, "tunesmith calls it train.lr"),
+    ("data", "model_name_or_path", "bert-base-cased", "tunesmith calls it model.name"),
+    ("train", "optim", "adamw_torch", "no tunesmith key: tunesmith trains with AdamW (fused where the device has it)"),
+    ("task", "learning_rate", 3e-5, "tunesmith calls it train.lr"),
+])
+def test_a_hugging_face_name_gets_the_exact_tunesmith_key(where: str | None, key: str, value: object,
+                                                          answer: str | None) -> None:
+    raw = minimal()
+    (raw.setdefault(where, {}) if where else raw)[key] = value
+    if answer is None:
+        load_config(raw)
+        return
+    dotted = f"{where}.{key}" if where else key
+    assert _lines(config_error(raw)) == [f"  - unknown key '{dotted}': {answer}"]
+
+
+def test_hugging_face_names_in_one_config_each_get_their_line_and_an_override_says_so() -> None:
+    raw = minimal(train={"learning_rate": 1e-4, "per_device_train_batch_size": 16, "bf16": True},
+                  model={"model_name_or_path": "roberta-base"})
+    assert _lines(config_error(raw, ["train.eval_steps=100"])) == [
+        "  - unknown key 'model.model_name_or_path': tunesmith calls it model.name",
+        "  - unknown key 'train.learning_rate': tunesmith calls it train.lr",
+        f"  - unknown key 'train.per_device_train_batch_size': {GLOBAL_BATCH}",
+        "  - unknown key 'train.bf16': write train.precision: bf16 (fp32 for bf16: false; the default, auto, picks "
+        "bf16 where the hardware runs it natively)",
+        "  - unknown key 'train.eval_steps': tunesmith calls it train.eval_every (an integer: every N optimizer "
+        "steps; also epoch, or a fraction of an epoch) (given by override train.eval_steps=100)"]
+
+
+def test_a_hugging_face_name_in_a_nested_section_and_among_task_options() -> None:
+    assert _lines(config_error(minimal(model={"lora": {"lora_r": 4}}))) == [
+        "  - unknown key 'model.lora.lora_r': tunesmith calls it model.lora.r"]
+    assert _lines(config_error(minimal(task={"type": "token-classification", "label_all_tokens": True}))) == [
+        "  - unknown key 'task.label_all_tokens': tunesmith calls it task.label_all_subtokens (token-classification)"]
+
+
+def _is_schema_key(dotted: str) -> bool:
+    """Whether a dotted key is one of the schema's: a RunConfig path, or task.X for a registered task's option."""
+    from tunesmith import registry
+    from tunesmith.config import _fields_at
+
+    *path, key = dotted.split(".")
+    if path == ["task"]:
+        return key == "type" or any(key in registry.task_class(t).Options.model_fields for t in registry.task_names())
+    return key in _fields_at(RunConfig, tuple(path))
+
+
+def test_every_hugging_face_alias_names_a_real_schema_key_and_its_answer_names_it() -> None:
+    from tunesmith.config import HF_NAMES
+
+    assert _is_schema_key("train.lr") and _is_schema_key("model.lora.r") and _is_schema_key("task.doc_stride")
+    assert not _is_schema_key("train.learning_rate") and not _is_schema_key("model.lora.lora_r")
+    for name, (target, answer) in HF_NAMES.items():
+        assert not _is_schema_key(f"train.{name}") or name in ("max_steps", "weight_decay", "warmup_ratio",
+                                                                "max_grad_norm", "seed", "early_stopping_patience")
+        if target is None:
+            assert answer.startswith("no tunesmith key: "), name
+        else:
+            assert _is_schema_key(target), f"{name} -> {target}: no such key"
+            assert target in answer, f"{name}: the answer does not name {target}"
+
+
 # ---------------------------------------------------------------- types and values
 
 @pytest.mark.parametrize("section,key,value", [
@@ -341,7 +439,7 @@ def test_a_task_option_of_the_wrong_type_names_the_key():
 def test_unknown_task_type_gets_did_you_mean():
     msg = config_error(minimal(task="token-clasification"))
     assert "unknown task.type 'token-clasification'. Did you mean 'token-classification'?" in msg
-    assert ("Known tasks: question-answering, summarization, text-classification, text-generation, "
+    assert ("Known tasks: multiple-choice, question-answering, summarization, text-classification, text-generation, "
             "token-classification, translation") in msg
 
 
@@ -436,3 +534,19 @@ def test_a_moved_key_keeps_working_with_a_note_naming_its_new_place(old: str, ne
     assert key not in cfg.model_dump()[section]
     with pytest.raises(ConfigError, match=f"{old} is the old place of task.{new}: set only task.{new}"):
         load_config({**raw, "task": {new: value}})
+
+
+def test_train_help_lists_the_config_sections_from_the_schema() -> None:
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+    from tunesmith.config import config_sections
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"}).output
+    assert "Config sections (every key: README's config reference):" in out
+    sections = config_sections().splitlines()
+    assert [line.split()[0] for line in sections] == list(RunConfig.model_fields)
+    assert sections[0] == ("  task        What to learn: type (the task) and that task's options, written flat "
+                           "beside it.")
+    for line in sections:
+        assert line.strip() in out

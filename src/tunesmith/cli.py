@@ -48,8 +48,19 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def train(config: Path = typer.Argument(..., help="YAML config (sections task/model/data/train/eval/output_dir)."),
+class _TrainCommand(typer.core.TyperCommand):
+    """`train --help` ends with the config's sections, read from the schema when the help is shown."""
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:
+        from .config import config_sections
+
+        if "Config sections" not in (self.help or ""):
+            self.help = f"{self.help}\n\nConfig sections (every key: README's config reference):\n\n{config_sections()}"
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_TrainCommand)
+def train(config: Path = typer.Argument(..., help="YAML config (its sections are listed below)."),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP),
           resume: bool = typer.Option(False, "--resume",
                                       help="Continue from the run folder's last checkpoint."),

@@ -337,10 +337,16 @@ class SearchConfig(_Section):
 
 class RunConfig(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
+    """What to learn: type (the task) and that task's options, written flat beside it."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The pretrained model: name, revision, max_length, dropout, lora, padding_free."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """Where the examples come from: files or a Hub dataset, columns, splits, missing values."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Fine-tuning: epochs or max_steps, batch_size (global), lr, schedule, precision, evaluation,
+    checkpoints, early stopping."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation: the metric that picks the best checkpoint, and the evaluation batch size."""
     output_dir: str = "runs/run"
     """The run folder: config, data report, metrics, checkpoints, predictions, plots, model. For
     `tunesmith search`, the study folder (trials/, leaderboard, best_config.yaml, plots)."""
@@ -430,10 +436,86 @@ def _moved_to(dotted: str, task_type: str | None) -> str | None:
     return None
 
 
+# Hugging Face names (TrainingArguments, the run_*.py scripts' arguments, PEFT's LoRA names) -> (the tunesmith key,
+# or None where there is none; the answer). Found at whatever place the user wrote them; every target is a key of
+# the schema (tests/test_config.py checks it), and every answer names its target.
+HF_NAMES: dict[str, tuple[str | None, str]] = {
+    "learning_rate": ("train.lr", "tunesmith calls it train.lr"),
+    "per_device_train_batch_size": ("train.batch_size", "train.batch_size is the global batch; with N processes "
+                                                        "each gets batch_size/N"),
+    "train_batch_size": ("train.batch_size", "train.batch_size is the global batch; with N processes each gets "
+                                             "batch_size/N"),
+    "per_device_eval_batch_size": ("eval.batch_size", "tunesmith calls it eval.batch_size (per process: each "
+                                                      "process evaluates whole batches of that size)"),
+    "eval_batch_size": ("eval.batch_size", "tunesmith calls it eval.batch_size (per process: each process "
+                                           "evaluates whole batches of that size)"),
+    "bf16": ("train.precision", "write train.precision: bf16 (fp32 for bf16: false; the default, auto, picks bf16 "
+                                "where the hardware runs it natively)"),
+    "fp16": ("train.precision", "write train.precision: fp16 (fp32 for fp16: false; fp16 needs a CUDA GPU)"),
+    "model_name_or_path": ("model.name", "tunesmith calls it model.name"),
+    "model_revision": ("model.revision", "tunesmith calls it model.revision"),
+    "tokenizer_name": (None, "no tunesmith key: the tokenizer is always model.name's own"),
+    "num_train_epochs": ("train.epochs", "tunesmith calls it train.epochs"),
+    "eval_steps": ("train.eval_every", "tunesmith calls it train.eval_every (an integer: every N optimizer steps; "
+                                       "also epoch, or a fraction of an epoch)"),
+    "eval_strategy": ("train.eval_every", "tunesmith calls it train.eval_every: epoch, or an integer number of "
+                                          "optimizer steps"),
+    "evaluation_strategy": ("train.eval_every", "tunesmith calls it train.eval_every: epoch, or an integer number "
+                                                "of optimizer steps"),
+    "save_steps": ("train.eval_every", "no separate key: a checkpoint is saved at every evaluation "
+                                       "(train.eval_every)"),
+    "save_strategy": ("train.eval_every", "no separate key: a checkpoint is saved at every evaluation "
+                                          "(train.eval_every)"),
+    "save_total_limit": ("train.keep_checkpoints", "tunesmith calls it train.keep_checkpoints (the best one is "
+                                                   "always kept too)"),
+    "load_best_model_at_end": ("eval.metric", "no key needed: tunesmith always tests and exports the best "
+                                              "checkpoint by eval.metric"),
+    "metric_for_best_model": ("eval.metric", "tunesmith calls it eval.metric"),
+    "greater_is_better": (None, "no tunesmith key: the direction is the metric's own (loss lower, accuracy "
+                                "higher)"),
+    "max_steps": ("train.max_steps", "it is train.max_steps"),
+    "weight_decay": ("train.weight_decay", "it is train.weight_decay"),
+    "warmup_ratio": ("train.warmup_ratio", "it is train.warmup_ratio"),
+    "warmup_steps": ("train.warmup_ratio", "tunesmith has train.warmup_ratio only: the share of all optimizer "
+                                           "steps (warmup_steps / total steps)"),
+    "lr_scheduler_type": ("train.scheduler", "tunesmith calls it train.scheduler (linear, cosine or constant)"),
+    "gradient_accumulation_steps": ("train.grad_accum", "tunesmith calls it train.grad_accum"),
+    "max_grad_norm": ("train.max_grad_norm", "it is train.max_grad_norm"),
+    "seed": ("train.seed", "it is train.seed"),
+    "logging_steps": ("train.log_every", "tunesmith calls it train.log_every"),
+    "early_stopping_patience": ("train.early_stopping_patience", "it is train.early_stopping_patience"),
+    "dataloader_num_workers": ("train.num_workers", "tunesmith calls it train.num_workers"),
+    "optim": (None, "no tunesmith key: tunesmith trains with AdamW (fused where the device has it)"),
+    "output_dir": ("output_dir", "it is output_dir, at the top level of the config"),
+    "max_seq_length": ("model.max_length", "tunesmith calls it model.max_length"),
+    "max_source_length": ("model.max_length", "tunesmith calls it model.max_length"),
+    "max_length": ("model.max_length", "it is model.max_length"),
+    "train_file": ("data.train", "tunesmith calls it data.train"),
+    "validation_file": ("data.validation", "tunesmith calls it data.validation"),
+    "test_file": ("data.test", "tunesmith calls it data.test"),
+    "dataset_name": ("data.hub_dataset", "tunesmith calls it data.hub_dataset"),
+    "dataset_config_name": ("data.hub_config", "tunesmith calls it data.hub_config"),
+    "max_train_samples": ("data.max_train_rows", "tunesmith calls it data.max_train_rows"),
+    "max_eval_samples": ("data.max_eval_rows", "tunesmith calls it data.max_eval_rows"),
+    "validation_split_percentage": ("data.validation_ratio", "tunesmith calls it data.validation_ratio (a share, "
+                                                             "not a percent: 5 is 0.05)"),
+    "text_column_name": ("data.text_column", "tunesmith calls it data.text_column"),
+    "label_column_name": ("data.label_column", "tunesmith calls it data.label_column"),
+    "label_all_tokens": ("task.label_all_subtokens", "tunesmith calls it task.label_all_subtokens "
+                                                     "(token-classification)"),
+    "label_smoothing_factor": ("task.label_smoothing", "tunesmith calls it task.label_smoothing (translation, "
+                                                       "summarization)"),
+    "lora_r": ("model.lora.r", "tunesmith calls it model.lora.r"),
+    "lora_alpha": ("model.lora.alpha", "tunesmith calls it model.lora.alpha"),
+    "lora_dropout": ("model.lora.dropout", "tunesmith calls it model.lora.dropout"),
+}
+
+
 def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = (),
                  task_type: str | None = None) -> list[str]:
     """One line per error, unknown keys with a did-you-mean among the valid keys at that place (`task_type`:
-    the config's task, for a key that moved into another task's options)."""
+    the config's task, for a key that moved into another task's options); a Hugging Face name (HF_NAMES) gets
+    its exact answer instead, wherever it was written."""
     lines = []
     for e in err.errors():
         if e["type"] == "tunesmith":  # already worded (task options, unknown task type)
@@ -443,6 +525,9 @@ def _error_lines(err: ValidationError, root: type[BaseModel], prefix: tuple = ()
         dotted = ".".join(str(p) for p in prefix + loc) or "(top level)"
         if e["type"] == "extra_forbidden" and root is RunConfig and _moved_to(dotted, task_type):
             lines.append(f"  - unknown key '{dotted}': {_moved_to(dotted, task_type)}")
+            continue
+        if e["type"] == "extra_forbidden" and loc and str(loc[-1]) in HF_NAMES:
+            lines.append(f"  - unknown key '{dotted}': {HF_NAMES[str(loc[-1])][1]}")
             continue
         if e["type"] == "extra_forbidden":
             valid = _fields_at(root, loc[:-1])
@@ -562,6 +647,14 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
                                          "folder")
             setattr(cfg.data, split, str(path))
     return cfg
+
+
+def config_sections() -> str:
+    """The config's sections, one line each, from RunConfig's field descriptions (for `tunesmith train --help`)."""
+    width = max(map(len, RunConfig.model_fields))
+    first = {name: " ".join((f.description or "").split()).split(". ")[0].removesuffix(".") + "."
+             for name, f in RunConfig.model_fields.items()}
+    return "\n".join(f"  {name:<{width}}  {text}" for name, text in first.items())
 
 
 def config_reference() -> str:
