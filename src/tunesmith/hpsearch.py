@@ -337,7 +337,7 @@ def _objective(s: Search, current: dict[str, Any]) -> Any:
 
     def objective(trial: Any) -> float:
         current["trial"] = trial
-        queued = "fixed_params" in trial.study._storage.get_trial(trial._trial_id).system_attrs
+        queued = "fixed_params" in _stored_trial(trial.study, trial.number).system_attrs
         if s.spec.method == "grid" and not queued:
             trial.set_user_attr("surplus", True)
             raise _Surplus("the grid was used up while this worker asked for a trial; nothing was run")
@@ -474,6 +474,12 @@ def work(s: Search, study: Any, *, timeout: float | None = None) -> int:
     return ran
 
 
+def _stored_trial(study: Any, number: int) -> Any:
+    """The trial numbered `number` as the study's storage holds it now (a FrozenTrial read afresh, not this
+    worker's copy), through Optuna's public API."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _finished_elsewhere(study: Any, trial: Any) -> bool:
     """Whether another worker finished the trial this one was running, which makes Optuna's tell fail
     (UpdateFinishedTrialError, "Cannot tell a FAIL trial"): its heartbeat came late (the worker was
@@ -481,7 +487,7 @@ def _finished_elsewhere(study: Any, trial: Any) -> bool:
     values again. Said, and this worker goes on with the next trial instead of dying with a traceback."""
     if trial is None:
         return False
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = _stored_trial(study, trial.number)
     if not frozen.state.is_finished():
         return False
     state = {"FAIL": "failed", "COMPLETE": "completed"}.get(frozen.state.name, frozen.state.name.lower())
