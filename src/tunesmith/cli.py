@@ -275,8 +275,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     A .txt file holds one text per line (blank lines are skipped; each record keeps its line number) and
     works for every task that reads one text. JSONL output adds one key, `tunesmith` ({line, prediction});
     CSV/TSV adds `input_line` and a `pred_*` column per key of the prediction record (a record {label, score,
-    probs} gives `pred_label`, `pred_score` and one `pred_probs.<label>` per label). A name the input already uses gets a suffix (`tunesmith_1`); cells that
-    a spreadsheet would run as a formula get a leading '. Generative tasks take their decoding options
+    probs} gives `pred_label`, `pred_score` and one `pred_probs.<label>` per label). A name the input already
+    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '. Generative tasks take their decoding options
     (`--set task.OPTION=VALUE`); the others refuse them. Files of any length are read, predicted and written
     in chunks; the output appears only once every row is written.
     """
