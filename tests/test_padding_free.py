@@ -294,3 +294,31 @@ def test_a_pair_without_a_parity_test_is_declined_with_the_reason() -> None:
     assert enable(model, "auto", "token-classification") == f"off ({why})" and not is_enabled(model)
     with pytest.raises(ConfigError, match="gpt2' with a token-classification head"):
         enable(model, "on", "token-classification")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_packed_causal_call_builds_no_dense_mask(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers would build a dense (1, 1, n, n) block-diagonal mask for the flattened row (from its
+    restarting position ids, when the model builds no cache) that the registered attention discards: the
+    registered mask function gives none inside flat_call, SDPA's mask elsewhere; logits stay the padded ones."""
+    from transformers.masking_utils import AttentionMaskInterface
+
+    stock, _ = _claimed_model(kind, "causal-lm")
+    stock.config.use_cache = False  # (with a cache transformers skips the packed-sequence mask itself)
+    fast = copy.deepcopy(stock)
+    if unsupported(fast, "causal-lm") is not None:
+        pytest.skip(unsupported(fast, "causal-lm"))
+    enable(fast, "on", "causal-lm")
+    registered = AttentionMaskInterface._global_mapping[ATTENTION]
+    made: list = []
+    monkeypatch.setitem(AttentionMaskInterface._global_mapping, ATTENTION,
+                        lambda *a, **k: made.append(registered(*a, **k)) or made[-1])
+    inputs, _ = _batch(LENGTHS)
+    del inputs["token_type_ids"]
+    real = inputs["attention_mask"].bool()
+    out, _ = flat_call(fast, inputs)
+    assert made and all(m is None for m in made)
+    torch.testing.assert_close(out.logits[0], stock(**inputs).logits[real], rtol=0, atol=1e-5)
+    made.clear()
+    torch.testing.assert_close(fast(**inputs).logits, stock(**inputs).logits, rtol=0, atol=0)  # padded: SDPA's
+    assert made and all(m is not None and m.shape[-1] == real.shape[1] for m in made)

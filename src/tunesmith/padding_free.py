@@ -17,6 +17,7 @@ transformers' interface (`_supports_attention_backend`; transformers 5 for BERT)
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable
 
 import torch
@@ -95,12 +96,24 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return out.view(1, n, heads, d), None
 
 
+_flat = contextvars.ContextVar("tunesmith_flat_call", default=False)  # inside flat_call's model call
+
+
+def mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """The mask function registered with the attention: none for a flattened call (its boundaries go to
+    `attention`, which would discard the dense n x n block-diagonal mask transformers builds from the
+    restarting position ids), SDPA's mask for any other call."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _flat.get() else sdpa_mask(*args, **kwargs)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION, attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded calls get SDPA's mask
+    AttentionMaskInterface.register(ATTENTION, mask)  # padded calls get SDPA's mask
 
 
 def unsupported(model: torch.nn.Module, head: str | None = None) -> str | None:
@@ -164,9 +177,13 @@ def flat_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
     flat = {k: v.reshape(-1).index_select(0, keep)[None] for k, v in inputs.items() if k != "attention_mask"}
     cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     longest = int(lengths.max())
-    out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
-                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
-                **(extra(keep) if extra else {}))
+    token = _flat.set(True)
+    try:
+        out = model(**flat, position_ids=positions.expand(b, length).reshape(-1).index_select(0, keep)[None],
+                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+                    **(extra(keep) if extra else {}))
+    finally:
+        _flat.reset(token)
     return out, keep
 
 
