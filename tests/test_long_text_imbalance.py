@@ -160,10 +160,11 @@ def test_chunks_train_evaluate_and_predict_per_document(tiny_model_dir: str, tmp
     accuracy = np.mean([r["gold"] == r["prediction"]["label"] for r in rows])
     assert run.report["test"]["accuracy"] == pytest.approx(accuracy)
     # the sentiment words sit past the first window: reading every window learns them, truncating cannot
-    assert run.report["test"]["accuracy"] >= 0.9
+    # (the seeded CPU runs' values: reading every window gets all 24 documents right, truncation 13 of 24)
+    assert run.report["test"]["accuracy"] == 1.0
     cfg_truncate = copy.deepcopy(cfg)
     cfg_truncate["task"]["long_text"], cfg_truncate["output_dir"] = "truncate", str(tmp_path / "truncate")
-    assert tunesmith.train(cfg_truncate).report["test"]["accuracy"] <= 0.75
+    assert tunesmith.train(cfg_truncate).report["test"]["accuracy"] == pytest.approx(13 / 24, abs=1e-12)
     # the saved model applies the same windows to documents of any length
     loaded = tunesmith.load(run.dir).predict([r["input"]["text"] for r in rows])
     for mine, theirs in zip(loaded, rows):

@@ -70,7 +70,15 @@ def test_multi_label_end_to_end(base_config: dict, tmp_path: Path) -> None:
     test = run.report["test"]
     assert {"micro_f1", "macro_f1", "subset_accuracy", "threshold"} <= set(test)
     assert test["threshold"] == run.report["validation"]["threshold"]  # tuned on validation, used on test
-    assert test["micro_f1"] > 0.9
+    # the reported micro-F1 is scikit-learn's on the run's own predictions at the tuned threshold; and the topic
+    # words are learnable: every label of every test row right (the seeded CPU run's value, 1.0)
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+    rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    binarize = MultiLabelBinarizer(classes=sorted(TOPICS)).fit([])
+    assert test["micro_f1"] == pytest.approx(f1_score(binarize.transform([r["gold"] for r in rows]), binarize.transform(
+        [r["prediction"]["labels"] for r in rows]), average="micro"), abs=1e-12)
+    assert test["micro_f1"] == 1.0
     pred = tunesmith.load(run.dir).predict(["the team scored a goal", "vote on the new law"])
     assert all(set(p["probs"]) == set(TOPICS) for p in pred)
     assert "sports" in pred[0]["labels"] and "politics" in pred[1]["labels"]
@@ -85,7 +93,16 @@ def test_regression_end_to_end(base_config: dict, tmp_path: Path) -> None:
     run = tunesmith.train(cfg)
     test = run.report["test"]
     assert {"mse", "mae", "pearson", "spearman"} <= set(test)
-    assert run.summary["metric"] == "mse" and test["pearson"] > 0.8
+    assert run.summary["metric"] == "mse"
+    # scipy's and numpy's values on the run's own predictions; then the seeded CPU run's values
+    # (pearson 0.9999998865516484, mse 0.0039280072928236836)
+    from scipy.stats import pearsonr
+    rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    gold, predicted = np.array([r["gold"] for r in rows]), np.array([r["prediction"]["value"] for r in rows])
+    assert test["pearson"] == pytest.approx(pearsonr(gold, predicted)[0], abs=1e-6)
+    assert test["mse"] == pytest.approx(np.mean((gold - predicted) ** 2), rel=1e-5)
+    assert test["pearson"] == pytest.approx(0.9999998865516484, abs=1e-6)
+    assert test["mse"] == pytest.approx(0.0039280072928236836, rel=1e-4)
     values = [p["value"] for p in tunesmith.load(run.dir).predict(["good good great", "bad awful terrible"])]
     assert values[0] > values[1]
 

@@ -125,12 +125,18 @@ def test_a_tiny_t5_learns_to_copy_words_and_loss_only_evaluation_skips_generatio
     losses = train_losses(run.dir)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert first == pytest.approx(math.log(len(GEN_VOCAB)), rel=0.1)  # a random model starts near uniform
-    assert last < 0.3 * first, (first, last)
-    assert run.report["test"]["loss"] < 0.35 * first  # it generalises to unseen word sequences
+    # the seeded CPU run's values: the mean of the last 10 train losses and the test loss (unseen word
+    # sequences) are a fifth of the start's
+    assert (last, run.report["test"]["loss"]) == pytest.approx((0.6892999589443207, 0.8065776641552265), rel=1e-5)
     evals = [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert len(evals) == 3 and all("bleu" not in e for e in evals)  # eval.metric: loss generates nothing
-    assert run.report["test"]["chrf"] > 50 and "bleu" in run.report["validation"]  # the final ones generate
+    assert "bleu" in run.report["validation"]  # the final ones generate
     rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
+    # chrF is sacreBLEU's on the run's own generations; the seeded CPU run gives 64.39892574507881
+    import sacrebleu
+    chrf = sacrebleu.corpus_chrf([r["prediction"]["translation_text"] for r in rows], [[r["gold"] for r in rows]]).score
+    assert run.report["test"]["chrf"] == pytest.approx(chrf, abs=1e-9)
+    assert run.report["test"]["chrf"] == pytest.approx(64.39892574507881, rel=1e-5)
     assert sum(r["prediction"]["translation_text"] == r["gold"] for r in rows) >= 4  # exact copies (untrained: 0)
 
 
