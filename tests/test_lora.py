@@ -30,7 +30,9 @@ def test_lora_trains_the_adapter_and_head_and_exports_a_merged_model(base_config
     assert run.summary["lora"] == {**LORA, "target_modules": "auto"}
     assert run.summary["speed_paths"] == {"fast_bert": "off (model.lora: the stock forward)"}
     losses = train_losses(run.dir)
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    # mean of the first and of the last 5 train losses: the seeded CPU run's values (it learns: 0.695 -> 0.310)
+    assert (sum(losses[:5]) / 5, sum(losses[-5:]) / 5) == pytest.approx((0.6951981663703919, 0.3095285058021545),
+                                                                        rel=1e-5)
     # checkpoints hold the adapter and the head, nothing of the frozen base
     ckpt = run.dir / "checkpoints" / json.loads((run.dir / "checkpoints" / "index.json").read_text())["latest"]
     assert not (ckpt / "model.safetensors").exists()
