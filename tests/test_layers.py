@@ -76,7 +76,8 @@ TASK_MEMBERS = {m for m in [*dir(Task), *Task.__annotations__] if not m.startswi
 
 def _violations(path: Path, words: dict[str, str]) -> list[str]:
     """String constants and docstrings that are (or name, as `task.<option>` or a task name) a task's word, and
-    comments that name a task; members of a task object (`task.x`, `p.task.x`, `self.task.x`) that are not part of the Task interface."""
+    comments that name a task; members of a task object (`task.x`, `p.task.x`, `self.task.x`) that are not part
+    of the Task interface."""
     tree = ast.parse(path.read_text())
     out = []
     pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
@@ -158,5 +159,6 @@ def test_register_task_refuses_a_task_with_an_unimplemented_hook() -> None:
             return {"accuracy": True}
 
     with pytest.raises(TypeError, match=r"it does not implement collate, count_items, encode, evaluator, fit, "
-                                        r"forward, gold, load_model, preprocess, roles, state, summary"):
+                                        r"forward, gold, load_model, prediction_schema, preprocess, roles, "
+                                        r"state, summary"):
         register_task(Half)

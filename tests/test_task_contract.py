@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,10 @@ from tunesmith.tasks.base import task_names
 from tunesmith.training.loop import Control
 
 CONTRACT = Path(__file__).parent / "contract"
+EXPECTED_LOSSES = CONTRACT / "expected_losses.json"  # each task's first 10 training losses (see below)
 STEPS, STOP_AT = 60, 25  # STOP_AT falls mid-epoch in every fixture (checked below)
+SHORT = 5  # steps of the runs that check one property (accumulation, padding-free)
+DROPOUT = 0.1
 BF16_STEPS = 6  # the bf16 runs check evaluation, not learning: a few steps move the weights off their init
 
 
@@ -37,8 +42,25 @@ def _fixture_file(folder: Path, stem: str) -> Path:
     return found[0]
 
 
-def _config(task: str, tiny_models: Any, tmp_path: Path, name: str) -> dict:
-    """The fixture's config; its model.name may be `tiny:<kind>`, a tiny random model from conftest."""
+def _with_dropout(folder: str, rate: float) -> str:
+    """A copy of a tiny model (beside it) whose dropout probabilities are `rate`: every tiny model is built
+    without dropout, and resume must be exact with it on (the RNG state is part of a checkpoint)."""
+    out = Path(f"{folder}-dropout{rate}")
+    if not out.exists():
+        tmp = Path(f"{out}.tmp")
+        shutil.copytree(folder, tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        for key, value in config.items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+                config[key] = rate
+        (tmp / "config.json").write_text(json.dumps(config))
+        tmp.rename(out)
+    return str(out)
+
+
+def _config(task: str, tiny_models: Any, tmp_path: Path, name: str, dropout: float = DROPOUT) -> dict:
+    """The fixture's config; its model.name may be `tiny:<kind>`, a tiny random model from conftest, here
+    with `dropout` on."""
     folder = CONTRACT / task
     assert folder.is_dir(), f"registered task '{task}' has no contract fixture folder {folder}"
     cfg: dict[str, Any] = {
@@ -51,6 +73,8 @@ def _config(task: str, tiny_models: Any, tmp_path: Path, name: str) -> dict:
     for section, values in yaml.safe_load((folder / "config.yaml").read_text()).items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     cfg["model"]["name"] = tiny_models(cfg["model"]["name"].removeprefix("tiny:"))
+    if dropout:
+        cfg["model"]["name"] = _with_dropout(cfg["model"]["name"], dropout)
     cfg["data"]["cache_dir"] = str(tmp_path / "cache")
     cfg["output_dir"] = str(tmp_path / name)
     return cfg
@@ -93,8 +117,13 @@ def test_saved_model_predicts_what_the_run_reported(trained: tuple) -> None:
     task, cfg, run, _ = trained
     rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
     assert rows and all(list(r) == ["file", "line", "input", "gold", "prediction"] for r in rows)
-    again = tunesmith.load(run.dir).predict([r["input"] for r in rows])
-    _same(again, [r["prediction"] for r in rows], task)
+    predictor = tunesmith.load(run.dir)
+    schema = predictor.task.prediction_schema()  # the record the task declares, checked strictly
+    for r in predictor.predict([r["input"] for r in rows]):
+        schema.model_validate(r)
+    for batch_size in (1, 5):  # the run evaluated at 8: a prediction does not depend on its batch
+        again = predictor.predict([r["input"] for r in rows], batch_size=batch_size)
+        _same(again, [r["prediction"] for r in rows], f"{task} (batch size {batch_size})")
 
 
 def test_evaluate_gives_the_reports_test_metrics(trained: tuple) -> None:
@@ -131,7 +160,7 @@ def test_a_collapsed_generation_is_warned_in_the_report_and_the_summary(tiny_mod
                                                                         capsys: pytest.CaptureFixture) -> None:
     """The tiny T5 trained 10 steps at lr 0.05 writes the same summary for every dialogue: its scores alone
     would not say so. (Outputs that are not mostly one text: tests/test_tasks.py.)"""
-    cfg = _config("summarization", tiny_models, tmp_path, "collapsed")
+    cfg = _config("summarization", tiny_models, tmp_path, "collapsed", dropout=0)
     cfg["train"].update(max_steps=10, eval_every=10, lr=5e-2)
     run = tunesmith.train(cfg)
     outputs = [json.loads(x)["prediction"]["summary_text"]
@@ -175,3 +204,58 @@ def test_a_bad_row_gives_the_tasks_clear_error(trained: tuple, tiny_models: Any)
     assert err.value.file == cfg["data"]["train"] and err.value.line == expected["line"]
     assert err.value.column == expected.get("column")
     assert not Path(cfg["output_dir"]).exists()  # a run refused for its data leaves no folder
+
+
+def test_the_first_ten_losses_are_the_stored_ones(trained: tuple) -> None:
+    """Each task's first 10 training losses on its fixture (dropout on), stored in expected_losses.json:
+    a change that shifts any task's numbers fails here. Rewrite the file (TUNESMITH_STORE_LOSSES=1) only
+    for a change that means to, and say why in its commit."""
+    task, _, run, _ = trained
+    losses = train_losses(run.dir)[:10]
+    stored = json.loads(EXPECTED_LOSSES.read_text()) if EXPECTED_LOSSES.exists() else {}
+    if os.environ.get("TUNESMITH_STORE_LOSSES") == "1":
+        stored[task] = losses
+        EXPECTED_LOSSES.write_text(json.dumps(dict(sorted(stored.items())), indent=1) + "\n")
+    assert task in stored, f"{EXPECTED_LOSSES} has no losses for {task}: run with TUNESMITH_STORE_LOSSES=1"
+    assert len(stored[task]) == 10
+    for k, (a, b) in enumerate(zip(losses, stored[task])):
+        assert math.isclose(a, b, rel_tol=0, abs_tol=1e-5), f"{task} step {k + 1}: loss {a} != stored {b}"
+
+
+def _short(task: str, tiny_models: Any, tmp: Path, name: str, **train: Any) -> dict:
+    """A SHORT-step run's config without dropout (runs compared step by step must draw no random masks)."""
+    cfg = _config(task, tiny_models, tmp, name, dropout=0)
+    cfg["train"].update(max_steps=SHORT, eval_every=SHORT, **train)
+    return cfg
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_gradient_accumulation_equals_the_full_batch(task: str, tiny_models: Any, tmp_path: Path) -> None:
+    """Two batches of 8 accumulated give the step one batch of 16 gives: the same losses, step by step."""
+    full = _short(task, tiny_models, tmp_path, "full")
+    full["train"].pop("batch_tokens", None)  # a token budget does not halve into two equal halves
+    half = copy.deepcopy(full)
+    half["output_dir"] = str(tmp_path / "half")
+    half["train"].update(batch_size=8, grad_accum=2)
+    a, b = train_losses(tunesmith.train(full).dir), train_losses(tunesmith.train(half).dir)
+    assert len(a) == len(b) == SHORT
+    for k, (x, y) in enumerate(zip(a, b)):
+        assert math.isclose(x, y, rel_tol=0, abs_tol=1e-6), f"{task} step {k + 1}: {x} (16) != {y} (8 x 2)"
+
+
+def test_padding_free_where_claimed_equals_the_padded_run(trained: tuple, tiny_models: Any) -> None:
+    """Where `model.padding_free: auto` switched the padding-free path on, the padded run (off) gives the
+    same losses step by step; where it is off, the report says why."""
+    task, _, whole, tmp = trained
+    path = whole.report["train"]["speed_paths"].get("padding_free")
+    if path is None or not path.startswith("on"):
+        assert path is None or path.startswith("off"), path
+        return
+    on = _short(task, tiny_models, tmp, "pf-on")
+    off = copy.deepcopy(on)
+    off["output_dir"] = str(tmp / "pf-off")
+    off["model"]["padding_free"] = "off"
+    a, b = tunesmith.train(on), tunesmith.train(off)
+    assert b.report["train"]["speed_paths"]["padding_free"].startswith("off")
+    for k, (x, y) in enumerate(zip(train_losses(a.dir), train_losses(b.dir))):
+        assert math.isclose(x, y, rel_tol=0, abs_tol=1e-5), f"{task} step {k + 1}: {x} (padding-free) != {y}"

@@ -276,9 +276,10 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     works for every task that reads one text. JSONL output adds one key, `tunesmith` ({line, prediction});
     CSV/TSV adds `input_line` and a `pred_*` column per key of the prediction record (a record {label, score,
     probs} gives `pred_label`, `pred_score` and one `pred_probs.<label>` per label). A name the input already
-    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '. Generative tasks take their decoding options
-    (`--set task.OPTION=VALUE`); the others refuse them. Files of any length are read, predicted and written
-    in chunks; the output appears only once every row is written.
+    uses gets a suffix (`tunesmith_1`); cells that a spreadsheet would run as a formula get a leading '.
+    Generative tasks take their decoding options (`--set task.OPTION=VALUE`); the others refuse them. Files
+    of any length are read, predicted and written in chunks; the output appears only once every row is
+    written.
     """
     from .serving.inputs import (PredictInput, check_writable, command_line_record, decoding_options, input_roles,
                                  read_run_state, split_assignment)

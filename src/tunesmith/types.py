@@ -85,6 +85,13 @@ class TaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
+class Record(BaseModel):
+    """Base of a task's prediction record schema (`Task.prediction_schema`): exactly its keys (those with a
+    default may be absent), each value exactly of its type. The contract tests check every record with it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 @dataclass
 class Batch:
     """A collated batch. Only `inputs` reach the model; `targets` feed the loss; `meta` (example ids,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .. import registry
 from ..errors import ConfigError
-from ..types import Artifact, Batch, EvalResult, Evaluator, ModelFacts, Role, Table, TaskOptions
+from ..types import Artifact, Batch, EvalResult, Evaluator, ModelFacts, Record, Role, Table, TaskOptions
 
 if TYPE_CHECKING:
     import datasets
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from ..config import RunConfig
 
-__all__ = ["Artifact", "Batch", "EvalResult", "Evaluator", "Mode", "ModelFacts", "Role", "Table", "Task",
+__all__ = ["Artifact", "Batch", "EvalResult", "Evaluator", "Mode", "ModelFacts", "Record", "Role", "Table", "Task",
            "TaskOptions", "get_task", "register_task", "task_class", "task_names"]
 
 #: how `Task.forward` is called: "train" (a training step: the loss only, training-time regularisation on),
@@ -187,6 +187,11 @@ class Task(ABC):
     @abstractmethod
     def evaluator(self, table: Table) -> Evaluator:
         """A fresh evaluator for `table` (encoded when it has gold, raw inputs when predicting)."""
+
+    @abstractmethod
+    def prediction_schema(self) -> type[Record]:
+        """The shape of one prediction record as this task is fitted (a regression predicts {"value"}, a
+        classifier {"label", "score", "probs"}): what `predict`, the run's predictions and a server return."""
 
     def report_artifacts(self, metrics: dict[str, Any]) -> list[Artifact]:
         """Files the run folder gets from the test split's metrics (plots, tables); none by default."""

@@ -34,7 +34,7 @@ from pydantic import Field
 from ..console import printable
 from ..collate import pad_inputs
 from ..errors import ConfigError, DataError
-from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
 from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
@@ -89,6 +89,14 @@ class CausalLMOptions(TaskOptions):
     """An example longer than model.max_length: none cuts its end (an example whose prompt leaves no response
     token is then dropped and listed with the dropped rows); left cuts the prompt's start instead, so the
     response is kept (and a prompt to generate from keeps its end)."""
+
+
+class GeneratedPrediction(Record):
+    generated_text: str
+
+
+class PerplexityPrediction(Record):
+    perplexity: float | None  # None: a text with no token to predict
 
 
 @register_task
@@ -479,6 +487,9 @@ class CausalLM(Task):
 
     def evaluator(self, table: Table) -> "CausalLMEvaluator":
         return CausalLMEvaluator(self, table)
+
+    def prediction_schema(self) -> type[Record]:
+        return PerplexityPrediction if self.mode == "text" else GeneratedPrediction
 
     def state(self) -> dict:
         return {"task": self.name, "mode": self.mode}

@@ -15,7 +15,7 @@ from ..console import printable
 from ..errors import ConfigError, DataError
 from ..evaluation.report import figure, save_figure
 from ..tokens import truncate, windows
-from ..types import Artifact, Batch, EvalResult, ModelFacts, Role, Table, TaskOptions, label_name
+from ..types import Artifact, Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions, label_name
 from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
@@ -108,6 +108,21 @@ class ClassificationOptions(TaskOptions):
     def _old_head(cls, v: Any) -> Any:
         """The old truncation value `head` is long_text's truncate."""
         return "truncate" if v == "head" else v
+
+
+class LabelPrediction(Record):
+    label: str
+    score: float
+    probs: dict[str, float]
+
+
+class LabelsPrediction(Record):
+    labels: list[str]
+    probs: dict[str, float]
+
+
+class ValuePrediction(Record):
+    value: float
 
 
 @register_task
@@ -528,6 +543,10 @@ class TextClassification(Task):
             return {"labels": [n for n, p in zip(self.labels, s) if p >= self.threshold],
                     "probs": {n: float(p) for n, p in zip(self.labels, s)}}
         return {"value": float(s)}
+
+    def prediction_schema(self) -> type[Record]:
+        return {"single_label": LabelPrediction, "multi_label": LabelsPrediction,
+                "regression": ValuePrediction}[self.problem_type]
 
     def decide(self, s: np.ndarray) -> np.ndarray:
         """Class indices from probability rows: the most probable class, or for a binary task the

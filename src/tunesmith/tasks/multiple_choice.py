@@ -19,12 +19,18 @@ import numpy as np
 from ..collate import pad_inputs
 from ..errors import DataError
 from ..tokens import truncate
-from ..types import Batch, EvalResult, ModelFacts, Role, Table
+from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table
 from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
     import datasets
     import torch
+
+
+class ChoicePrediction(Record):
+    choice: int  #: index of the chosen ending
+    score: float  #: its probability
+    probs: list[float]  #: one per ending, in the row's order
 
 
 @register_task
@@ -177,6 +183,9 @@ class MultipleChoice(Task):
     # ------------------------------------------------------------------ evaluation
     def evaluator(self, table: Table) -> "MultipleChoiceEvaluator":
         return MultipleChoiceEvaluator(table)
+
+    def prediction_schema(self) -> type[Record]:
+        return ChoicePrediction
 
     def state(self) -> dict:
         return {"task": self.name}

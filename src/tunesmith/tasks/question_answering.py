@@ -27,7 +27,7 @@ from pydantic import Field
 from ..collate import pad_inputs
 from ..data.squad import Answers, answer_problem, columns_answers, parse_answers
 from ..errors import DataError, ModelError
-from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
 from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
@@ -53,6 +53,13 @@ class QuestionAnsweringOptions(TaskOptions):
     version_2: Literal["auto", True, False] = "auto"
     """SQuAD v2: questions may have no answer, and a no-answer threshold is tuned on validation. auto:
     on when any training question has no answer."""
+
+
+class AnswerPrediction(Record):
+    answer: str
+    start: int | None  # None: no answer (SQuAD v2)
+    end: int | None
+    score: float
 
 
 @register_task
@@ -290,6 +297,9 @@ class QuestionAnswering(Task):
 
     def evaluator(self, table: Table) -> "QuestionAnsweringEvaluator":
         return QuestionAnsweringEvaluator(self, table)
+
+    def prediction_schema(self) -> type[Record]:
+        return AnswerPrediction
 
     def state(self) -> dict:
         return {"task": self.name, "version_2": self.version_2, "threshold": self.threshold}

@@ -33,7 +33,7 @@ from ..collate import pad_inputs, pad_labels
 from ..data.report import token_length_stats
 from ..errors import ConfigError, DataError
 from ..tokens import truncate
-from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
 from .base import TRUNCATED_WARN_PCT, Mode, Task, register_task
 
 if TYPE_CHECKING:
@@ -293,6 +293,11 @@ class Seq2SeqTask(Task):
 
     def evaluator(self, table: Table) -> "GenerationEvaluator":
         return GenerationEvaluator(self, table)
+
+    def prediction_schema(self) -> type[Record]:
+        from pydantic import create_model
+
+        return create_model(f"{type(self).__name__}Prediction", __base__=Record, **{self.record_key: (str, ...)})
 
     def state(self) -> dict:
         return {"task": self.name}

@@ -46,7 +46,7 @@ from ..console import printable
 from ..collate import pad_inputs, pad_labels
 from ..data.readers import DELIMITED, detect_format, looks_like_conll
 from ..errors import DataError, ModelError
-from ..types import Batch, EvalResult, ModelFacts, Role, Table, TaskOptions
+from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
 from .base import Mode, Task, register_task
 
 if TYPE_CHECKING:
@@ -186,6 +186,20 @@ class TokenClassificationOptions(TaskOptions):
     """Tokens of overlap between the windows of a sentence longer than model.max_length (at most half a window)."""
     seqeval_mode: Literal["default", "strict"] = "default"
     """default: conlleval's lenient entity reading; strict: IOB2 rules (an I- after O is no entity)."""
+
+
+class Entity(Record):
+    entity_group: str
+    score: float
+    word: str
+    start: int
+    end: int
+
+
+class TagsPrediction(Record):
+    tags: list[str]
+    words: list[str] | None = None  # raw-text input only: the words the text was split into
+    entities: list[Entity]
 
 
 @register_task
@@ -541,6 +555,9 @@ class TokenClassification(Task):
 
     def evaluator(self, table: Table) -> "TokenEvaluator":
         return TokenEvaluator(self, table)
+
+    def prediction_schema(self) -> type[Record]:
+        return TagsPrediction
 
     def record(self, table: Table, i: int, tags: list[str], scores: np.ndarray,
                offsets: list[tuple[int, int]] | None) -> dict:
