@@ -220,3 +220,20 @@ def load_splits(data_cfg: Any) -> Any:
 
     roles = get_task(RunConfig.model_validate({"data": {"train": "unused.csv"}})).roles()
     return load(data_cfg, roles)
+
+
+@pytest.fixture(scope="session")
+def contract_run(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """task -> the run folder of the task's contract fixture trained 60 steps without dropout (built once)."""
+    from test_task_contract import _config
+
+    import tunesmith
+
+    runs: dict[str, Path] = {}
+
+    def get(task: str) -> Path:
+        if task not in runs:
+            cfg = _config(task, tiny_models, tmp_path_factory.mktemp(f"served-{task}"), "run", dropout=0)
+            runs[task] = tunesmith.train(cfg).dir
+        return runs[task]
+    return get

@@ -1,4 +1,4 @@
-"""The `tunesmith` command: train, search, check-data, evaluate, predict, init."""
+"""The `tunesmith` command: train, search, check-data, evaluate, predict, serve, init."""
 from __future__ import annotations
 
 import json
@@ -269,7 +269,15 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             set_: list[str] = typer.Option([], "--set", metavar="task.OPTION=VALUE",
                                            help="A decoding option of a task that generates, over the run's own "
                                                 "(repeatable); an option the task lacks is refused with the list "
-                                                "of its decoding options (README: each task's).")) -> None:
+                                                "of its decoding options (README: each task's)."),
+            explain: bool = typer.Option(False, "--explain",
+                                         help="With --text / --field: print the prediction with its token "
+                                              "attributions (integrated gradients, per word)."),
+            target: Optional[str] = typer.Option(None, "--target",
+                                                 help="With --explain: the label to explain (default: the "
+                                                      "predicted one)."),
+            steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                                help="With --explain: integration steps (default 50).")) -> None:
     """Predict every row of a file (or one --text / --field record): the input row unchanged plus the prediction.
 
     A .txt file holds one text per line (blank lines are skipped; each record keeps its line number) and
@@ -282,7 +290,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
     written.
     """
     from .serving.inputs import (PredictInput, check_writable, command_line_record, decoding_options, input_roles,
-                                 read_run_state, split_assignment)
+                                 no_explanations, read_run_state, split_assignment)
 
     try:
         one = text is not None or bool(field)
@@ -292,11 +300,17 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             raise ConfigError("an input file needs -o/--output: where to write the predictions")
         if one and (column or format):
             raise ConfigError("--column and --format are for an input file, not --text / --field")
+        if (explain or target or steps) and not one:
+            raise ConfigError("--explain (and --target, --steps) explain one record: give --text / --field")
+        if (target or steps) and not explain:
+            raise ConfigError("--target and --steps are options of --explain")
         _check_exists(run_dir, input)
         # the task, the roles and the file's columns are checked before the model loads (seconds)
         state = read_run_state(run_dir)
         inputs = input_roles(state.task)
         decoding = decoding_options(state.task, set_)  # checked before the model loads
+        if explain and not state.task.explains:
+            raise no_explanations(state.task)
         if one:
             record = command_line_record(inputs, text, field)
         else:
@@ -308,7 +322,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         predictor = Predictor.load(run_dir)
         predictor.set_decoding(**decoding)
         if one:
-            typer.echo(json.dumps(predictor.predict(record), ensure_ascii=False))
+            out = predictor.explain(record, target, steps) if explain else predictor.predict(record)
+            typer.echo(json.dumps(out, ensure_ascii=False))
             return
         n = predictor.predict_file(source, output, batch_size)
     except TunesmithError as e:
@@ -321,6 +336,42 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         _fail(TunesmithError(f"predict failed ({type(e).__name__}: {printable(str(e))}); this is a bug in "
                              "tunesmith, please report it with the command you ran"))
     console.print(f"wrote {n} predictions to {escape(printable(output))}")
+
+
+@app.command()
+def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when there "
+                                                           "is one)."),
+          max_batch_size: int = typer.Option(32, min=1, help="Records run together at most (1: no batching)."),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="How long the first waiting request waits for "
+                                                             "others to join its batch."),
+          max_queue: int = typer.Option(1024, min=1, help="Records waiting at most; beyond, requests get 503."),
+          max_records: int = typer.Option(256, min=1, help="Records in one request at most (413 beyond)."),
+          max_body_bytes: int = typer.Option(1_000_000, min=1, help="Request body size at most (413 beyond)."),
+          max_text_chars: int = typer.Option(20_000, min=1, help="Characters of one text at most (413 beyond)."),
+          access_log: Optional[Path] = typer.Option(None, help="Write the JSON access log here (default: stderr).")
+          ) -> None:
+    """Serve a run's model over HTTP: POST /predict and /explain, GET /health and /metadata, docs at /docs.
+
+    Requests that arrive within --max-wait-ms of each other run as one batch (sorted by length, long inputs
+    windowed as `predict` windows them); a served answer is the record `tunesmith predict` gives. Every
+    request writes one JSON line to the access log (status, latency, batch size).
+    """
+    from .serving.inputs import read_run_state
+    from .serving.server import ServeOptions, serve as run_server
+
+    try:
+        _check_exists(run_dir)
+        read_run_state(run_dir)
+    except TunesmithError as e:
+        _fail(e)
+    options = ServeOptions(run_dir=str(run_dir), device=device, max_batch_size=max_batch_size,
+                           max_wait_ms=max_wait_ms, max_queue=max_queue, max_records=max_records,
+                           max_body_bytes=max_body_bytes, max_text_chars=max_text_chars)
+    run_server(options, host, port, workers, str(access_log) if access_log else None)
 
 
 @app.command()

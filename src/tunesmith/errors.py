@@ -26,6 +26,7 @@ class DataError(TunesmithError):
         if hint:
             text += f"\n  -> {hint}"
         super().__init__(text)
+        self.message = message  # without the place: a server names the field in its own terms
         self.file, self.line, self.column, self.hint = file, line, column, hint
 
 

@@ -19,7 +19,7 @@ from ..data.prepare import configured_columns
 from ..data.readers import DELIMITED, EXTENSIONS, Record, iter_records
 from ..errors import ConfigError, DataError, ModelError
 from ..io import STATE_FILE, nearest_existing
-from ..tasks.base import Task, get_task
+from ..tasks.base import Task, get_task, task_class, task_names
 from ..types import Role
 
 FORMATS = {**EXTENSIONS, ".txt": "txt", ".text": "txt"}  # a prediction input's format by its extension
@@ -284,3 +284,9 @@ def decoding_options(task: Task, items: list[str], flag: str = "--set") -> dict[
         check_decoding(task, name, value, f"{flag} {item}")
         out[name] = value
     return out
+
+
+def no_explanations(task: Task) -> ConfigError:
+    """The error for explaining a task that does not declare `explains`, naming the tasks that do."""
+    those = ", ".join(n for n in task_names() if task_class(n).explains and task_class(n).name == n)
+    return ConfigError(f"the {task.name} task has no explanations; these tasks have: {those}")

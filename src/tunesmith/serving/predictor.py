@@ -24,8 +24,8 @@ from ..io import STATE_FILE, atomic_writer, json_text, mismatched_files
 from ..models import check_no_remote_code
 from ..tasks.base import Task
 from ..types import Role, Table
-from .inputs import (CHUNK_ROWS, PredictInput, check_decoding, check_writable, input_roles, read_run_state,
-                     string_role)
+from .inputs import (CHUNK_ROWS, PredictInput, check_decoding, check_writable, input_roles, no_explanations,
+                     read_run_state, string_role)
 
 
 class Predictor:
@@ -126,11 +126,37 @@ class Predictor:
             items = [{"text": a, "text_pair": b} for a, b in zip(items, text_pairs)]
         if not items:
             return []
+        preds = self._predict_table(self._table(self.records(items)), batch_size)
+        return preds[0] if single else preds
+
+    def records(self, items: Sequence[str | dict]) -> list[dict]:
+        """Records of the task's roles: a string fills the role a plain text fills (`inputs.string_role`)."""
         records = [{self._string_role().name: x} if isinstance(x, str) else x for x in items]
         if not all(isinstance(r, dict) for r in records):
             raise TypeError("predict() takes strings or records (dicts of the task's roles)")
-        preds = self._predict_table(self._table(records), batch_size)
-        return preds[0] if single else preds
+        return records
+
+    def check(self, records: list[dict], source: str = "input") -> None:
+        """Raise the DataError `predict` would for the first bad record (its line is its 1-based position)
+        without running the model: a server refuses one bad request before it joins a batch."""
+        self._table(records, source)
+
+    def explain(self, inputs: str | dict, target: str | None = None, steps: int | None = None) -> dict[str, Any]:
+        """Why the model predicts what it does for one input: {"prediction": the record `predict` gives, then
+        the attributions (`tunesmith.attribution`): per explained output (a label; an entity; the answer's
+        start and end), each word's share with its character offsets, and Captum's convergence delta}.
+        `target`: the label to explain instead of the predicted one; `steps`: integration steps."""
+        from ..attribution import DEFAULT_STEPS
+
+        if not self.task.explains:
+            raise no_explanations(self.task)
+        table = self._table(self.records([inputs]))
+        prediction = self._predict_table(table, None)[0]
+        record = {role: values[0] for role, values in table.columns.items()}
+        with torch.enable_grad():
+            explanation = self.task.explain(self.model, self.tokenizer, record, prediction, target,
+                                            steps or DEFAULT_STEPS)
+        return {"prediction": prediction, **explanation}
 
     def _predict_table(self, table: Table, batch_size: int | None) -> list[dict]:
         features = self.task.preprocess(table, self.tokenizer)

@@ -66,6 +66,8 @@ class Task(ABC):
     moved_keys: ClassVar[dict[str, str]] = {}
     #: names of the logs an evaluation returns in `EvalResult.logs` (the run appends each to `<name>.jsonl`)
     eval_logs: ClassVar[tuple[str, ...]] = ()
+    #: whether `explain` is implemented: `Predictor.explain`, `predict --explain` and POST /explain ask this
+    explains: ClassVar[bool] = False
 
     cfg: "RunConfig"
     opts: TaskOptions  #: the task section of the config, validated by `Options`
@@ -201,6 +203,13 @@ class Task(ABC):
     def state(self) -> dict:
         """What prediction needs besides the weights, saved beside the model."""
 
+    def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
+                steps: int) -> dict[str, Any]:
+        """Token attributions (`tunesmith.attribution.explain`) of the outputs behind `prediction`, the record
+        `predict` gave for this checked input, per word with character offsets; `target` picks what to explain
+        where the task has a choice (a label). Only for a task that declares `explains`."""
+        raise NotImplementedError(f"the {self.name} task has no explanations")
+
 
 # ---------------------------------------------------------------- registry
 
@@ -228,6 +237,8 @@ def _declaration_problems(cls: type) -> list[str]:
                  for old, new in cls.moved_keys.items() if new not in fields]
     problems += [f"`moved_keys` key {old!r} must be a dotted key such as 'train.loss'"
                  for old in cls.moved_keys if old.count(".") != 1]
+    if cls.explains and cls.explain is Task.explain:
+        problems.append("`explains` is True but it does not implement `explain`")
     if cls.decoding and not cls.generates:
         problems.append("`decoding` options are for a task that generates (`generates = True`)")
     missing = sorted(getattr(cls, "__abstractmethods__", ()))

@@ -134,6 +134,7 @@ class TextClassification(Task):
     Options = ClassificationOptions
     long_inputs = "truncate"  # "window" for an instance with long_text: chunks
     head_modules = ("classifier", "score")
+    explains = True
     moved_keys = {"train.class_weights": "class_weights", "train.loss": "loss", "train.sampler": "sampler",
                   "train.focal_gamma": "focal_gamma", "model.truncation": "long_text",
                   "data.label_separator": "label_separator"}
@@ -554,6 +555,42 @@ class TextClassification(Task):
         if self.binary and self.positive is not None:
             return np.where(s[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
         return s.argmax(-1)
+
+    def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
+                steps: int) -> dict[str, Any]:
+        """Attributions of the probability of `target` (default: the predicted label; for multi-label the
+        first predicted one, else the most probable; a regression explains its value). A text longer than
+        model.max_length is explained over its first max_length tokens."""
+        import torch
+
+        from ..attribution import Encoded, explain, text_words
+        from ..errors import ConfigError
+
+        text, pair = record["text"], record.get("text_pair")
+        enc = tokenizer(text, pair, truncation=True, max_length=self.cfg.model.max_length,
+                        return_offsets_mapping=True, return_special_tokens_mask=True)
+        seq, wids = enc.sequence_ids(), enc.word_ids()
+        words = [a or b for a, b in zip(text_words("text", 0, enc["offset_mapping"], seq, wids),
+                                        text_words("text_pair", 1, enc["offset_mapping"], seq, wids))]
+        device = next(model.parameters()).device
+        inputs = {k: torch.tensor([enc[k]], device=device)
+                  for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        encoded = Encoded(inputs, words, {"text": text, "text_pair": pair},
+                          [bool(m) for m in enc["special_tokens_mask"]])
+        if self.problem_type == "regression":
+            if target is not None:
+                raise ConfigError("a regression explains its value: it takes no target label")
+            return explain(model, tokenizer, encoded, {"value": lambda out: out.logits.float()[:, 0]}, steps)
+        if target is None:
+            probs = prediction["probs"]
+            target = prediction["label"] if self.problem_type == "single_label" else \
+                (prediction["labels"] or [max(probs, key=probs.get)])[0]
+        if target not in self.labels:
+            raise ConfigError(f"target {target!r} is not a label of this model; its labels: "
+                              + ", ".join(map(str, self.labels)))
+        k = self.labels.index(target)
+        norm = (lambda x: x.softmax(-1)) if self.problem_type == "single_label" else (lambda x: x.sigmoid())
+        return explain(model, tokenizer, encoded, {target: lambda out: norm(out.logits.float())[:, k]}, steps)
 
     def state(self) -> dict:
         return {"task": self.name, "problem_type": self.problem_type, "labels": self.labels,

@@ -73,6 +73,7 @@ class QuestionAnswering(Task):
     generates = False
     loss_metrics = ()
     head_modules = ("qa_outputs",)
+    explains = True
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         super().__init__(cfg, state)
@@ -181,6 +182,12 @@ class QuestionAnswering(Task):
         """Question tokens kept: task.max_question_length, and at most half of a window's content tokens."""
         return max(1, min(self.opts.max_question_length, (self.cfg.model.max_length - 3) // 2))
 
+    def _stride(self, question_tokens: int, n_special: int) -> int:
+        """Tokens shared by consecutive windows of a question's context: task.doc_stride, at most half the
+        room the (capped) question leaves, so windows keep advancing."""
+        room = self.cfg.model.max_length - n_special - min(question_tokens, self.question_cap())
+        return min(self.opts.doc_stride, room // 2)
+
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
         """One feature per window: input ids, `offsets` (context characters of each token, [-1, -1] for the
         question and special tokens), and with gold the answer's token positions (CLS when the window does not
@@ -202,8 +209,7 @@ class QuestionAnswering(Task):
         # one stride per example (the cap keeps windows advancing); examples sharing it are tokenized together
         groups: dict[int, list[int]] = defaultdict(list)
         for k, n in enumerate(q_tokens):
-            room = max_len - n_special - min(n, cap)
-            groups[min(self.opts.doc_stride, room // 2)].append(k)
+            groups[self._stride(n, n_special)].append(k)
         windows: list[tuple[int, int, list[int], list[int] | None, np.ndarray]] = []
         ctx_tokens = [0] * len(table)
         for stride, idx in groups.items():
@@ -300,6 +306,58 @@ class QuestionAnswering(Task):
 
     def prediction_schema(self) -> type[Record]:
         return AnswerPrediction
+
+    def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
+                steps: int) -> dict[str, Any]:
+        """Two attributions, of the start logit at the answer's first token and of the end logit at its
+        last, in the context window where the answer scores highest (question words and context words both
+        get a share). No answer: nothing to explain."""
+        import torch
+
+        from ..attribution import Encoded, explain, text_words
+        from ..errors import ConfigError
+
+        if target is not None:
+            raise ConfigError("question answering explains the predicted answer: it takes no target")
+        if prediction["start"] is None:
+            return {"attributions": {}, "not_explained": ["no answer was predicted"]}
+        question, context = record["question"], record["context"]
+        q_enc = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+        cap = self.question_cap()
+        if len(q_enc["input_ids"]) > cap:
+            question = question[:q_enc["offset_mapping"][cap - 1][1]]
+        stride = self._stride(len(q_enc["input_ids"]), tokenizer.num_special_tokens_to_add(pair=True))
+        enc = tokenizer(question, context, truncation="only_second", max_length=self.cfg.model.max_length,
+                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+        device = next(model.parameters()).device
+        a, b = prediction["start"], prediction["end"]
+        best = None
+        for w in range(len(enc["input_ids"])):
+            seq, offs = enc.sequence_ids(w), enc["offset_mapping"][w]
+            ctx = [j for j, q in enumerate(seq) if q == 1]
+            ts = next((j for j in ctx if offs[j][0] <= a < offs[j][1]), None)
+            te = next((j for j in ctx if offs[j][0] < b <= offs[j][1]), None)
+            if ts is None or te is None:
+                continue
+            inputs = {k: torch.tensor([enc[k][w]], device=device)
+                      for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            with torch.no_grad():
+                out = model(**inputs)
+            score = float(out.start_logits[0, ts] + out.end_logits[0, te])
+            if best is None or score > best[0]:
+                best = (score, w, ts, te, inputs)
+        if best is None:
+            return {"attributions": {}, "not_explained": ["the answer lies in no single window"]}
+        _, w, ts, te, inputs = best
+        seq, wids, offs = enc.sequence_ids(w), enc.word_ids(w), enc["offset_mapping"][w]
+        words = [x or y for x, y in zip(text_words("question", 0, offs, seq, wids),
+                                        text_words("context", 1, offs, seq, wids))]
+        encoded = Encoded(inputs, words, {"question": question, "context": context},
+                          [bool(m) for m in enc["special_tokens_mask"][w]])
+        scores = {"start": lambda out: out.start_logits.float()[:, ts],
+                  "end": lambda out: out.end_logits.float()[:, te]}
+        return {**explain(model, tokenizer, encoded, scores, steps), "window": w}
 
     def state(self) -> dict:
         return {"task": self.name, "version_2": self.version_2, "threshold": self.threshold}

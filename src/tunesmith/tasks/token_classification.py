@@ -213,6 +213,7 @@ class TokenClassification(Task):
     generates = False
     loss_metrics = ()
     head_modules = ("classifier", "score")
+    explains = True
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         super().__init__(cfg, state)
@@ -573,6 +574,49 @@ class TokenClassification(Task):
             s, e = offsets[a][0], offsets[b - 1][1]
             ents.append({"entity_group": typ, "score": sc, "word": text[s:e], "start": s, "end": e})
         return {"tags": tags, "words": [text[s:e] for s, e in offsets], "entities": ents}
+
+    def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
+                steps: int) -> dict[str, Any]:
+        """One attribution per predicted entity: of the mean probability of its predicted tags, over its words'
+        first sub-tokens. A sentence longer than model.max_length is explained in its first window; entities
+        past it are listed under `not_explained`."""
+        import torch
+
+        from ..attribution import Encoded, explain
+        from ..errors import ConfigError
+
+        if target is not None:
+            raise ConfigError("token classification explains each predicted entity: it takes no target")
+        mode = "tokens" if "tokens" in record else "text"
+        table = Table({mode: [record[mode]]}, ["input"], [1])
+        words, offsets, _ = self._words(table, tokenizer)
+        enc = tokenizer(words[0], is_split_into_words=True, truncation=True, max_length=self.cfg.model.max_length)
+        wids = enc.word_ids()
+        pos = offsets[0]
+        places = [None if w is None else (mode, w, *(pos[w] if pos else (0, 0))) for w in wids]
+        device = next(model.parameters()).device
+        inputs = {k: torch.tensor([enc[k]], device=device)
+                  for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        encoded = Encoded(inputs, places, {mode: record[mode] if mode == "text" else words[0]},
+                          [w is None for w in wids])
+        first = {}
+        for j, w in enumerate(wids):
+            first.setdefault(w, j)
+        index = {n: k for k, n in enumerate(self.labels)}
+        scores, skipped = {}, []
+        for ent in prediction["entities"]:
+            if mode == "text":
+                span = [k for k, (a, b) in enumerate(pos) if a >= ent["start"] and b <= ent["end"]]
+            else:
+                span = list(range(ent["start"], ent["end"]))
+            name = f"{ent['entity_group']}: {ent['word']} [{ent['start']}:{ent['end']}]"
+            if not span or any(k not in first for k in span):
+                skipped.append(name)
+                continue
+            tokens = torch.tensor([first[k] for k in span], device=device)
+            tags = torch.tensor([index[prediction["tags"][k]] for k in span], device=device)
+            scores[name] = (lambda t, g: lambda out: out.logits.float().softmax(-1)[:, t, g].mean(-1))(tokens, tags)
+        return {**explain(model, tokenizer, encoded, scores, steps), "not_explained": skipped}
 
     def state(self) -> dict:
         return {"task": self.name, "tag_scheme": self.scheme, "labels": self.labels}
