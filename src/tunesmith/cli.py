@@ -1,4 +1,4 @@
-"""The `tunesmith` command: train, search, check-data, evaluate, predict, serve, init."""
+"""The `tunesmith` command: train, search, check-data, evaluate, predict, report, export, serve, init."""
 from __future__ import annotations
 
 import json
@@ -339,12 +339,57 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 
 @app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+           explain: bool = typer.Option(True, "--explain/--no-explain",
+                                        help="Shade the worst errors by their explanations (loads the model).")
+           ) -> None:
+    """Write the run's report.html again (a self-contained page: what was trained, the data, learning curves,
+    metrics, the worst errors), e.g. for a run trained before tunesmith wrote one."""
+    from .evaluation.html import write_report
+
+    try:
+        _check_exists(run_dir)
+        predictor = None
+        if explain:
+            from .serving.predictor import Predictor
+
+            predictor = Predictor.load(run_dir)
+        path = write_report(run_dir, predictor)
+    except TunesmithError as e:
+        _fail(e)
+    console.print(f"wrote {escape(printable(path))}")
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+           format: str = typer.Option("onnx", "--format", help="The one format: onnx."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also a dynamically quantized "
+                                                                           "copy (model.int8.onnx).")) -> None:
+    """Export the run's model to RUN_DIR/onnx/ for ONNX Runtime (text classification, token classification,
+    question answering), checked against PyTorch on the run's test inputs (onnx/onnx.json says how closely).
+    `tunesmith serve RUN_DIR --backend onnx` (or onnx-int8) serves it."""
+    try:
+        _check_exists(run_dir)
+        if format != "onnx":
+            raise ConfigError(f"--format {format!r}: the one export format is onnx")
+        from .export import export_onnx, summary_lines
+
+        manifest = export_onnx(run_dir, quantize)
+    except TunesmithError as e:
+        _fail(e)
+    for line in summary_lines(manifest):
+        console.print(escape(line))
+    console.print(f"wrote {escape(printable(run_dir / 'onnx'))}")
+
+
+@app.command()
 def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
           port: int = typer.Option(8000, help="Port to listen on."),
           workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when there "
                                                            "is one)."),
+          backend: str = typer.Option("pytorch", help="pytorch, or onnx / onnx-int8 (after `tunesmith export`)."),
           max_batch_size: int = typer.Option(32, min=1, help="Records run together at most (1: no batching)."),
           max_wait_ms: float = typer.Option(5.0, min=0, help="How long the first waiting request waits for "
                                                              "others to join its batch."),
@@ -368,10 +413,13 @@ def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         read_run_state(run_dir)
     except TunesmithError as e:
         _fail(e)
-    options = ServeOptions(run_dir=str(run_dir), device=device, max_batch_size=max_batch_size,
+    options = ServeOptions(run_dir=str(run_dir), device=device, backend=backend, max_batch_size=max_batch_size,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_records=max_records,
                            max_body_bytes=max_body_bytes, max_text_chars=max_text_chars)
-    run_server(options, host, port, workers, str(access_log) if access_log else None)
+    try:
+        run_server(options, host, port, workers, str(access_log) if access_log else None)
+    except TunesmithError as e:
+        _fail(e)
 
 
 @app.command()

@@ -268,8 +268,10 @@ def portable_config(cfg: RunConfig) -> dict[str, Any]:
     return raw
 
 
-def export_model(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: RunConfig, path: Path) -> None:
-    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state.
+def export_model(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: RunConfig, path: Path,
+                 card: str | None = None) -> None:
+    """A Hugging Face-loadable folder (pipeline("text-classification", model=path) works) plus task state,
+    and `card` as its README.md (the model card).
 
     A LoRA model is exported merged (plain transformers loads it) and its adapter is written beside it,
     to `adapter/`. The PeftModel is used up by the merge: export is a run's last use of its model.
@@ -289,6 +291,8 @@ def export_model(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: RunConf
         tokenizer.save_pretrained(tmp)
         if not cfg.model.name:
             (tmp / "ATTRIBUTION.md").write_text(DEFAULT_MODEL_ATTRIBUTION)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         files = hash_files(tmp)
         (tmp / STATE_FILE).write_text(json_text({"task": task.state(), "config": portable_config(cfg),
                                                  "files": files}, indent=2))

@@ -158,6 +158,8 @@ def is_enabled(model: torch.nn.Module) -> bool:
     """Whether `enable` switched this model on (also through a DDP or torch.compile wrapper)."""
     from accelerate.utils import extract_model_from_parallel
 
+    if not isinstance(model, torch.nn.Module):  # an ONNX Runtime session (serving/onnx_backend) has no attention
+        return False
     config = getattr(extract_model_from_parallel(model), "config", None)
     return getattr(config, "_attn_implementation", None) == ATTENTION
 

@@ -442,7 +442,10 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
     from rich.console import Console
     from rich.markup import escape
 
-    export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model")
+    from .evaluation.card import model_card
+
+    export_model(model, p.tokenizer, p.task, p.cfg, run_dir / "model",
+                 model_card(p.task, p.cfg, report, p.report, report["model"]))
     atomic_write_jsonl(run_dir / "predictions" / "test.jsonl",
                        prediction_rows(p.task, p.data.splits["test"], test.predictions))
     atomic_write_json(run_dir / "report.json", report)
@@ -458,6 +461,14 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
             unwritten.append(f"{extra.name} was not written: {type(e).__name__}: {e}")
     if unwritten:
         report["warnings"] = [*report.get("warnings", []), *unwritten]
+        atomic_write_json(run_dir / "report.json", report)
+    try:  # the page last: it shows every warning, and shades the worst errors by the exported model's explanations
+        from .evaluation.html import write_report
+        from .serving.predictor import Predictor
+
+        write_report(run_dir, Predictor.load(run_dir, report["train"]["device"]))
+    except Exception as e:  # noqa: BLE001 - as the plots: an optional artefact never fails a finished run
+        report["warnings"] = [*report.get("warnings", []), f"report.html was not written: {type(e).__name__}: {e}"]
         atomic_write_json(run_dir / "report.json", report)
     console.print(f"[bold]run folder:[/bold] {escape(printable(run_dir))}")
     for line in summary_lines(report):

@@ -46,3 +46,24 @@ def rouge(hypotheses: list[str], references: list[list[str]]) -> dict[str, float
             totals[k] += scores[k].fmeasure
     n = max(1, len(hypotheses))
     return {k: 100.0 * v / n for k, v in totals.items()}
+
+
+def lowest_chrf(rows: list[dict], k: int, output_key: str) -> list[dict]:
+    """report.html views of the k test outputs with the lowest sentence chrF against their references
+    (predictions/test.jsonl rows whose gold is a reference or a list of them), lowest first."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    scored = []
+    for r in rows:
+        gold, out = r["gold"], r["prediction"].get(output_key)
+        refs = [gold] if isinstance(gold, str) else [g for g in (gold or []) if isinstance(g, str)]
+        if out is None or not refs:
+            continue
+        scored.append((chrf.sentence_score(out, refs).score, r, refs, out))
+    scored.sort(key=lambda x: x[0])
+    return [{"title": f"chrF {score:.1f}", "row": r, "input": r["input"],
+             "fields": [*({"name": role, "text": str(v)} for role, v in r["input"].items() if isinstance(v, str)),
+                        *({"name": "reference", "text": ref} for ref in refs),
+                        {"name": "output", "text": out}]}
+            for score, r, refs, out in scored[:k]]

@@ -28,6 +28,9 @@ from .inputs import (CHUNK_ROWS, PredictInput, check_decoding, check_writable, i
                      read_run_state, string_role)
 
 
+BACKENDS = ("pytorch", "onnx", "onnx-int8")
+
+
 class Predictor:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Task, cfg: RunConfig,
                  device: torch.device | None = None) -> None:
@@ -38,8 +41,9 @@ class Predictor:
 
     @classmethod
     @quiet_libraries()
-    def load(cls, run_dir: str | Path, device: str | None = None) -> "Predictor":
+    def load(cls, run_dir: str | Path, device: str | None = None, backend: str = "pytorch") -> "Predictor":
         """Load from a run folder or its `model/` folder (both hold everything prediction needs).
+        `backend` "onnx" (or "onnx-int8") runs the run's ONNX export (`tunesmith export`) instead of PyTorch.
 
         The folder is checked against the file hashes recorded at export before anything loads:
         transformers quietly substitutes what it cannot find (a missing tokenizer.json falls back
@@ -51,9 +55,18 @@ class Predictor:
         model_dir, saved, cfg, task = state.model_dir, state.saved, state.cfg, state.task
         check_model_files(model_dir, saved.get("files"))
         check_no_remote_code(model_dir)
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if backend != "pytorch":
+            from .onnx_backend import OnnxModel, onnx_file
+
+            exported = onnx_file(model_dir.parent if model_dir.name == "model" else model_dir,
+                                 quantized=backend == "onnx-int8")
+            device = device or "cpu"
         try:  # never the folder's own code, whatever its files or its config's model.trust_remote_code say
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-            model, _ = task.load_model(str(model_dir), trust_remote_code=False)
+            model = task.load_model(str(model_dir), trust_remote_code=False)[0] if backend == "pytorch" \
+                else OnnxModel(exported)
         except Exception as e:
             raise ModelError(f"cannot load the model in {model_dir}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -241,7 +241,7 @@ class Service:
         try:
             from .predictor import Predictor
 
-            self.predictor = Predictor.load(self.options.run_dir, self.options.device)
+            self.predictor = Predictor.load(self.options.run_dir, self.options.device, self.options.backend)
         except Exception as e:  # noqa: BLE001 - reported by /health and the log, not a crash of the server
             self.error = f"{type(e).__name__}: {e}"
             logging.getLogger("tunesmith.serve").error("the model did not load: %s", self.error)
@@ -407,6 +407,14 @@ def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, work
     import uvicorn
 
     read_run_state(options.run_dir)  # a folder that is not a run is an error here, not in every worker
+    from .predictor import BACKENDS
+
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"--backend {options.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if options.backend != "pytorch":
+        from .onnx_backend import onnx_file
+
+        onnx_file(options.run_dir, quantized=options.backend == "onnx-int8")
     handler = logging.FileHandler(access_log_file) if access_log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access_log.addHandler(handler)

@@ -68,6 +68,11 @@ class Task(ABC):
     eval_logs: ClassVar[tuple[str, ...]] = ()
     #: whether `explain` is implemented: `Predictor.explain`, `predict --explain` and POST /explain ask this
     explains: ClassVar[bool] = False
+    #: the Hugging Face Hub's pipeline tag of the exported model (model/README.md), None where it has none
+    hub_pipeline_tag: ClassVar[str | None] = None
+    #: the model outputs its `forward` reads, for `tunesmith export --format onnx` (empty: no ONNX export, as for
+    #: generating tasks, whose decoding loop is not one graph)
+    onnx_outputs: ClassVar[tuple[str, ...]] = ()
 
     cfg: "RunConfig"
     opts: TaskOptions  #: the task section of the config, validated by `Options`
@@ -195,6 +200,14 @@ class Task(ABC):
         """The shape of one prediction record as this task is fitted (a regression predicts {"value"}, a
         classifier {"label", "score", "probs"}): what `predict`, the run's predictions and a server return."""
 
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The test split's k most telling mistakes for report.html, worst first. `rows` are
+        predictions/test.jsonl's ({file, line, input, gold, prediction}); each view is {"title", "row",
+        "input" (what `Predictor.explain` takes), "fields": [{"name" (a role), "text", "marks": [{start, end,
+        kind: "gold" | "pred", label}], "word_spans" (for a role that is a list of words: each word's
+        characters in `text`)}]}. None by default: the page then says the task does not rank its errors."""
+        return []
+
     def report_artifacts(self, metrics: dict[str, Any]) -> list[Artifact]:
         """Files the run folder gets from the test split's metrics (plots, tables); none by default."""
         return []
@@ -228,7 +241,7 @@ def _declaration_problems(cls: type) -> list[str]:
     fields = cls.Options.model_fields
     if cls.long_inputs not in LONG_INPUTS:
         problems.append(f"`long_inputs` must be one of {LONG_INPUTS}, not {cls.long_inputs!r}")
-    for attr in ("loss_metrics", "head_modules", "decoding", "eval_logs"):
+    for attr in ("loss_metrics", "head_modules", "decoding", "eval_logs", "onnx_outputs"):
         value = getattr(cls, attr)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
             problems.append(f"`{attr}` must be a tuple of strings")

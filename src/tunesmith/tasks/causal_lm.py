@@ -104,6 +104,7 @@ class CausalLM(Task):
     """Decoder-only language-model fine-tuning: corpus text, prompt/response, Alpaca or chat data."""
 
     name = "text-generation"
+    hub_pipeline_tag = "text-generation"
     aliases = ("causal-lm", "sft")
     Options = CausalLMOptions
     long_inputs = "truncate"
@@ -487,6 +488,13 @@ class CausalLM(Task):
 
     def evaluator(self, table: Table) -> "CausalLMEvaluator":
         return CausalLMEvaluator(self, table)
+
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """Generated responses with the lowest sentence chrF against the gold response (corpus-text runs,
+        which predict a perplexity, have none)."""
+        from ..metrics.generation import lowest_chrf
+
+        return lowest_chrf(rows, k, "generated_text")
 
     def prediction_schema(self) -> type[Record]:
         return PerplexityPrediction if self.mode == "text" else GeneratedPrediction

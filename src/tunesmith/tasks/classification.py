@@ -135,6 +135,8 @@ class TextClassification(Task):
     long_inputs = "truncate"  # "window" for an instance with long_text: chunks
     head_modules = ("classifier", "score")
     explains = True
+    hub_pipeline_tag = "text-classification"
+    onnx_outputs = ("logits",)
     moved_keys = {"train.class_weights": "class_weights", "train.loss": "loss", "train.sampler": "sampler",
                   "train.focal_gamma": "focal_gamma", "model.truncation": "long_text",
                   "data.label_separator": "label_separator"}
@@ -555,6 +557,26 @@ class TextClassification(Task):
         if self.binary and self.positive is not None:
             return np.where(s[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
         return s.argmax(-1)
+
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The most confident wrong labels; multi-label: the most labels wrong; regression: the largest errors."""
+        def view(r: dict, title: str) -> dict:
+            return {"title": title, "row": r, "input": r["input"],
+                    "fields": [{"name": n, "text": r["input"][n]} for n in ("text", "text_pair") if r["input"].get(n)]}
+
+        if self.problem_type == "single_label":
+            wrong = sorted((r for r in rows if r["prediction"]["label"] != r["gold"]),
+                           key=lambda r: -r["prediction"]["score"])
+            return [view(r, f"gold {r['gold']!r}, predicted {r['prediction']['label']!r} "
+                            f"(probability {r['prediction']['score']:.3f})") for r in wrong[:k]]
+        if self.problem_type == "multi_label":
+            wrong = sorted((r for r in rows if set(r["prediction"]["labels"]) != set(r["gold"])),
+                           key=lambda r: -len(set(r["prediction"]["labels"]) ^ set(r["gold"])))
+            return [view(r, f"gold {sorted(r['gold'])}, predicted {sorted(r['prediction']['labels'])}")
+                    for r in wrong[:k]]
+        worst = sorted(rows, key=lambda r: -abs(r["prediction"]["value"] - r["gold"]))
+        return [view(r, f"gold {r['gold']:.4g}, predicted {r['prediction']['value']:.4g} "
+                        f"(error {r['prediction']['value'] - r['gold']:+.4g})") for r in worst[:k]]
 
     def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
                 steps: int) -> dict[str, Any]:

@@ -184,6 +184,21 @@ class MultipleChoice(Task):
     def evaluator(self, table: Table) -> "MultipleChoiceEvaluator":
         return MultipleChoiceEvaluator(table)
 
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The most confident wrong choices, every ending listed with its probability."""
+        wrong = sorted((r for r in rows if r["prediction"]["choice"] != r["gold"]),
+                       key=lambda r: -r["prediction"]["score"])
+        views = []
+        for r in wrong[:k]:
+            pred, given = r["prediction"], r["input"]
+            fields = [{"name": n, "text": given[n]} for n in ("context", "prefix") if given.get(n)]
+            for j, (ending, p) in enumerate(zip(given["endings"], pred["probs"])):
+                tag = " (gold)" if j == r["gold"] else " (chosen)" if j == pred["choice"] else ""
+                fields.append({"name": f"ending {j}{tag}", "text": f"{ending}   [p = {p:.3f}]"})
+            views.append({"title": f"chose ending {pred['choice']} (probability {pred['score']:.3f}), gold {r['gold']}",
+                          "row": r, "input": given, "fields": fields})
+        return views
+
     def prediction_schema(self) -> type[Record]:
         return ChoicePrediction
 

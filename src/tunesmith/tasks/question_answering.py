@@ -74,6 +74,8 @@ class QuestionAnswering(Task):
     loss_metrics = ()
     head_modules = ("qa_outputs",)
     explains = True
+    hub_pipeline_tag = "question-answering"
+    onnx_outputs = ("start_logits", "end_logits")
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         super().__init__(cfg, state)
@@ -306,6 +308,29 @@ class QuestionAnswering(Task):
 
     def prediction_schema(self) -> type[Record]:
         return AnswerPrediction
+
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The most confident answers that match no gold answer (SQuAD's normalised exact match), gold and
+        predicted spans marked in the context."""
+        from ..metrics.squad import normalize_answer
+
+        wrong = []
+        for r in rows:
+            gold, pred = r["gold"] or {"text": [], "answer_start": []}, r["prediction"]
+            if normalize_answer(pred["answer"]) in {normalize_answer(t) for t in gold["text"]} \
+                    or (not gold["text"] and not pred["answer"]):
+                continue
+            marks = [{"start": s, "end": s + len(t), "kind": "gold", "label": "gold answer"}
+                     for t, s in zip(gold["text"], gold["answer_start"])]
+            if pred["start"] is not None:
+                marks.append({"start": pred["start"], "end": pred["end"], "kind": "pred", "label": "predicted"})
+            wrong.append((pred["score"], {"title": f"predicted {pred['answer']!r} (score {pred['score']:.3f}), gold "
+                                                 f"{gold['text'] or 'no answer'}", "row": r,
+                          "input": {"question": r["input"]["question"], "context": r["input"]["context"]},
+                          "fields": [{"name": "question", "text": r["input"]["question"]},
+                                     {"name": "context", "text": r["input"]["context"], "marks": marks}]}))
+        wrong.sort(key=lambda v: -v[0])
+        return [v for _, v in wrong[:k]]
 
     def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
                 steps: int) -> dict[str, Any]:

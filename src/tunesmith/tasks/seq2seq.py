@@ -294,6 +294,12 @@ class Seq2SeqTask(Task):
     def evaluator(self, table: Table) -> "GenerationEvaluator":
         return GenerationEvaluator(self, table)
 
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The outputs with the lowest sentence chrF against their references."""
+        from ..metrics.generation import lowest_chrf
+
+        return lowest_chrf(rows, k, self.record_key)
+
     def prediction_schema(self) -> type[Record]:
         from pydantic import create_model
 
@@ -308,6 +314,7 @@ class Translation(Seq2SeqTask):
     """Source text -> target text in another language (scored with sacreBLEU)."""
 
     name = "translation"
+    hub_pipeline_tag = "translation"
     aliases = ()
     record_key = "translation_text"
     metrics = {"bleu": True, "chrf": True}
@@ -318,6 +325,7 @@ class Summarization(Seq2SeqTask):
     """Document -> summary (scored with ROUGE, Porter-stemmed)."""
 
     name = "summarization"
+    hub_pipeline_tag = "summarization"
     aliases = ()
     record_key = "summary_text"
     metrics = {"rougeL": True, "rouge1": True, "rouge2": True, "rougeLsum": True}

@@ -214,6 +214,8 @@ class TokenClassification(Task):
     loss_metrics = ()
     head_modules = ("classifier", "score")
     explains = True
+    hub_pipeline_tag = "token-classification"
+    onnx_outputs = ("logits",)
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         super().__init__(cfg, state)
@@ -574,6 +576,41 @@ class TokenClassification(Task):
             s, e = offsets[a][0], offsets[b - 1][1]
             ents.append({"entity_group": typ, "score": sc, "word": text[s:e], "start": s, "end": e})
         return {"tags": tags, "words": [text[s:e] for s, e in offsets], "entities": ents}
+
+    def worst_errors(self, rows: list[dict], k: int) -> list[dict[str, Any]]:
+        """The sentences with the most entity errors (gold or predicted entities that the other lacks),
+        gold and predicted entities marked in the text."""
+        views = []
+        for r in rows:
+            pred = r["prediction"]
+            if "tokens" in r["input"]:
+                words = r["input"]["tokens"]
+                text, spans, at = "", [], 0
+                for w in words:
+                    spans.append((at, at + len(w)))
+                    text += w + " "
+                    at += len(w) + 1
+                text = text[:-1]
+                gold = {(a, b, typ) for a, b, typ in spans_from_tags(r["gold"], self.scheme)[0]}
+                got = {(e["start"], e["end"], e["entity_group"]) for e in pred["entities"]}
+                place = lambda a, b: (spans[a][0], spans[b - 1][1])  # noqa: E731 - word range -> characters
+                role = "tokens"
+            else:
+                text, spans, role = r["input"]["text"], None, "text"
+                gold = {(a, b, typ) for a, b, typ in r["gold"]}
+                got = {(e["start"], e["end"], e["entity_group"]) for e in pred["entities"]}
+                place = lambda a, b: (a, b)  # noqa: E731
+            errors = len(gold ^ got)
+            if not errors:
+                continue
+            marks = [{"start": place(a, b)[0], "end": place(a, b)[1], "kind": kind, "label": f"{kind}: {typ}"}
+                     for kind, ents in (("gold", gold), ("pred", got)) for a, b, typ in sorted(ents)]
+            field = {"name": role, "text": text, "marks": marks, **({"word_spans": spans} if spans else {})}
+            views.append((errors, {"title": f"{errors} entity error{'s' * (errors > 1)}: gold "
+                                            f"{sorted(t for *_, t in gold)}, predicted {sorted(t for *_, t in got)}",
+                                   "row": r, "input": r["input"], "fields": [field]}))
+        views.sort(key=lambda v: -v[0])
+        return [v for _, v in views[:k]]
 
     def explain(self, model: "torch.nn.Module", tokenizer: Any, record: dict, prediction: dict, target: str | None,
                 steps: int) -> dict[str, Any]:
