@@ -192,7 +192,7 @@ def base_config(tiny_model_dir: str, sentiment_csv: Path, tmp_path: Path) -> dic
         # fp32: exactness tests compare to 1e-6, and `auto` picks bf16 on CPUs with avx512_bf16
         "train": {"epochs": 5, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "seed": 0, "log_every": 1,
                   "precision": "fp32"},
-        "eval": {"batch_size": 32},
+        "eval": {"batch_size": 32, "explain_errors": 0},  # report.html's shading: tests/test_report.py
         "output_dir": str(tmp_path / "run"),
     }
 
@@ -234,6 +234,7 @@ def contract_run(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     def get(task: str) -> Path:
         if task not in runs:
             cfg = _config(task, tiny_models, tmp_path_factory.mktemp(f"served-{task}"), "run", dropout=0)
+            cfg["eval"]["explain_errors"] = 5  # report.html shaded as a user's run is
             runs[task] = tunesmith.train(cfg).dir
         return runs[task]
     return get

@@ -344,7 +344,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run folder."),
                                         help="Shade the worst errors by their explanations (loads the model).")
            ) -> None:
     """Write the run's report.html again (a self-contained page: what was trained, the data, learning curves,
-    metrics, the worst errors), e.g. for a run trained before tunesmith wrote one."""
+    metrics, the worst errors, the first eval.explain_errors of them shaded by their explanations)."""
     from .evaluation.html import write_report
 
     try:
@@ -354,7 +354,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             from .serving.predictor import Predictor
 
             predictor = Predictor.load(run_dir)
-        path = write_report(run_dir, predictor)
+        path = write_report(run_dir, predictor, predictor.cfg.eval.explain_errors if predictor else 0)
     except TunesmithError as e:
         _fail(e)
     console.print(f"wrote {escape(printable(path))}")
@@ -365,9 +365,9 @@ def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            format: str = typer.Option("onnx", "--format", help="The one format: onnx."),
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also a dynamically quantized "
                                                                            "copy (model.int8.onnx).")) -> None:
-    """Export the run's model to RUN_DIR/onnx/ for ONNX Runtime (text classification, token classification,
-    question answering), checked against PyTorch on the run's test inputs (onnx/onnx.json says how closely).
-    `tunesmith serve RUN_DIR --backend onnx` (or onnx-int8) serves it."""
+    """Export the run's model to RUN_DIR/onnx/ for ONNX Runtime (the tasks whose model is one graph; a task
+    without an export says which have one), checked against PyTorch on the run's test inputs (onnx/onnx.json
+    says how closely). `tunesmith serve RUN_DIR --backend onnx` (or onnx-int8) serves it."""
     try:
         _check_exists(run_dir)
         if format != "onnx":

@@ -248,6 +248,9 @@ class EvalConfig(_Section):
     mse (regression, lower is better)."""
     batch_size: int = Field(64, ge=1)
     """Examples per evaluation and prediction batch."""
+    explain_errors: int = Field(5, ge=0)
+    """How many of report.html's worst test errors are shaded by their explanations (integrated gradients,
+    20 steps each, where the task explains itself); 0: none, and the page is written without loading the model."""
 
 
 class Dimension(_Section):

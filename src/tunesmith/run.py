@@ -466,7 +466,8 @@ def _finish_run_folder(run_dir: Path, p: Prepared, report: dict, test: Any, mode
         from .evaluation.html import write_report
         from .serving.predictor import Predictor
 
-        write_report(run_dir, Predictor.load(run_dir, report["train"]["device"]))
+        shaded = p.cfg.eval.explain_errors if p.task.explains else 0
+        write_report(run_dir, Predictor.load(run_dir, report["train"]["device"]) if shaded else None, shaded)
     except Exception as e:  # noqa: BLE001 - as the plots: an optional artefact never fails a finished run
         report["warnings"] = [*report.get("warnings", []), f"report.html was not written: {type(e).__name__}: {e}"]
         atomic_write_json(run_dir / "report.json", report)

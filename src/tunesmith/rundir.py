@@ -33,8 +33,8 @@ _RUN_TEMP = re.compile(r"^\.(rng-step-\d+|.+\.(tmp|old)([-.].*)?)$")
 # temps in a shared folder name their writer: .NAME.tmp-HOST-PID-RANDOM, .NAME.old-HOST-PID
 _OWNED_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>[^-]+)-(?P<pid>\d+)(?:-[a-z0-9_]+)?$")
 # keys that do not change what a resumed run computes: changing them on --resume needs no permission
-RESUME_SAFE_KEYS = {"eval.batch_size", "train.num_workers", "train.log_every", "train.keep_checkpoints",
-                    "data.cache_dir"}
+RESUME_SAFE_KEYS = {"eval.batch_size", "eval.explain_errors", "train.num_workers", "train.log_every",
+                    "train.keep_checkpoints", "data.cache_dir"}
 CHANGES_FILE = "config_changes.jsonl"
 # everything a run writes in its folder before its first checkpoint (run._write_run_files, the metrics
 # and samples logs, TensorBoard's events, checkpoints/ with the temps of the checkpoint being written):

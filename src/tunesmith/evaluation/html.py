@@ -113,13 +113,14 @@ def _highlights(view: dict, explanation: dict) -> tuple[str, float] | None:
     return name, first["delta"]
 
 
-def _errors(run_dir: Path, task: Any, predictor: Any) -> list[dict]:
+def _errors(run_dir: Path, task: Any, predictor: Any, shaded: int) -> list[dict]:
+    """The task's worst-error views, the first `shaded` of them shaded by the predictor's explanations."""
     rows = read_jsonl(run_dir / "predictions" / "test.jsonl") if (run_dir / "predictions" / "test.jsonl").exists() \
         else []
     views = task.worst_errors(rows, WORST_ERRORS)
-    for view in views:
+    for k, view in enumerate(views):
         view["fields_html"] = []
-        if predictor is not None and task.explains:
+        if predictor is not None and task.explains and k < shaded:
             try:
                 explained = _highlights(view, predictor.explain(view["input"], steps=EXPLAIN_STEPS))
             except Exception as e:  # noqa: BLE001 - a highlight is an extra: the error is still shown
@@ -161,8 +162,9 @@ def _scalars(metrics: dict) -> list[tuple[str, Any]]:
             and (not isinstance(v, float) or math.isfinite(v))]
 
 
-def render(run_dir: Path, task: Any, predictor: Any = None) -> str:
-    """The page's HTML for a finished run folder; `predictor` (the run's model) adds explanation shading."""
+def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WORST_ERRORS) -> str:
+    """The page's HTML for a finished run folder; `predictor` (the run's model) shades the first `explained`
+    worst errors by their explanations."""
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     data = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8")) \
         if (run_dir / "data_report.json").exists() else {}
@@ -199,7 +201,7 @@ def render(run_dir: Path, task: Any, predictor: Any = None) -> str:
     test = report.get("test", {})
     per_class = test.get("per_class") or {}
     per_class_head = list(next(iter(per_class.values())).keys()) if per_class else []
-    views = _errors(run_dir, task, predictor)
+    views = _errors(run_dir, task, predictor, explained)
     env = {
         "title": f"{report.get('task')} run: {run_dir.resolve().name}",
         "warnings": [*report.get("warnings", []), *data.get("warnings", [])],
@@ -259,13 +261,13 @@ def _render_parts(env: dict) -> dict[str, str]:
     }
 
 
-def write_report(run_dir: str | Path, predictor: Any = None) -> Path:
-    """Write run_dir/report.html (atomically) and return its path; `predictor` defaults to none (no
-    shading) unless the caller passes the loaded run."""
+def write_report(run_dir: str | Path, predictor: Any = None, explained: int = WORST_ERRORS) -> Path:
+    """Write run_dir/report.html (atomically) and return its path; with `predictor` (the loaded run) the
+    first `explained` worst errors are shaded by their explanations."""
     run_dir = Path(run_dir)
     task = predictor.task if predictor is not None else read_run_state(run_dir).task
     path = run_dir / REPORT_FILE
-    atomic_write_text(path, render(run_dir, task, predictor))
+    atomic_write_text(path, render(run_dir, task, predictor, explained))
     return path
 
 
