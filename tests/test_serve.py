@@ -233,3 +233,30 @@ def test_a_real_uvicorn_process_serves_on_loopback(contract_run: Any, tmp_path: 
         err.close()
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert lines[-1]["path"] == "/predict" and lines[-1]["status"] == 200 and lines[-1]["records"] == len(texts)
+
+
+def test_requests_with_other_roles_run_apart_and_a_failed_batch_runs_each_alone() -> None:
+    """A batch's table has the columns of all its records: a record without text_pair beside one with it would
+    read as an empty text_pair, so they never share a batch; and when a batch fails, each request runs alone,
+    so one request's error is not another's."""
+    batches: list[list[dict]] = []
+
+    def run(records: list[dict], decoding: dict) -> list[dict]:
+        batches.append(records)
+        if any(r.get("text_pair") == "BAD" for r in records):
+            raise ValueError("bad record")
+        return records
+
+    async def main() -> list:
+        b = _batcher(run, max_batch_size=8, max_wait_ms=10_000)
+        worker = asyncio.create_task(b.serve_forever())
+        jobs = [b.submit([{"text": "a"}], {}), b.submit([{"text": "b", "text_pair": "c"}], {}),
+                b.submit([{"text": "d"}], {}), b.submit([{"text": "e", "text_pair": "BAD"}], {})]
+        out = await asyncio.gather(*jobs, return_exceptions=True)
+        worker.cancel()
+        return out
+
+    out = asyncio.run(main())
+    b, e = {"text": "b", "text_pair": "c"}, {"text": "e", "text_pair": "BAD"}
+    assert batches == [[{"text": "a"}, {"text": "d"}], [b, e], [b], [e]]
+    assert out[:3] == [([{"text": "a"}], 2), ([b], 1), ([{"text": "d"}], 2)] and isinstance(out[3], ValueError)

@@ -102,7 +102,11 @@ class Batcher:
         """(the records' predictions, the size of the batch they ran in); Overloaded when the queue is full."""
         if self.queued + len(records) > self.max_queue:
             raise Overloaded(f"the queue holds {self.queued} records (at most {self.max_queue}); try again shortly")
-        job = _Job(records, tuple(sorted(decoding.items())), asyncio.get_running_loop().create_future())
+        # requests run together only with the same decoding options and the same roles given: a batch's
+        # table has the columns of all its records, so a record without text_pair next to one with it would
+        # read as an empty text_pair
+        key = (tuple(sorted(decoding.items())), tuple(sorted({k for r in records for k in r})))
+        job = _Job(records, key, asyncio.get_running_loop().create_future())
         self.pending.append(job)
         self.queued += len(records)
         self.wake.set()
@@ -142,12 +146,16 @@ class Batcher:
                 self.pending.remove(job)
             records = [r for job in jobs for r in job.records]
             self.queued -= len(records)
+            decoding = dict(jobs[0].decoding[0])
             try:
-                preds = await loop.run_in_executor(self.executor, self.run, records, dict(jobs[0].decoding))
-            except Exception as e:  # noqa: BLE001 - handed to each waiting request (a 500 with its id)
+                preds = await loop.run_in_executor(self.executor, self.run, records, decoding)
+            except Exception as e:  # noqa: BLE001 - each request then runs alone and gets its own answer
+                if len(jobs) == 1:
+                    if not jobs[0].future.done():
+                        jobs[0].future.set_exception(e)
+                    continue
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                    await self._alone(job, decoding)
                 continue
             k = 0
             for job in jobs:
@@ -155,6 +163,18 @@ class Batcher:
                 if not job.future.done():  # a client that went away cancelled its future
                     job.future.set_result(preds[k:k + len(job.records)])
                 k += len(job.records)
+
+    async def _alone(self, job: _Job, decoding: dict) -> None:
+        """Run one request by itself (after its batch failed), so an error reaches only the request it is in."""
+        try:
+            preds = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, job.records, decoding)
+        except Exception as e:  # noqa: BLE001 - the request's own error (a 500 with its id)
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        job.batch_size = len(job.records)
+        if not job.future.done():
+            job.future.set_result(preds)
 
 
 def _error(code: int, message: str, **extra: Any) -> Any:
@@ -266,7 +286,8 @@ class Service:
                        for r in input_roles(self.task)],
             "model": {"base": cfg.model.name, "files": self.state.saved.get("files"),
                       "max_length": cfg.model.max_length},
-            "decoding": self.defaults, "explains": self.task.explains, "backend": self.options.backend,
+            "decoding": self.defaults, "backend": self.options.backend,
+            "explains": self.task.explains and self.options.backend == "pytorch",
             "batching": {"max_batch_size": self.options.max_batch_size, "max_wait_ms": self.options.max_wait_ms,
                          "max_queue": self.options.max_queue},
             "limits": {"max_records": self.options.max_records, "max_body_bytes": self.options.max_body_bytes,
@@ -382,6 +403,9 @@ def create_app(options: ServeOptions) -> Any:
             return not_ready()
         if not service.task.explains:
             return _error(404, str(no_explanations(service.task)))
+        if options.backend != "pytorch":
+            return _error(409, f"explanations need gradients, which the {options.backend} backend has not; "
+                               "serve with --backend pytorch")
         records, refused = checked(request, body.inputs, True)
         if refused is not None:
             return refused

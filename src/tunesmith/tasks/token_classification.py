@@ -624,8 +624,8 @@ class TokenClassification(Task):
 
         if target is not None:
             raise ConfigError("token classification explains each predicted entity: it takes no target")
-        mode = "tokens" if "tokens" in record else "text"
-        table = Table({mode: [record[mode]]}, ["input"], [1])
+        table = Table({k: [record[k]] for k in ("text", "tokens") if k in record}, ["input"], [1])
+        mode = self._mode(table, needs_gold=False)  # as prediction reads the record
         words, offsets, _ = self._words(table, tokenizer)
         enc = tokenizer(words[0], is_split_into_words=True, truncation=True, max_length=self.cfg.model.max_length)
         wids = enc.word_ids()
