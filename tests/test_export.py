@@ -84,3 +84,16 @@ def test_export_refuses_a_generating_task_and_a_run_without_export(contract_run:
             "text-classification, token-classification") in " ".join(result.output.split())
     with pytest.raises(ConfigError, match="has no ONNX export"):
         Predictor.load(contract_run("text-classification"), backend="onnx")
+
+
+def test_a_run_with_one_test_row_exports_a_model_for_any_batch(contract_run: Any, tmp_path: Path) -> None:
+    """The traced example has at least two rows: torch.export fixes a dimension it sees as 1."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(contract_run("text-classification"), run_dir)
+    rows = (run_dir / "predictions" / "test.jsonl").read_text().splitlines()
+    (run_dir / "predictions" / "test.jsonl").write_text(rows[0] + "\n")
+    manifest = export_onnx(run_dir)
+    assert manifest["check"]["model.onnx"]["test_inputs"] == 1
+    assert manifest["check"]["model.onnx"]["predictions_differing"] == 0
+    texts = [json.loads(r)["input"] for r in rows[:3]]
+    _same(Predictor.load(run_dir, backend="onnx").predict(texts), tunesmith.load(run_dir).predict(texts))

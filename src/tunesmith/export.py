@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .io import atomic_dir, hash_files, json_text, read_jsonl
 from .serving.inputs import read_run_state
 from .serving.onnx_backend import MANIFEST, ONNX_DIR, OnnxModel
@@ -81,22 +81,27 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict[str, A
 
     restore_stock(predictor.model)
     batches = _batches(predictor, records)
-    example = batches[0]
+    # torch.export specializes a dimension it sees as 1: the traced example has at least two rows
+    example = {k: v if v.shape[0] > 1 else torch.cat([v, v]) for k, v in batches[0].items()}
     from torch.export import Dim
 
     batch, sequence = Dim("batch"), Dim("sequence")
     names = list(example)
     with atomic_dir(run_dir / ONNX_DIR) as tmp:
-        program = torch.onnx.export(predictor.model, (), kwargs=dict(example), input_names=names,
-                                    output_names=list(task.onnx_outputs), opset_version=OPSET, dynamo=True,
-                                    dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
-        program.save(str(tmp / "model.onnx"))
-        files = {"model.onnx": tmp / "model.onnx"}
-        if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        try:
+            program = torch.onnx.export(predictor.model, (), kwargs=dict(example), input_names=names,
+                                        output_names=list(task.onnx_outputs), opset_version=OPSET, dynamo=True,
+                                        dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
+            program.save(str(tmp / "model.onnx"))
+            files = {"model.onnx": tmp / "model.onnx"}
+            if quantize:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
-            files["model.int8.onnx"] = tmp / "model.int8.onnx"
+                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+                files["model.int8.onnx"] = tmp / "model.int8.onnx"
+        except Exception as e:  # the exporter's own failure, said as one error (nothing is written)
+            raise ModelError(f"ONNX export of {run_dir / 'model'} failed: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
         expected = [_decisions(r) for r in predictor.predict(records)]
         checks = {}
         for name, path in files.items():
