@@ -4,22 +4,17 @@ trained on, how well it did and how to load it."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .. import __version__
+from .report import scalar_metrics
 
 
 def _number(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _scalars(metrics: dict) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (not isinstance(v, float) or math.isfinite(v))]
 
 
 def model_card(task: Any, cfg: Any, report: dict, data_report: dict, base_model: str) -> str:
@@ -42,7 +37,7 @@ def model_card(task: Any, cfg: Any, report: dict, data_report: dict, base_model:
         "## Results", "",
         "| metric | validation (best checkpoint) | test |", "|---|---|---|",
     ]
-    val, test = dict(_scalars(report.get("validation", {}))), dict(_scalars(report.get("test", {})))
+    val, test = scalar_metrics(report.get("validation")), scalar_metrics(report.get("test"))
     for name in dict.fromkeys([*val, *test]):
         lines.append(f"| {name} | {_number(val.get(name, '-'))} | {_number(test.get(name, '-'))} |")
     lines += ["", "## Training data", "", "| split | file | rows |", "|---|---|---|"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ..config import RunConfig, flat_keys
 from ..io import atomic_write_text, read_jsonl
 from ..serving.inputs import read_run_state
 from ..tasks.base import Task
-from .report import figure
+from .report import figure, scalar_metrics
 
 REPORT_FILE = "report.html"
 WORST_ERRORS = 10  # shown on the page (the task ranks them)
@@ -157,11 +156,6 @@ def _confusion(cm: dict) -> str:
     return f'<table class="confusion"><thead>{head}</thead><tbody>{body}</tbody></table>'
 
 
-def _scalars(metrics: dict) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (not isinstance(v, float) or math.isfinite(v))]
-
-
 def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WORST_ERRORS) -> str:
     """The page's HTML for a finished run folder; `predictor` (the run's model) shades the first `explained`
     worst errors by their explanations."""
@@ -210,8 +204,8 @@ def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WOR
         "leakage": data.get("leakage"), "dropped": sorted(reasons.items()), "n_dropped": len(dropped),
         "notes": data.get("notes", []),
         "curves": learning_curves_svg(metrics_rows, train.get("metric") or "loss", train.get("best_step")),
-        "validation": _table(_scalars(report.get("validation", {})), ["metric", "value"]),
-        "test": _table(_scalars(test), ["metric", "value"]),
+        "validation": _table(list(scalar_metrics(report.get("validation")).items()), ["metric", "value"]),
+        "test": _table(list(scalar_metrics(test).items()), ["metric", "value"]),
         "per_class": _table([[k, *row.values()] for k, row in per_class.items()], ["class", *per_class_head])
         if per_class else "",
         "confusion": _confusion(json.loads(cm_file.read_text())) if cm_file.exists() else "",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,13 @@ def plot_learning_curves(rows: list[dict], metric: str, path: Path) -> None:
     ax2.set_xlabel("step"), ax2.set_ylabel(f"validation {metric}"), ax2.grid(alpha=0.3)
     ax2.set_title(f"validation {metric}")
     save_figure(fig, path)
+
+
+def scalar_metrics(metrics: dict | None) -> dict[str, Any]:
+    """The finite numbers of a split's metrics (the per-class tables, curves and NaNs left out): what the
+    HTML report and the model card tabulate."""
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (not isinstance(v, float) or math.isfinite(v))}
 
 
 PER_CLASS_SHOWN = 20  # per-class rows printed; report.json (or `evaluate -o`) holds them all
