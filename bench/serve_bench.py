@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared/data"
 LEVELS = (1, 8, 32, 128)
@@ -80,27 +82,29 @@ def make_run(data_root: Path, out: Path) -> Path:
     return out
 
 
+class PipelineBody(BaseModel):
+    """The pipeline server's request (at module level: FastAPI resolves the annotation by its name)."""
+
+    inputs: str
+
+
 def pipeline_app(run_dir: str) -> Any:
     """The hand-written alternative: FastAPI + a transformers pipeline called per request, in one thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fastapi import FastAPI
-    from pydantic import BaseModel
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=str(Path(run_dir) / "model"), device="cpu")
     pool = ThreadPoolExecutor(1)
     app = FastAPI()
 
-    class Body(BaseModel):
-        inputs: str
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ready"}
 
     @app.post("/predict")
-    async def predict(body: Body) -> Any:
+    async def predict(body: PipelineBody) -> Any:
         return (await asyncio.get_running_loop().run_in_executor(pool, pipe, body.inputs))[0]
 
     return app
@@ -112,7 +116,8 @@ def start(kind: str, run_dir: Path, port: int, max_queue: int) -> subprocess.Pop
     else:
         size = "32" if kind == "batched" else "1"
         cmd = [sys.executable, "-m", "tunesmith", "serve", str(run_dir), "--port", str(port), "--max-batch-size",
-               size, "--max-wait-ms", "5", "--max-queue", str(max_queue), "--access-log", os.devnull]
+               size, "--max-wait-ms", "5", "--max-queue", str(max_queue), "--max-records", str(min(256, max_queue)),
+               "--access-log", os.devnull]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 

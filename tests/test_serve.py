@@ -203,14 +203,16 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_real_uvicorn_process_serves_on_loopback(contract_run: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_real_uvicorn_process_serves_on_loopback(contract_run: Any, tmp_path: Path, workers: int) -> None:
+    """Each of `--workers N`'s processes builds the app from the options it is handed, access log included."""
     run_dir = contract_run("text-classification")
     port = _free_port()
     log = tmp_path / "access.jsonl"
     err = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe: an unread pipe that fills blocks the server
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(run_dir), "--port", str(port),
-                             "--access-log", str(log)], stdout=subprocess.DEVNULL, stderr=err,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                             "--access-log", str(log), "--workers", str(workers)], stdout=subprocess.DEVNULL,
+                            stderr=err, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # up to a minute for the imports and the model
@@ -222,6 +224,8 @@ def test_a_real_uvicorn_process_serves_on_loopback(contract_run: Any, tmp_path: 
                 pass
             assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
             time.sleep(0.1)
+        else:
+            pytest.fail(f"the server was not ready within a minute:\n{(tmp_path / 'stderr.txt').read_text()}")
         texts = [r["input"]["text"] for r in _rows(run_dir)]
         req = urllib.request.Request(f"{base}/predict", data=json.dumps({"inputs": texts}).encode(),
                                      headers={"content-type": "application/json"})
@@ -260,3 +264,109 @@ def test_requests_with_other_roles_run_apart_and_a_failed_batch_runs_each_alone(
     b, e = {"text": "b", "text_pair": "c"}, {"text": "e", "text_pair": "BAD"}
     assert batches == [[{"text": "a"}, {"text": "d"}], [b, e], [b], [e]]
     assert out[:3] == [([{"text": "a"}], 2), ([b], 1), ([{"text": "d"}], 2)] and isinstance(out[3], ValueError)
+
+
+def test_a_job_waits_max_wait_ms_from_its_arrival_not_from_when_the_model_is_free() -> None:
+    """A request that waited while the model ran the batch before it has used up its wait: it runs at once.
+    (An hour's max_wait_ms: counted from when the worker looks, the batch would not run within the test.)"""
+    ran: list[list[str]] = []
+
+    async def main() -> Any:
+        b = _batcher(lambda records, decoding: ran.append([r["x"] for r in records]) or records,
+                     max_batch_size=8, max_wait_ms=3_600_000)
+        job = asyncio.create_task(b.submit([{"x": "a"}], {}))
+        await asyncio.sleep(0)  # queued; no worker yet
+        b.pending[0].arrived -= 3_600  # it arrived an hour ago (the model was busy)
+        worker = asyncio.create_task(b.serve_forever())
+        out = await asyncio.wait_for(job, 60)
+        worker.cancel()
+        return out
+
+    assert asyncio.run(main()) == ([{"x": "a"}], 1) and ran == [["a"]]
+
+
+def test_explanations_and_streams_count_in_the_queue_bound() -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        b = _batcher(lambda records, decoding: records, max_queue=2)
+        one = b.exclusive(release.wait)
+        with pytest.raises(Overloaded):
+            await b.submit([{"x": 1}, {"x": 2}], {})  # 1 + 2 records > 2: refused before it is queued
+        two = b.exclusive(release.wait)
+        with pytest.raises(Overloaded):
+            b.exclusive(release.wait)
+        assert b.queued == 2
+        release.set()
+        await asyncio.gather(one, two)
+        assert b.queued == 0
+
+    asyncio.run(main())
+
+
+def test_limits_that_cannot_work_together_are_refused_at_startup(contract_run: Any) -> None:
+    from tunesmith.errors import ConfigError
+
+    run_dir = str(contract_run("text-classification"))
+    with pytest.raises(ConfigError, match="--max-queue 10 is below --max-records 256"):
+        create_app(ServeOptions(run_dir=run_dir, max_queue=10))
+    with pytest.raises(ConfigError, match="--max-batch-size 0"):
+        create_app(ServeOptions(run_dir=run_dir, max_batch_size=0))
+
+
+def _events(body: str) -> list[tuple[str, Any]]:
+    """(event, data) of a text/event-stream body."""
+    out = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_generation_streams_its_text_as_server_sent_events(contract_run: Any) -> None:
+    """The pieces joined are the text that predict gives, and the last event is predict's record; Python's
+    Predictor.stream calls back with the same pieces."""
+    run_dir = contract_run("text-generation")
+    prompt = _rows(run_dir)[0]["input"]
+    predictor = tunesmith.load(run_dir)
+    expected = predictor.predict(prompt)
+    pieces: list[str] = []
+    assert predictor.stream(prompt, pieces.append) == expected
+    assert len(pieces) > 1 and "".join(pieces).strip() == expected["generated_text"]
+    with _client(run_dir) as client:
+        _ready(client)
+        assert client.get("/metadata").json()["streams"] is True
+        r = client.post("/stream", json={"inputs": prompt})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r.text)
+        assert events[-1] == ("done", expected)
+        assert [data["text"] for kind, data in events[:-1]] == pieces and {k for k, _ in events[:-1]} == {"text"}
+        predictor.set_decoding(max_new_tokens=2)
+        short = _events(client.post("/stream", json={"inputs": prompt, "parameters": {"max_new_tokens": 2}}).text)
+        assert short[-1] == ("done", predictor.predict(prompt))
+        r = client.post("/stream", json={"inputs": [prompt]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "inputs"]
+        r = client.post("/stream", json={"inputs": prompt, "parameters": {"max_new_tokens": 0}})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "parameters", "max_new_tokens"]
+        assert _events(client.post("/stream", json={"inputs": prompt}).text)[-1] == ("done", expected)
+
+
+def test_beam_search_and_tasks_that_do_not_generate_do_not_stream(contract_run: Any) -> None:
+    from tunesmith.errors import ConfigError
+
+    run_dir = contract_run("translation")
+    record = _rows(run_dir)[0]["input"]
+    predictor = tunesmith.load(run_dir)
+    predictor.set_decoding(num_beams=2)
+    with pytest.raises(ConfigError, match="num_beams is 2"):
+        predictor.stream(record, print)
+    with _client(run_dir) as client:
+        _ready(client)
+        r = client.post("/stream", json={"inputs": record, "parameters": {"num_beams": 2}})
+        assert r.status_code == 422 and "num_beams is 2" in r.json()["detail"][0]["msg"]
+        done = _events(client.post("/stream", json={"inputs": record}).text)[-1]
+        assert done == ("done", tunesmith.load(run_dir).predict(record))
+    with _client(contract_run("text-classification")) as client:
+        _ready(client)
+        assert client.get("/metadata").json()["streams"] is False
+        assert client.post("/stream", json={"inputs": "good"}).status_code == 404

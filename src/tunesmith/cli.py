@@ -415,9 +415,10 @@ def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         _fail(e)
     options = ServeOptions(run_dir=str(run_dir), device=device, backend=backend, max_batch_size=max_batch_size,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_records=max_records,
-                           max_body_bytes=max_body_bytes, max_text_chars=max_text_chars)
+                           max_body_bytes=max_body_bytes, max_text_chars=max_text_chars,
+                           access_log_file=str(access_log) if access_log else None)
     try:
-        run_server(options, host, port, workers, str(access_log) if access_log else None)
+        run_server(options, host, port, workers)
     except TunesmithError as e:
         _fail(e)
 

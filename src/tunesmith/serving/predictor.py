@@ -10,7 +10,7 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
@@ -170,6 +170,32 @@ class Predictor:
             explanation = self.task.explain(self.model, self.tokenizer, record, prediction, target,
                                             steps or DEFAULT_STEPS)
         return {"prediction": prediction, **explanation}
+
+    def stream(self, inputs: str | dict, on_text: Callable[[str], None]) -> dict:
+        """Generate for one input of a task that generates, calling `on_text` with each piece of text as it is
+        decoded (a word or so: the streamer holds back a word until it is whole), and return the record that
+        `predict` gives for it (its text is the pieces joined, without surrounding whitespace). Beam search
+        keeps several candidates until the end, so it cannot stream: `num_beams` must be 1."""
+        from transformers import TextStreamer
+
+        if not self.task.generates:
+            raise ConfigError(f"{self.task.name} does not generate text: there is nothing to stream; use predict")
+        beams = getattr(self.task.generation_config(self.model), "num_beams", 1) or 1
+        if beams > 1:
+            raise ConfigError(f"num_beams is {beams}: beam search keeps {beams} candidates until it ends, so it "
+                              "cannot stream; set num_beams to 1 to stream, or use predict")
+
+        class Pieces(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    on_text(text)
+
+        table = self._table(self.records([inputs]))
+        self.task.streamer = Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        try:
+            return self._predict_table(table, 1)[0]
+        finally:
+            self.task.streamer = None
 
     def _predict_table(self, table: Table, batch_size: int | None) -> list[dict]:
         features = self.task.preprocess(table, self.tokenizer)

@@ -20,10 +20,11 @@ import time
 import traceback
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,19 @@ class ServeOptions:
     max_body_bytes: int = 1_000_000
     max_text_chars: int = 20_000  #: characters of any one text in a record (a long text is windowed, not cut)
     explain_steps: int = 50
+    access_log_file: Optional[str] = None  #: where the JSON access-log lines go (default: stderr)
+
+    def check(self) -> None:
+        """A ConfigError naming the `serve` option for limits that cannot work together."""
+        for name in ("max_batch_size", "max_queue", "max_records", "max_body_bytes", "max_text_chars",
+                     "explain_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: it must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: it must be 0 or more")
+        if self.max_queue < self.max_records:
+            raise ConfigError(f"--max-queue {self.max_queue} is below --max-records {self.max_records}: a request "
+                              "of that many records could never be queued; raise --max-queue or lower --max-records")
 
 
 class PredictRequest(BaseModel):
@@ -68,6 +82,15 @@ class ExplainRequest(BaseModel):
     steps: Optional[int] = Field(None, ge=1, le=1000, description="integration steps (default: the server's)")
 
 
+class StreamRequest(BaseModel):
+    """`{"inputs": ..., "parameters": {...}}` of /predict, for one input."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Union[str, dict[str, Any]]
+    parameters: dict[str, Any] = Field(default_factory=dict,
+                                       description="decoding options (GET /metadata); num_beams must be 1")
+
+
 class Overloaded(Exception):
     """The queue holds as many records as it may: the request is refused at once (503)."""
 
@@ -77,6 +100,7 @@ class _Job:
     records: list[dict]
     decoding: tuple
     future: asyncio.Future
+    arrived: float  #: the event loop's clock when it was queued: it waits `max_wait_ms` from then, not longer
     batch_size: int = 0
 
 
@@ -106,11 +130,27 @@ class Batcher:
         # table has the columns of all its records, so a record without text_pair next to one with it would
         # read as an empty text_pair
         key = (tuple(sorted(decoding.items())), tuple(sorted({k for r in records for k in r})))
-        job = _Job(records, key, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _Job(records, key, loop.create_future(), loop.time())
         self.pending.append(job)
         self.queued += len(records)
         self.wake.set()
         return await job.future, job.batch_size
+
+    def exclusive(self, fn: Callable[[], Any]) -> asyncio.Future:
+        """Run `fn` alone in the model thread (an explanation, a streamed generation), counted as one record
+        of the queue while it waits and runs, so these requests are bounded too. Overloaded at once (before
+        anything is queued) when the queue is full; else the future of `fn`'s result."""
+        if self.queued + 1 > self.max_queue:
+            raise Overloaded(f"the queue holds {self.queued} records (at most {self.max_queue}); try again shortly")
+        self.queued += 1
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+        def done(_: asyncio.Future) -> None:
+            self.queued -= 1
+
+        future.add_done_callback(done)
+        return future
 
     def _batch(self) -> list[_Job]:
         first = self.pending[0]
@@ -134,7 +174,7 @@ class Batcher:
             while not self.pending:
                 self.wake.clear()
                 await self.wake.wait()
-            deadline = loop.time() + self.max_wait_ms / 1000
+            deadline = self.pending[0].arrived + self.max_wait_ms / 1000
             while not self._ready() and (left := deadline - loop.time()) > 0:
                 self.wake.clear()
                 try:
@@ -266,15 +306,26 @@ class Service:
             self.error = f"{type(e).__name__}: {e}"
             logging.getLogger("tunesmith.serve").error("the model did not load: %s", self.error)
 
-    def run(self, records: list[dict], decoding: dict) -> list[dict]:
-        """One batch through `Predictor.predict`, with the batch's decoding options over the run's own."""
+    @contextmanager
+    def decoding(self, options: dict) -> Iterator[None]:
+        """The request's decoding options over the run's own, for one call in the model thread."""
         try:
-            for name, value in decoding.items():
+            for name, value in options.items():
                 setattr(self.predictor.task.opts, name, value)
-            return self.predictor.predict(records, batch_size=self.options.max_batch_size)
+            yield
         finally:
             for name, value in self.defaults.items():
                 setattr(self.predictor.task.opts, name, value)
+
+    def run(self, records: list[dict], decoding: dict) -> list[dict]:
+        """One batch through `Predictor.predict`, with the batch's decoding options."""
+        with self.decoding(decoding):
+            return self.predictor.predict(records, batch_size=self.options.max_batch_size)
+
+    def stream(self, record: dict, decoding: dict, on_text: Callable[[str], None]) -> dict:
+        """One input through `Predictor.stream`, with the request's decoding options."""
+        with self.decoding(decoding):
+            return self.predictor.stream(record, on_text)
 
     def metadata(self) -> dict[str, Any]:
         from .inputs import input_roles
@@ -288,6 +339,7 @@ class Service:
                       "max_length": cfg.model.max_length},
             "decoding": self.defaults, "backend": self.options.backend,
             "explains": self.task.explains and self.options.backend == "pytorch",
+            "streams": self.task.generates and self.options.backend == "pytorch",
             "batching": {"max_batch_size": self.options.max_batch_size, "max_wait_ms": self.options.max_wait_ms,
                          "max_queue": self.options.max_queue},
             "limits": {"max_records": self.options.max_records, "max_body_bytes": self.options.max_body_bytes,
@@ -306,8 +358,12 @@ def _long_text(records: list[dict], limit: int, single: bool) -> tuple[list, int
     return None
 
 
-def create_app(options: ServeOptions) -> Any:
-    """The FastAPI app for one run folder (tests call it directly; `serve` hands it to uvicorn)."""
+def create_app(options: ServeOptions, load_first: bool = False) -> Any:
+    """The FastAPI app for one run folder (tests call it directly; `serve` hands it to uvicorn). The model
+    loads in the background while /health says "loading"; `load_first`: the app starts (and so takes
+    connections) only once it is loaded, as each of `--workers N`'s processes must, or a request that the
+    shared socket hands to a worker still loading would get a 503 while another worker says ready."""
+    options.check()
     service = Service(options)
     schema = service.task.prediction_schema()
 
@@ -317,6 +373,8 @@ def create_app(options: ServeOptions) -> Any:
                                   options.max_batch_size, options.max_wait_ms, options.max_queue)
         loader = threading.Thread(target=service.load, name="tunesmith-load", daemon=True)
         loader.start()
+        if load_first:
+            await asyncio.to_thread(loader.join)
         worker = loop.create_task(service.batcher.serve_forever())
         app.state.loader = loader
         yield
@@ -410,26 +468,107 @@ def create_app(options: ServeOptions) -> Any:
         if refused is not None:
             return refused
         steps = body.steps or options.explain_steps
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(service.batcher.executor, lambda: service.predictor.explain(
+            return await service.batcher.exclusive(lambda: service.predictor.explain(
                 records[0], target=body.target, steps=steps))
+        except Overloaded as e:
+            return _error(503, str(e))
         except TunesmithError as e:
             return _field_error(["body", "target"], str(e))
+
+    @app.post("/stream")
+    async def stream(body: StreamRequest, request: Request) -> Any:
+        """Server-sent events for one input of a task that generates: `event: text` with {"text": a piece} as
+        the model decodes, then `event: done` with the prediction record (what /predict answers), or `event:
+        error` with an id the log repeats. A request the model refuses before its first piece is a 422."""
+        if service.predictor is None:
+            return not_ready()
+        if not service.task.generates:
+            return _error(404, f"{service.task.name} does not generate text: nothing to stream; POST /predict")
+        records, refused = checked(request, body.inputs, True)
+        if refused is not None:
+            return refused
+        for name, value in body.parameters.items():
+            try:
+                check_decoding(service.task, name, value, f"parameters.{name}={value!r}")
+            except ConfigError as e:
+                return _field_error(["body", "parameters", name], str(e))
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def on_text(text: str) -> None:  # in the model thread
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        try:
+            future = service.batcher.exclusive(lambda: service.stream(records[0], body.parameters, on_text))
+        except Overloaded as e:
+            return _error(503, str(e))
+        # the future's end is queued after every piece the model thread queued before it returned
+        future.add_done_callback(pieces.put_nowait)
+        first = await pieces.get()
+        if isinstance(first, asyncio.Future) and first.exception() is not None:  # nothing streamed yet
+            if isinstance(first.exception(), TunesmithError):
+                return _field_error(["body", "parameters"], str(first.exception()))
+            raise first.exception()  # a 500 with its id (_Guard)
+        request.scope["state"]["batch_size"] = 1
+
+        async def events() -> Any:
+            item = first
+            while True:
+                if not isinstance(item, asyncio.Future):
+                    yield _event("text", {"text": item})
+                elif item.exception() is None:
+                    yield _event("done", item.result())
+                    return
+                else:
+                    e = item.exception()
+                    error_id = uuid.uuid4().hex[:12]
+                    logging.getLogger("tunesmith.serve").error(
+                        "error %s on POST /stream:\n%s", error_id,
+                        "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+                    yield _event("error", {"detail": "internal error; the server log has its traceback under "
+                                                     "this id", "id": error_id})
+                    return
+                item = await pieces.get()
+
+        from fastapi.responses import StreamingResponse
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     return app
 
 
+def _event(kind: str, data: Any) -> str:
+    """One server-sent event."""
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _log_to(access_log_file: str | None) -> None:
+    """Access-log lines to `access_log_file` (appended: the workers of `--workers N` share it) or stderr,
+    server errors to stderr; once per process."""
+    if access_log.handlers:
+        return
+    handler = logging.FileHandler(access_log_file) if access_log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    logging.getLogger("tunesmith.serve").addHandler(logging.StreamHandler(sys.stderr))
+
+
 def app_from_environment() -> Any:
     """The app of the options in TUNESMITH_SERVE_OPTIONS: each of `serve --workers N`'s processes builds it."""
-    return create_app(ServeOptions(**json.loads(os.environ[ENV_OPTIONS])))
+    options = ServeOptions(**json.loads(os.environ[ENV_OPTIONS]))
+    _log_to(options.access_log_file)
+    return create_app(options, load_first=True)
 
 
-def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          access_log_file: str | None = None) -> None:
-    """Run the server (blocking). Access-log lines go to stderr, or to `access_log_file`."""
+def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the server (blocking)."""
     import uvicorn
 
+    options.check()
     read_run_state(options.run_dir)  # a folder that is not a run is an error here, not in every worker
     from .predictor import BACKENDS
 
@@ -439,15 +578,10 @@ def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, work
         from .onnx_backend import onnx_file
 
         onnx_file(options.run_dir, quantized=options.backend == "onnx-int8")
-    handler = logging.FileHandler(access_log_file) if access_log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
-    logging.getLogger("tunesmith.serve").addHandler(logging.StreamHandler(sys.stderr))
     config = {"host": host, "port": port, "access_log": False, "log_level": "info"}
     if workers > 1:
         os.environ[ENV_OPTIONS] = json.dumps(asdict(options))
         uvicorn.run("tunesmith.serving.server:app_from_environment", factory=True, workers=workers, **config)
     else:
+        _log_to(options.access_log_file)
         uvicorn.run(create_app(options), **config)

@@ -35,7 +35,7 @@ from ..console import printable
 from ..collate import pad_inputs
 from ..errors import ConfigError, DataError
 from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
-from .base import Mode, Task, register_task
+from .base import Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -285,7 +285,6 @@ class CausalLM(Task):
         return pieces
 
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
-        import datasets
 
         # gold: responses to train on or score (a chat is gold when it ends with an assistant turn)
         gold = "response" in table or "text" in table or ("messages" in table and all(
@@ -332,7 +331,7 @@ class CausalLM(Task):
                 cols["prompt_len"].append(min(prompt_len, len(block_ids)) if not text_mode else 0)
                 # trained target tokens (a label at position 0 is nobody's target): 0 trains nothing
                 cols["n_targets"].append(sum(x != -100 for x in block_labels[1:]) if gold else 0)
-        return datasets.Dataset.from_dict(cols)
+        return features_dataset(cols)
 
     def untrainable(self, features: "datasets.Dataset") -> dict[int, str]:
         """Examples of gold features with no target token within model.max_length (the prompt fills it):
@@ -418,7 +417,8 @@ class CausalLM(Task):
             prompt[k, width - n:] = ids[r, :n]
             mask[k, width - n:] = 1
         gen = self.generation_config(model)
-        out = model.generate(input_ids=prompt, attention_mask=mask, generation_config=gen)
+        out = model.generate(input_ids=prompt, attention_mask=mask, generation_config=gen,
+                             streamer=self.streamer)
         stops = set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id])
         result = {}
         for k, r in enumerate(rows):  # a row that ended early is padded after its end token: cut there

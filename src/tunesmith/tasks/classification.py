@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation.report import figure, save_figure
 from ..tokens import truncate, windows
 from ..types import Artifact, Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions, label_name
-from .base import Mode, Task, register_task
+from .base import Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -351,7 +351,6 @@ class TextClassification(Task):
 
     # ------------------------------------------------------------------ tokens
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
-        import datasets
 
         max_len = self.cfg.model.max_length
         enc = tokenizer(table["text"], table.get("text_pair"), truncation=False, return_special_tokens_mask=True,
@@ -387,7 +386,7 @@ class TextClassification(Task):
             cols["example"] = list(range(len(table)))
         if "label" in table:
             cols["labels"] = [table["label"][k] for k in cols["example"]]
-        return datasets.Dataset.from_dict(cols)
+        return features_dataset(cols)
 
     def training_features(self, features: "datasets.Dataset") -> "datasets.Dataset":
         """With chunks and max_chunks: only the first max_chunks windows of each document."""

@@ -20,7 +20,7 @@ from ..collate import pad_inputs
 from ..errors import DataError
 from ..tokens import truncate
 from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table
-from .base import Mode, Task, register_task
+from .base import Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -108,7 +108,6 @@ class MultipleChoice(Task):
 
     # ------------------------------------------------------------------ tokens
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
-        import datasets
 
         self._check_endings(table)
         max_len = self.cfg.model.max_length
@@ -135,7 +134,7 @@ class MultipleChoice(Task):
         cols["example"] = list(range(len(table)))
         if "label" in table:
             cols["labels"] = list(table["label"])
-        return datasets.Dataset.from_dict(cols)
+        return features_dataset(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         """(batch, choices, tokens) inputs. A row with fewer endings than the batch's most repeats its first

@@ -28,7 +28,7 @@ from ..collate import pad_inputs
 from ..data.squad import Answers, answer_problem, columns_answers, parse_answers
 from ..errors import DataError, ModelError
 from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
-from .base import Mode, Task, register_task
+from .base import Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -194,7 +194,6 @@ class QuestionAnswering(Task):
         """One feature per window: input ids, `offsets` (context characters of each token, [-1, -1] for the
         question and special tokens), and with gold the answer's token positions (CLS when the window does not
         hold the whole first answer, as Hugging Face's SQuAD example trains)."""
-        import datasets
 
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError(f"question answering needs a fast tokenizer (character offsets of tokens); "
@@ -241,7 +240,7 @@ class QuestionAnswering(Task):
             positions = [answer_positions(table["answers"][k], offsets) for k, _, _, _, offsets in windows]
             cols["start_positions"] = [p[0] for p in positions]
             cols["end_positions"] = [p[1] for p in positions]
-        return datasets.Dataset.from_dict(cols)
+        return features_dataset(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         import torch

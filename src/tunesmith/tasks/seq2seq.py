@@ -34,7 +34,7 @@ from ..data.report import token_length_stats
 from ..errors import ConfigError, DataError
 from ..tokens import truncate
 from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
-from .base import TRUNCATED_WARN_PCT, Mode, Task, register_task
+from .base import TRUNCATED_WARN_PCT, Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -162,7 +162,6 @@ class Seq2SeqTask(Task):
         return ids, [len(x) for x in enc["input_ids"]]
 
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
-        import datasets
 
         self._languages(tokenizer)
         sources = [self.opts.source_prefix + s for s in table["source"]]
@@ -178,7 +177,7 @@ class Seq2SeqTask(Task):
             # output layer cost most per token, so sorting by source length alone left targets padded 1.34x
             # on Multi30k against 1.07x this way
             cols.update(labels=tgt, n_target_tokens=n_tgt, length=[max(a, len(b)) for a, b in zip(cols["length"], tgt)])
-        return datasets.Dataset.from_dict(cols)
+        return features_dataset(cols)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
         inputs = pad_inputs([{"input_ids": f["input_ids"]} for f in features], pad_to_multiple_of)
@@ -278,7 +277,8 @@ class Seq2SeqTask(Task):
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                    reduction="sum", label_smoothing=smoothing)
         if mode == "predict":
-            generated = inner.generate(**batch.inputs, generation_config=self.generation_config(inner))
+            generated = inner.generate(**batch.inputs, generation_config=self.generation_config(inner),
+                                       streamer=self.streamer)
         return loss, generated
 
     # ------------------------------------------------------------------ evaluation

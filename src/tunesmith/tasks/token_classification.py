@@ -47,7 +47,7 @@ from ..collate import pad_inputs, pad_labels
 from ..data.readers import DELIMITED, detect_format, looks_like_conll
 from ..errors import DataError, ModelError
 from ..types import Batch, EvalResult, ModelFacts, Record, Role, Table, TaskOptions
-from .base import Mode, Task, register_task
+from .base import Mode, Task, features_dataset, register_task
 
 if TYPE_CHECKING:
     import datasets
@@ -427,7 +427,6 @@ class TokenClassification(Task):
         return iob2_tags(spans, len(pos))
 
     def preprocess(self, table: Table, tokenizer: Any) -> "datasets.Dataset":
-        import datasets
 
         words, offsets, gold = self._words(table, tokenizer)
         # a word the tokenizer turns into nothing (a lone zero-width space) would go unpredicted: read it as unknown
@@ -493,7 +492,7 @@ class TokenClassification(Task):
             cols["word_ends"].append([e for _, e in offsets[ex]] if k == 0 and offsets[ex] is not None else [])
         special = max_len - size
         cols["n_tokens"] = [content_of[ex] + special for ex in cols["example"]]
-        return datasets.Dataset.from_dict(cols, features=_feature_types(cols))
+        return features_dataset(cols, _feature_types(cols))
 
     def collate(self, features: list[dict], pad_to_multiple_of: int | None = None) -> Batch:
 
