@@ -391,8 +391,14 @@ def create_app(options: ServeOptions, load_first: bool = False) -> Any:
             return _error(503, f"the model failed to load: {service.error}")
         return _error(503, "the model is still loading; GET /health says when it is ready")
 
-    def checked(request: Request, inputs: Any, single: bool) -> tuple[list[dict], Any]:
-        """(the request's records, None) or (None, the error response)."""
+    def checked(request: Request, inputs: Any, single: bool,
+                parameters: dict | None = None) -> tuple[list[dict], Any]:
+        """(the request's records, None) or (None, the error response); `parameters`: decoding options."""
+        for name, value in (parameters or {}).items():
+            try:
+                check_decoding(service.task, name, value, f"parameters.{name}={value!r}")
+            except ConfigError as e:
+                return [], _field_error(["body", "parameters", name], str(e))
         items = [inputs] if single else inputs
         if not items:
             return [], _field_error(["body", "inputs"], "an empty list: nothing to predict")
@@ -437,14 +443,9 @@ def create_app(options: ServeOptions, load_first: bool = False) -> Any:
         if service.predictor is None:
             return not_ready()
         single = not isinstance(body.inputs, list)
-        records, refused = checked(request, body.inputs, single)
+        records, refused = checked(request, body.inputs, single, body.parameters)
         if refused is not None:
             return refused
-        for name, value in body.parameters.items():
-            try:
-                check_decoding(service.task, name, value, f"parameters.{name}={value!r}")
-            except ConfigError as e:
-                return _field_error(["body", "parameters", name], str(e))
         try:
             preds, batch_size = await service.batcher.submit(records, body.parameters)
         except Overloaded as e:
@@ -485,14 +486,9 @@ def create_app(options: ServeOptions, load_first: bool = False) -> Any:
             return not_ready()
         if not service.task.generates:
             return _error(404, f"{service.task.name} does not generate text: nothing to stream; POST /predict")
-        records, refused = checked(request, body.inputs, True)
+        records, refused = checked(request, body.inputs, True, body.parameters)
         if refused is not None:
             return refused
-        for name, value in body.parameters.items():
-            try:
-                check_decoding(service.task, name, value, f"parameters.{name}={value!r}")
-            except ConfigError as e:
-                return _field_error(["body", "parameters", name], str(e))
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
 
