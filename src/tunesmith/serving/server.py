@@ -230,6 +230,17 @@ def _field_error(loc: list, message: str) -> Any:
     return JSONResponse({"detail": [{"type": "value_error", "loc": loc, "msg": message}]}, status_code=422)
 
 
+INTERNAL_ERROR = "internal error; the server log has its traceback under this id"
+
+
+def _log_error(e: BaseException, where: str) -> str:
+    """Log an unexpected error with its traceback under a new id, which the answer repeats."""
+    error_id = uuid.uuid4().hex[:12]
+    logging.getLogger("tunesmith.serve").error("error %s on %s:\n%s", error_id, where,
+                                               "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    return error_id
+
+
 class _Guard:
     """ASGI middleware: a body over `max_body_bytes` is a 413 before it is read whole, and every request
     gets one JSON access-log line (method, path, status, latency, batch size)."""
@@ -267,15 +278,11 @@ class _Guard:
             else:
                 await self.app(scope, guarded_receive, logged_send)
         except Exception as e:  # noqa: BLE001 - a bug answers this request with a 500 and its id, nothing more
-            error_id = uuid.uuid4().hex[:12]
+            error_id = _log_error(e, f"{scope.get('method')} {scope.get('path')}")
             scope["state"]["error_id"] = error_id
-            logging.getLogger("tunesmith.serve").error(
-                "error %s on %s %s:\n%s", error_id, scope.get("method"), scope.get("path"),
-                "".join(traceback.format_exception(type(e), e, e.__traceback__)))
             status[0] = 500
             if not responding[0]:
-                await _error(500, "internal error; the server log has its traceback under this id",
-                             id=error_id)(scope, receive, logged_send)
+                await _error(500, INTERNAL_ERROR, id=error_id)(scope, receive, logged_send)
         finally:
             state = scope["state"]
             access_log.info(json.dumps({
@@ -517,13 +524,8 @@ def create_app(options: ServeOptions, load_first: bool = False) -> Any:
                     yield _event("done", item.result())
                     return
                 else:
-                    e = item.exception()
-                    error_id = uuid.uuid4().hex[:12]
-                    logging.getLogger("tunesmith.serve").error(
-                        "error %s on POST /stream:\n%s", error_id,
-                        "".join(traceback.format_exception(type(e), e, e.__traceback__)))
-                    yield _event("error", {"detail": "internal error; the server log has its traceback under "
-                                                     "this id", "id": error_id})
+                    yield _event("error", {"detail": INTERNAL_ERROR, "id": _log_error(item.exception(),
+                                                                                        "POST /stream")})
                     return
                 item = await pieces.get()
 
