@@ -180,7 +180,7 @@ class Predictor:
 
         if not self.task.generates:
             raise ConfigError(f"{self.task.name} does not generate text: there is nothing to stream; use predict")
-        beams = getattr(self.task.generation_config(self.model), "num_beams", 1) or 1
+        beams = self.task.generation_config(self.model).num_beams or 1
         if beams > 1:
             raise ConfigError(f"num_beams is {beams}: beam search keeps {beams} candidates until it ends, so it "
                               "cannot stream; set num_beams to 1 to stream, or use predict")

@@ -226,6 +226,11 @@ class Task(ABC):
         where the task has a choice (a label). Only for a task that declares `explains`."""
         raise NotImplementedError(f"the {self.name} task has no explanations")
 
+    def generation_config(self, model: "torch.nn.Module") -> Any:
+        """The transformers GenerationConfig its predictions decode with (the model's defaults and the task's
+        decoding options): `Predictor.stream` reads its `num_beams`. Only for a task that `generates`."""
+        raise NotImplementedError(f"the {self.name} task does not generate")
+
 
 # ---------------------------------------------------------------- registry
 
@@ -273,6 +278,8 @@ def _declaration_problems(cls: type) -> list[str]:
                  for old in cls.moved_keys if old.count(".") != 1]
     if cls.explains and cls.explain is Task.explain:
         problems.append("`explains` is True but it does not implement `explain`")
+    if cls.generates and cls.generation_config is Task.generation_config:
+        problems.append("`generates` is True but it does not implement `generation_config`")
     if cls.decoding and not cls.generates:
         problems.append("`decoding` options are for a task that generates (`generates = True`)")
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
