@@ -116,23 +116,64 @@ def chromium() -> str:
     return out.stdout.split()[-1]
 
 
-def test_the_report_opens_in_a_real_browser(contract_run: Any, chromium: str, tmp_path: Path) -> None:
-    """Headless Chromium renders the page with no console message, the sections in its DOM; the screenshot
-    is kept (TUNESMITH_SCREENSHOTS: a folder to copy it to)."""
-    page = contract_run("text-classification") / "report.html"
+def _open_in_chromium(chromium: str, page: Path, tmp_path: Path, sections: tuple[str, ...], shot_name: str) -> str:
+    """Headless Chromium renders `page` with no console message and `sections` in its DOM; the screenshot
+    is kept (TUNESMITH_SCREENSHOTS: a folder to copy it to). Returns the rendered DOM."""
     flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
              "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for section in SECTIONS:
+    for section in sections:
         assert f'<section id="{section}">' in dom.stdout
-    assert dom.stdout.count('<article class="error">') >= 1
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Failed to load resource" in line]
     assert console == []
-    shot = tmp_path / "report.png"
+    shot = tmp_path / shot_name
     subprocess.run([chromium, *flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000
     if os.environ.get("TUNESMITH_SCREENSHOTS"):
-        shutil.copy(shot, Path(os.environ["TUNESMITH_SCREENSHOTS"]) / "report-text-classification.png")
+        shutil.copy(shot, Path(os.environ["TUNESMITH_SCREENSHOTS"]) / shot_name)
+    return dom.stdout
+
+
+def test_the_report_opens_in_a_real_browser(contract_run: Any, chromium: str, tmp_path: Path) -> None:
+    page = contract_run("text-classification") / "report.html"
+    dom = _open_in_chromium(chromium, page, tmp_path, SECTIONS, "report-text-classification.png")
+    assert dom.count('<article class="error">') >= 1
+
+
+def test_a_studys_leaderboard_page_opens_in_a_real_browser_with_its_plots_and_links(
+        contract_run: Any, chromium: str, tmp_path: Path) -> None:
+    """The page of a study folder as write_results leaves it (leaderboard.json, plots/, trials/), written by
+    `tunesmith report STUDY_DIR`: each trial a row, best first, linked to its run's report.html."""
+    from tunesmith.evaluation.report import plot_search_history
+
+    study = tmp_path / "study"
+    shutil.copytree(contract_run("text-classification"), study / "trials" / "0001")
+    base = {"train.lr": 1e-3, "accuracy": 0.75, "train_s": 3.5, "samples": 384, "parameters": 1000,
+            "trainable_parameters": 1000, "ms_per_example": 0.4, "reason": None}
+    rows = [{"trial": 1, "state": "completed", **base, "run_dir": str(study / "trials" / "0001")},
+            {"trial": 0, "state": "pruned", **base, "train.lr": 5e-1, "accuracy": None,
+             "run_dir": str(study / "trials" / "0000"), "reason": "pruned at 50% of an epoch"}]
+    summary = {"study": "study", "storage": "sqlite:///study.db", "method": "grid", "pruner": "median",
+               "metric": "accuracy", "direction": "maximize",
+               "trials": {"completed": 1, "pruned": 1, "failed": 0, "running": 0, "waiting": 0},
+               "samples_trained": 768, "unfinished": [], "worker_exit_codes": [], "best": rows[0],
+               "leaderboard": rows}
+    (study / "leaderboard.json").write_text(json.dumps(summary))
+    plot_search_history(rows, "accuracy", True, study / "plots" / "optimization_history.png")
+    result = CliRunner().invoke(app, ["report", str(study)])
+    assert result.exit_code == 0, result.output
+    page = (study / "leaderboard.html").read_text()
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page), "the page loads nothing from a network"
+    assert page.count('src="data:image/png;base64,') == 1
+    body = page[page.index("<tbody>", page.index('id="leaderboard"')):]
+    trs = re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+    assert [re.findall(r"<td>(.*?)</td>", tr)[:4] for tr in trs] == [["1", "completed", "0.0010", "0.7500"],
+                                                                     ["0", "pruned", "0.5000", ""]]
+    assert '<a href="trials/0001/report.html">report</a>' in trs[0] and "<a " not in trs[1]  # no report, no link
+    assert "pruned at 50% of an epoch" in trs[1]
+    dom = _open_in_chromium(chromium, study / "leaderboard.html", tmp_path, ("study", "best", "plots", "leaderboard"),
+                            "leaderboard.png")
+    assert "Trial 1: validation accuracy = 0.7500 with train.lr = 0.001." in dom

@@ -62,6 +62,10 @@ def test_grid_runs_each_point_once_keeps_one_model_and_its_best_config_reproduce
                  "plots/param_importances.png"):
         assert (result.dir / name).exists(), name
     assert len((result.dir / "leaderboard.csv").read_text().strip().splitlines()) == 5
+    page = (result.dir / "leaderboard.html").read_text()  # the same in a browser: plots inline, reports linked
+    assert page.count('src="data:image/png;base64,') == 2
+    for r in rows:
+        assert f'<a href="{Path(r["run_dir"]).relative_to(result.dir).as_posix()}/report.html">' in page
 
     final = tunesmith.train(result.dir / "best_config.yaml")
     assert final.dir == result.dir / "final"

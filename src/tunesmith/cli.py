@@ -339,16 +339,20 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+def report(run_dir: Path = typer.Argument(..., help="A finished run folder, or a search study's folder."),
            explain: bool = typer.Option(True, "--explain/--no-explain",
                                         help="Shade the worst errors by their explanations (loads the model).")
            ) -> None:
     """Write the run's report.html again (a self-contained page: what was trained, the data, learning curves,
-    metrics, the worst errors, the first eval.explain_errors of them shaded by their explanations)."""
-    from .evaluation.html import write_report
+    metrics, the worst errors, the first eval.explain_errors of them shaded by their explanations); for a
+    search study's folder, its leaderboard.html."""
+    from .evaluation.html import write_leaderboard, write_report
 
     try:
         _check_exists(run_dir)
+        if (run_dir / "leaderboard.json").exists():
+            console.print(f"wrote {escape(printable(write_leaderboard(run_dir)))}")
+            return
         predictor = None
         if explain:
             from .serving.predictor import Predictor

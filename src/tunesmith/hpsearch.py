@@ -594,7 +594,7 @@ def search_problems(s: Search, summary: dict[str, Any]) -> list[str]:
 
 
 def write_results(s: Search, study: Any, worker_exit_codes: list[int] | None = None) -> dict[str, Any]:
-    """leaderboard.{csv,json}, best_config.yaml and the plots; returns the JSON's content."""
+    """leaderboard.{csv,json,html}, best_config.yaml and the plots; returns the JSON's content."""
     rows = leaderboard(s, study)
     best = next((r for r in rows if r["state"] == "completed"), None)
     summary = {"study": s.study_name, "storage": _shown(s.storage_url), "method": s.spec.method,
@@ -615,6 +615,12 @@ def write_results(s: Search, study: Any, worker_exit_codes: list[int] | None = N
     if best is not None:
         atomic_write_text(s.study_dir / "best_config.yaml", best_config(s, best).to_yaml())
     warnings_ = _plots(s, study, rows)
+    try:  # the page last, from the files above
+        from .evaluation.html import write_leaderboard
+
+        write_leaderboard(s.study_dir)
+    except Exception as e:  # noqa: BLE001 - as the plots: an optional extra
+        warnings_.append(f"leaderboard.html was not written: {type(e).__name__}: {e}")
     if warnings_:
         summary["warnings"] = warnings_
         atomic_write_json(s.study_dir / "leaderboard.json", summary)

@@ -8,6 +8,7 @@ task explains itself; shared code here renders the task's views without knowing 
 """
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -211,7 +212,7 @@ def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WOR
         "confusion": _confusion(json.loads(cm_file.read_text())) if cm_file.exists() else "",
         "views": views, "ranked": type(task).worst_errors is not Task.worst_errors,
     }
-    return _PAGE.format(**_render_parts(env))
+    return _PAGE.format(style=_STYLE, **_render_parts(env))
 
 
 def _render_parts(env: dict) -> dict[str, str]:
@@ -265,27 +266,98 @@ def write_report(run_dir: str | Path, predictor: Any = None, explained: int = WO
     return path
 
 
+LEADERBOARD_FILE = "leaderboard.html"
+_TRIAL_COLUMNS = ("train_s", "samples", "parameters", "trainable_parameters", "ms_per_example")
+
+
+def _link(target: Path, base: Path, text: str) -> str:
+    """A link to `target` relative to the page in `base` (so a copied study folder keeps its links)."""
+    try:
+        href = target.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        href = target.resolve().as_uri()
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+
+
+def render_leaderboard(study_dir: Path) -> str:
+    """The study's page from its own files (leaderboard.json, plots/*.png): what was searched, the best
+    trial, why any grid point is missing, the plots inline, and every trial linked to its report.html."""
+    summary = json.loads((study_dir / "leaderboard.json").read_text(encoding="utf-8"))
+    rows, metric, best = summary["leaderboard"], summary["metric"], summary.get("best")
+    keys = [k for k in (rows[0] if rows else {}) if k not in ("trial", "state", metric, "run_dir", "reason",
+                                                               *_TRIAL_COLUMNS)]
+    about = _table([["study", summary["study"]], ["storage", summary["storage"]], ["method", summary["method"]],
+                    ["pruner", summary.get("pruner") or "none"], ["metric", f"{metric} ({summary['direction']})"],
+                    ["trials", ", ".join(f"{n} {state}" for state, n in summary["trials"].items() if n)],
+                    ["samples trained (all trials)", summary.get("samples_trained")]])
+    if best is not None:
+        values = ", ".join(f"{k} = {json.dumps(best[k])}" for k in keys)
+        final = study_dir / "final" / REPORT_FILE
+        again = (f" {_link(study_dir / 'best_config.yaml', study_dir, 'best_config.yaml')} trains it again "
+                 "(<code>tunesmith train best_config.yaml</code>)." if (study_dir / "best_config.yaml").exists() else "")
+        best_html = (f"<p>Trial {best['trial']}: validation {html.escape(metric)} = {_cell(best[metric])} with "
+                     f"{html.escape(values)}.{again}"
+                     + (f" {_link(final, study_dir, 'The final run')} (--final) is tested on the test split."
+                        if final.exists() else "") + "</p>")
+    else:
+        best_html = "<p>No trial completed.</p>"
+    problems = [f"{', '.join(f'{k}={v}' for k, v in u['point'].items())}: trial {u['trial']} {u['state']}"
+                + (f" ({u['reason']})" if u.get("reason") else "") for u in summary.get("unfinished", [])]
+    problems += [f"worker {k} exited with code {c}" for k, c in enumerate(summary.get("worker_exit_codes", [])) if c]
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in [*problems, *summary.get("warnings", [])])
+    plots = "".join(
+        f'<figure><img class="plot" alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem.replace("_", " "))}'
+        "</figcaption></figure>" for p in sorted((study_dir / "plots").glob("*.png")))
+    head = ["trial", "state", *keys, metric, *_TRIAL_COLUMNS, "report", "reason"]
+    body = []
+    for r in rows:
+        report = Path(r["run_dir"]) / REPORT_FILE if r.get("run_dir") else None
+        cells = [_cell(r[c]) if r.get(c) is not None else "" for c in ("trial", "state", *keys, metric,
+                                                                        *_TRIAL_COLUMNS)]
+        cells.append(_link(report, study_dir, "report") if report is not None and report.exists() else "")
+        cells.append(html.escape(r.get("reason") or ""))
+        mark = ' class="best"' if best is not None and r["trial"] == best["trial"] else ""
+        body.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(body) + "</tbody></table>")
+    return _STUDY_PAGE.format(style=_STYLE, title=html.escape(f"search study: {summary['study']}"), about=about,
+                              best=best_html, warnings=f'<ul class="warnings">{warn}</ul>' if warn else "",
+                              plots=plots or "<p>No plots were drawn.</p>", table=table)
+
+
+def write_leaderboard(study_dir: str | Path) -> Path:
+    """Write study_dir/leaderboard.html (atomically) from the study's leaderboard.json and plots."""
+    study_dir = Path(study_dir)
+    path = study_dir / LEADERBOARD_FILE
+    atomic_write_text(path, render_leaderboard(study_dir))
+    return path
+
+
+_STYLE = """body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 1.5em auto;
+       padding: 0 1em; color: #1b1b1b; }
+h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em;
+margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: 3px 8px;
+text-align: left; vertical-align: top; } th { background: #f4f4f4; }
+table.confusion td { text-align: right; min-width: 3em; }
+.warnings li { color: #8a4b00; } svg { max-width: 100%; height: auto; }
+article.error { border: 1px solid #ddd; border-radius: 4px; padding: .4em .8em; margin: .6em 0;
+                 break-inside: avoid; }
+article.error h3 { font-size: 1em; margin: .2em 0 .4em; } article.error small { color: #666; font-weight: normal; }
+.field { margin: .2em 0; } .field .name { display: inline-block; min-width: 7em; color: #555; }
+.field .text { white-space: pre-wrap; }
+mark.gold { background: none; border-bottom: 3px solid #1a7f37; } mark.pred { background: #ffe08a; }
+.how { color: #555; font-size: .9em; margin: .3em 0 0; } nav a { margin-right: 1em; }
+@media print { nav { display: none; } body { max-width: none; } }
+img.plot { max-width: 100%; } tr.best td { background: #eaf5ea; } .study-plots { display: flex; flex-wrap: wrap; gap: 1em; }
+"""
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 1.5em auto;
-       padding: 0 1em; color: #1b1b1b; }}
-h1 {{ font-size: 1.5em; margin-bottom: .2em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em;
-margin-top: 1.6em; }}
-table {{ border-collapse: collapse; margin: .5em 0; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px;
-text-align: left; vertical-align: top; }} th {{ background: #f4f4f4; }}
-table.confusion td {{ text-align: right; min-width: 3em; }}
-.warnings li {{ color: #8a4b00; }} svg {{ max-width: 100%; height: auto; }}
-article.error {{ border: 1px solid #ddd; border-radius: 4px; padding: .4em .8em; margin: .6em 0;
-                 break-inside: avoid; }}
-article.error h3 {{ font-size: 1em; margin: .2em 0 .4em; }} article.error small {{ color: #666; font-weight: normal; }}
-.field {{ margin: .2em 0; }} .field .name {{ display: inline-block; min-width: 7em; color: #555; }}
-.field .text {{ white-space: pre-wrap; }}
-mark.gold {{ background: none; border-bottom: 3px solid #1a7f37; }} mark.pred {{ background: #ffe08a; }}
-.how {{ color: #555; font-size: .9em; margin: .3em 0 0; }} nav a {{ margin-right: 1em; }}
-@media print {{ nav {{ display: none; }} body {{ max-width: none; }} }}
-</style></head><body>
+{style}</style></head><body>
 <h1>{title}</h1>
 <nav><a href="#trained">What was trained</a><a href="#data">Data</a><a href="#curves">Learning curves</a>
 <a href="#metrics">Metrics</a><a href="#errors">Worst errors</a></nav>
@@ -299,5 +371,21 @@ mark.gold {{ background: none; border-bottom: 3px solid #1a7f37; }} mark.pred {{
 <section id="errors"><h2>Worst errors (test)</h2>
 <p class="how"><mark class="gold">gold</mark> and <mark class="pred">predicted</mark> spans are marked where the
 task has spans.</p>{errors}</section>
+</body></html>
+"""
+
+_STUDY_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+{style}</style></head><body>
+<h1>{title}</h1>
+{warnings}
+<section id="study"><h2>What was searched</h2>{about}</section>
+<section id="best"><h2>Best trial</h2>{best}</section>
+<section id="plots"><h2>Plots</h2><div class="study-plots">{plots}</div></section>
+<section id="leaderboard"><h2>Leaderboard</h2><p class="how">Completed trials best first, then pruned, running,
+waiting and failed; the best row is green. Every trial is a run folder; its report opens from the table.</p>
+{table}</section>
 </body></html>
 """
