@@ -106,7 +106,7 @@ def entity_prob(predictor: Any, tokens: list[str], positions: list[int], tags: l
     labels = predictor.task.labels
     with torch.no_grad():
         probs = model(**{k: v for k, v in enc.items()}).logits.float().softmax(-1)[0]
-    return float(statistics.mean(probs[first[p], labels.index(t)] for p, t in zip(positions, tags)))
+    return statistics.mean(probs[first[p], labels.index(t)].item() for p, t in zip(positions, tags))
 
 
 def wnut(predictor: Any, sentences: list[list[str]], n: int, k_max: int, steps: int) -> dict[str, Any]:

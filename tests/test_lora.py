@@ -52,6 +52,16 @@ def test_lora_trains_the_adapter_and_head_and_exports_a_merged_model(base_config
     x = {"input_ids": torch.tensor([[2, 5, 20, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     with torch.no_grad():
         torch.testing.assert_close(adapted(**x).logits, plain.eval()(**x).logits, rtol=0, atol=1e-5)
+    # explanations: the merged run's equal the adapter-on-base model's (Captum through peft's wrapper), and
+    # the report's worst errors are shaded by them
+    merged, wrapped = tunesmith.load(run.dir), tunesmith.load(run.dir)
+    wrapped.model = adapted
+    text = rows[0]["input"]["text"]
+    a, b = merged.explain(text), wrapped.explain(text)
+    assert a["prediction"] == merged.predict(text) and list(a["attributions"]) == list(b["attributions"])
+    for x, y in zip(*(next(iter(e["attributions"].values()))["words"] for e in (a, b))):
+        assert x["word"] == y["word"] and x["attribution"] == pytest.approx(y["attribution"], abs=1e-5)
+    assert 'class="attr"' in (run.dir / "report.html").read_text()
 
 
 def test_lora_resume_equals_the_uninterrupted_run(base_config: dict, tmp_path: Path) -> None:

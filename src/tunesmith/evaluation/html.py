@@ -293,8 +293,9 @@ def render_leaderboard(study_dir: Path) -> str:
     if best is not None:
         values = ", ".join(f"{k} = {json.dumps(best[k])}" for k in keys)
         final = study_dir / "final" / REPORT_FILE
-        again = (f" {_link(study_dir / 'best_config.yaml', study_dir, 'best_config.yaml')} trains it again "
-                 "(<code>tunesmith train best_config.yaml</code>)." if (study_dir / "best_config.yaml").exists() else "")
+        again = "" if not (study_dir / "best_config.yaml").exists() else (
+            f" {_link(study_dir / 'best_config.yaml', study_dir, 'best_config.yaml')} trains it again "
+            "(<code>tunesmith train best_config.yaml</code>).")
         best_html = (f"<p>Trial {best['trial']}: validation {html.escape(metric)} = {_cell(best[metric])} with "
                      f"{html.escape(values)}.{again}"
                      + (f" {_link(final, study_dir, 'The final run')} (--final) is tested on the test split."
@@ -334,8 +335,8 @@ def write_leaderboard(study_dir: str | Path) -> Path:
     return path
 
 
-_STYLE = """body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 1.5em auto;
-       padding: 0 1em; color: #1b1b1b; }
+_STYLE = """body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
+       margin: 1.5em auto; padding: 0 1em; color: #1b1b1b; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em;
 margin-top: 1.6em; }
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: 3px 8px;
@@ -350,7 +351,8 @@ article.error h3 { font-size: 1em; margin: .2em 0 .4em; } article.error small { 
 mark.gold { background: none; border-bottom: 3px solid #1a7f37; } mark.pred { background: #ffe08a; }
 .how { color: #555; font-size: .9em; margin: .3em 0 0; } nav a { margin-right: 1em; }
 @media print { nav { display: none; } body { max-width: none; } }
-img.plot { max-width: 100%; } tr.best td { background: #eaf5ea; } .study-plots { display: flex; flex-wrap: wrap; gap: 1em; }
+img.plot { max-width: 100%; } tr.best td { background: #eaf5ea; }
+.study-plots { display: flex; flex-wrap: wrap; gap: 1em; }
 """
 
 _PAGE = """<!DOCTYPE html>
