@@ -24,6 +24,7 @@ def test_lora_trains_the_adapter_and_head_and_exports_a_merged_model(base_config
 
     cfg = run_config(base_config, tmp_path, "lora", epochs=10, eval_every=10, lr=1e-2)
     cfg["model"]["lora"] = LORA
+    cfg["eval"]["explain_errors"] = 2  # report.html shades its first two worst errors
     run = tunesmith.train(cfg)
     # tiny BERT: LoRA on query and value of 2 layers (32 -> 32, r 8: 2 * 32 * 8 each) + the classifier (32 * 2 + 2)
     assert run.summary["parameters"]["trainable"] == 2 * 2 * (2 * 32 * 8) + 66
