@@ -170,10 +170,10 @@ def test_a_studys_leaderboard_page_opens_in_a_real_browser_with_its_plots_and_li
     assert page.count('src="data:image/png;base64,') == 1
     body = page[page.index("<tbody>", page.index('id="leaderboard"')):]
     trs = re.findall(r"<tr[^>]*>(.*?)</tr>", body)
-    assert [re.findall(r"<td>(.*?)</td>", tr)[:4] for tr in trs] == [["1", "completed", "0.0010", "0.7500"],
-                                                                     ["0", "pruned", "0.5000", ""]]
+    assert [re.findall(r"<td>(.*?)</td>", tr)[:4] for tr in trs] == [["1", "completed", "0.001", "0.75"],
+                                                                     ["0", "pruned", "0.5", ""]]
     assert '<a href="trials/0001/report.html">report</a>' in trs[0] and "<a " not in trs[1]  # no report, no link
     assert "pruned at 50% of an epoch" in trs[1]
     dom = _open_in_chromium(chromium, study / "leaderboard.html", tmp_path, ("study", "best", "plots", "leaderboard"),
                             "leaderboard.png")
-    assert "Trial 1: validation accuracy = 0.7500 with train.lr = 0.001." in dom
+    assert "Trial 1: validation accuracy = 0.75 with train.lr = 0.001." in dom

@@ -81,7 +81,8 @@ def _marked(text: str, marks: list[dict]) -> str:
             if m["kind"] == "attr":
                 w = max(-1.0, min(1.0, m["weight"]))
                 color = f"rgba(220,50,32,{abs(w):.2f})" if w > 0 else f"rgba(0,90,181,{abs(w):.2f})"
-                piece = f'<span class="attr" style="background:{color}" title="{m["label"]}">{piece}</span>'
+                ink = ";color:#fff" if abs(w) > 0.6 else ""  # dark shading: light text stays readable
+                piece = f'<span class="attr" style="background:{color}{ink}" title="{m["label"]}">{piece}</span>'
             else:
                 piece = f'<mark class="{m["kind"]}" title="{html.escape(m["label"])}">{piece}</mark>'
         out.append(piece)
@@ -134,7 +135,7 @@ def _errors(run_dir: Path, task: Any, predictor: Any, shaded: int) -> list[dict]
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:g}" if v.is_integer() or abs(v) >= 1000 else f"{v:.4f}"
+        return f"{v:g}" if v.is_integer() or abs(v) >= 1000 else f"{v:.4g}"
     return html.escape(str(v))
 
 
@@ -238,6 +239,9 @@ def _render_parts(env: dict) -> dict[str, str]:
         where = html.escape(f"{Path(v['row']['file']).name}, line {v['row']['line']}")
         errors.append(f'<article class="error"><h3>{html.escape(v["title"])} <small>{where}</small></h3>'
                       f"{fields}{how}</article>")
+    if any(m["kind"] in ("gold", "pred") for v in env["views"] for f in v["fields"] for m in f.get("marks", [])):
+        errors.insert(0, '<p class="how"><mark class="gold">gold</mark> and <mark class="pred">predicted</mark> '
+                         "spans are marked.</p>")
     if env["views"]:
         error_html = "".join(errors)
     elif env["ranked"]:
@@ -370,9 +374,7 @@ _PAGE = """<!DOCTYPE html>
 <section id="curves"><h2>Learning curves</h2>{curves}</section>
 <section id="metrics"><h2>Metrics</h2><h3>Validation (best checkpoint)</h3>{validation}<h3>Test</h3>{test}
 {per_class}{confusion}</section>
-<section id="errors"><h2>Worst errors (test)</h2>
-<p class="how"><mark class="gold">gold</mark> and <mark class="pred">predicted</mark> spans are marked where the
-task has spans.</p>{errors}</section>
+<section id="errors"><h2>Worst errors (test)</h2>{errors}</section>
 </body></html>
 """
 

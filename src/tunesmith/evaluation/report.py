@@ -112,6 +112,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool, path: Path) -> None:
     """Each completed trial's validation score in trial order, and the best so far."""
+    from matplotlib.ticker import MaxNLocator
+
     done = sorted((r["trial"], r[metric]) for r in rows if r["state"] == "completed")
     fig = figure((7, 4))
     ax = fig.subplots()
@@ -124,6 +126,7 @@ def plot_search_history(rows: list[dict[str, Any]], metric: str, maximize: bool,
     pruned = [r["trial"] for r in rows if r["state"] == "pruned"]
     if pruned:
         ax.set_title(f"{len(done)} completed, {len(pruned)} pruned")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial"), ax.set_ylabel(f"validation {metric}"), ax.grid(alpha=0.3)
     save_figure(fig, path)
 
