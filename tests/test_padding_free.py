@@ -276,7 +276,8 @@ def test_every_claimed_pair_equals_the_padded_forward(pair: tuple[str, str]) -> 
         flat = token_outputs(fast, inputs, names, fill=float("-inf"))
     losses = [sum(torch.nn.functional.cross_entropy(t, targets, reduction="sum") for t in outs)
               for outs in (padded, flat)]
-    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)
+    # a sum over every token (about 160 here): fp32 holds it to a few parts in 1e7, below 1e-5 absolute
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-5)
     for loss in losses:
         loss.backward()
     for (name, p), q in zip(stock.named_parameters(), fast.parameters()):

@@ -125,18 +125,19 @@ def test_a_tiny_t5_learns_to_copy_words_and_loss_only_evaluation_skips_generatio
     losses = train_losses(run.dir)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert first == pytest.approx(math.log(len(GEN_VOCAB)), rel=0.1)  # a random model starts near uniform
-    # the seeded CPU run's values: the mean of the last 10 train losses and the test loss (unseen word
-    # sequences) are a fifth of the start's
-    assert (last, run.report["test"]["loss"]) == pytest.approx((0.6892999589443207, 0.8065776641552265), rel=1e-5)
+    # it learns to copy: the mean of the last 10 train losses and the test loss (unseen word sequences) are
+    # under a quarter of the start's. Not the seeded run's values: 300 steps of T5 amplify the float rounding
+    # of each CPU's kernels (last 0.689 and test 0.807 on an Intel Xeon, 0.768 and 0.819 on an AMD EPYC)
+    assert last < first / 4 and run.report["test"]["loss"] < first / 4, (first, last, run.report["test"]["loss"])
     evals = [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert len(evals) == 3 and all("bleu" not in e for e in evals)  # eval.metric: loss generates nothing
     assert "bleu" in run.report["validation"]  # the final ones generate
     rows = [json.loads(x) for x in (run.dir / "predictions" / "test.jsonl").read_text().splitlines()]
-    # chrF is sacreBLEU's on the run's own generations; the seeded CPU run gives 64.39892574507881
+    # chrF is sacreBLEU's on the run's own generations
     import sacrebleu
     chrf = sacrebleu.corpus_chrf([r["prediction"]["translation_text"] for r in rows], [[r["gold"] for r in rows]]).score
     assert run.report["test"]["chrf"] == pytest.approx(chrf, abs=1e-9)
-    assert run.report["test"]["chrf"] == pytest.approx(64.39892574507881, rel=1e-5)
+    assert run.report["test"]["chrf"] > 50  # mostly copied (64.4 on the Intel Xeon, 66.1 on the AMD EPYC)
     assert sum(r["prediction"]["translation_text"] == r["gold"] for r in rows) >= 4  # exact copies (untrained: 0)
 
 
