@@ -152,6 +152,10 @@ class DataConfig(_Section):
     max_train_rows: int | None = Field(None, ge=1)
     """Train on a seeded sample of this many training rows (stratified by label where possible), for a
     quick run on a large file; the data report says how many of how many were kept."""
+    train_per_class: int | None = Field(None, ge=1)
+    """Train on a seeded sample of this many training rows of each class (every row of a class that has
+    fewer), for a few-shot run or to measure how accuracy grows with labels on your own data; held-out
+    splits are carved from the whole training file first. Tasks whose rows have one class each."""
     max_eval_rows: int | None = Field(None, ge=1)
     """Validate and test on seeded samples of at most this many rows each (held-out splits are made from
     the whole training file first, so they never overlap the training rows)."""

@@ -319,6 +319,8 @@ def sample_rows(data: LoadedData, cfg: DataConfig, stratify: Callable[[Table], l
     rows stay held out whatever the sample size; the rows left out are not dropped rows (nothing is wrong
     with them) and are not listed, but the report says how many of how many each split kept.
     """
+    if cfg.train_per_class is not None:
+        _per_class(data, cfg, stratify)
     for split, limit in (("train", cfg.max_train_rows), ("validation", cfg.max_eval_rows),
                          ("test", cfg.max_eval_rows)):
         table = data.splits.get(split)
@@ -328,6 +330,29 @@ def sample_rows(data: LoadedData, cfg: DataConfig, stratify: Callable[[Table], l
         data.splits[split] = kept
         data.sampled[split] = (f"{limit} of {len(table)} rows, seed {cfg.split_seed}, "
                                + ("stratified by label" if stratified else "not stratified"))
+
+
+def _per_class(data: LoadedData, cfg: DataConfig, stratify: Callable[[Table], list[Hashable]] | None) -> None:
+    """data.train_per_class: a seeded sample of N training rows of each class, in file order."""
+    table, n = data.splits["train"], cfg.train_per_class
+    keys = stratify(table) if stratify else None
+    if keys is None:
+        raise ConfigError("data.train_per_class samples N rows of each class, but this task's rows have no single "
+                          "class (multi-label, regression, spans); data.max_train_rows samples rows")
+    rng = np.random.default_rng(cfg.split_seed)
+    by_class: dict[str, list[int]] = {}
+    for i, k in enumerate(np.asarray(keys, dtype=object).astype(str)):
+        by_class.setdefault(k, []).append(i)
+    kept, short = [], []
+    for k in sorted(by_class):
+        rows = by_class[k]
+        kept += rows if len(rows) <= n else rng.choice(rows, size=n, replace=False).tolist()
+        short += [len(rows)] if len(rows) < n else []
+    if len(kept) == len(table):
+        return
+    data.splits["train"] = table.take(np.sort(np.asarray(kept, dtype=int)))
+    data.sampled["train"] = (f"{n} rows per class: {len(kept)} of {len(table)} rows, seed {cfg.split_seed}"
+                             + (f"; {len(short)} classes have fewer and keep all" if short else ""))
 
 
 def _normal(v: Any) -> str:

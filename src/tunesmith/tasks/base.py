@@ -84,6 +84,13 @@ class Task(ABC):
         self.cfg = cfg
         self.opts = self.Options.model_validate(cfg.task.options)
 
+    @classmethod
+    def variant(cls, options: dict[str, Any]) -> "type[Task]":
+        """The class that runs this task with these options (the task section's raw values): itself, or a
+        subclass in its own module for a method that trains differently (text classification's
+        contrastive few-shot recipe). A variant keeps the task's name, Options and declaration."""
+        return cls
+
     # ---- declaration that depends on the fitted state
     @property
     @abstractmethod
@@ -310,4 +317,4 @@ task_class = registry.task_class
 
 def get_task(cfg: "RunConfig", state: dict | None = None) -> Task:
     """The configured task, fresh (`state` None) or as saved beside a model."""
-    return task_class(cfg.task.type)(cfg, state)
+    return task_class(cfg.task.type).variant(cfg.task.options)(cfg, state)

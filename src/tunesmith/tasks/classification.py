@@ -28,11 +28,20 @@ _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")  # no leading zeros: "007" is an identifier
 #: options that change the loss or the sampling of labels: single-label classification only
 SINGLE_LABEL_OPTIONS = ("class_weights", "loss", "sampler")
+FEW_ROWS = 8  # a class with fewer training rows gets the data report's few-shot advice
 _HF_PROBLEM = {"single_label": "single_label_classification",
                "multi_label": "multi_label_classification", "regression": "regression"}
 
 
 class ClassificationOptions(TaskOptions):
+    method: Literal["finetune", "contrastive"] = "finetune"
+    """finetune: the pretrained model with a classification head, trained end to end on the labelled rows.
+    contrastive: for few labelled rows (about 8 to 64 per class), the SetFit recipe: a sentence-embedding
+    body fine-tuned on pairs of rows (same label: similar; different: dissimilar), then a logistic
+    regression on its embeddings (tunesmith/tasks/contrastive.py). Single- and multi-label."""
+    pairs: int = Field(20, ge=1)
+    """contrastive: pair draws per labelled row, each one row of the same label and one of another
+    (SetFit's num_iterations), seeded by train.seed; an epoch is 2 x pairs x rows pairs."""
     problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
     """auto: lists of labels (or task.label_separator) mean multi_label, anything else single_label.
     Regression is never guessed: a float label in a classification task is an error."""
@@ -141,6 +150,15 @@ class TextClassification(Task):
                   "train.focal_gamma": "focal_gamma", "model.truncation": "long_text",
                   "data.label_separator": "label_separator"}
     opts: ClassificationOptions
+
+    @classmethod
+    def variant(cls, options: dict[str, Any]) -> type[Task]:
+        """task.method: contrastive is the few-shot recipe (its own module) on this task's data and metrics."""
+        if options.get("method") == "contrastive" and cls is TextClassification:
+            from .contrastive import ContrastiveClassification
+
+            return ContrastiveClassification
+        return cls
 
     def __init__(self, cfg: "RunConfig", state: dict | None = None) -> None:
         super().__init__(cfg, state)
@@ -408,7 +426,23 @@ class TextClassification(Task):
                 warnings.append(f"{lens['truncated_pct']}% of {s} texts ({lens['truncated']}) exceed model.max_length="
                                 f"{max_length} and lose {lost} (task.long_text: {lt}); consider task.long_text: "
                                 f"{other}, or a larger max_length")
+        few = self._few_rows(features.get("train"))
+        if few and self.opts.method == "finetune":
+            shown = ", ".join(f"{name!r} ({n})" for name, n in few[:5]) + (f" and {len(few) - 5} more"
+                                                                         if len(few) > 5 else "")
+            warnings.append(f"{len(few)} classes have fewer than {FEW_ROWS} training rows: {shown}; fine-tuning a "
+                            "classifier on so few is often close to chance: task.method: contrastive (few-shot, "
+                            "learns from pairs of rows) does much better there")
         return {}, warnings
+
+    def _few_rows(self, train: "datasets.Dataset | None") -> list[tuple[str, int]]:
+        """(label, training rows) of each class with fewer than FEW_ROWS rows (a document's windows count once)."""
+        if train is None or self.problem_type == "regression" or "labels" not in train.column_names:
+            return []
+        _, first = np.unique(np.asarray(train["example"]), return_index=True)
+        y = np.asarray(train["labels"])[first]
+        counts = y.sum(axis=0) if y.ndim == 2 else np.bincount(y.astype(int), minlength=len(self.labels))
+        return [(self.labels[k], int(n)) for k, n in enumerate(counts) if n < FEW_ROWS]
 
     def sampling_classes(self, features: "datasets.Dataset") -> np.ndarray | None:
         """With task.sampler: balanced, the class of each training feature (a window takes its document's)."""
