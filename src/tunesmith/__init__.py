@@ -23,6 +23,13 @@ def search(config: Any, overrides: list[str] | dict | None = None, **kwargs: Any
     return run_search(config, overrides, **kwargs)
 
 
+def check_labels(config: Any, overrides: list[str] | dict | None = None, output: Any = None) -> list[dict]:
+    """The training rows most likely mislabelled, most likely first (see tunesmith.label_issues); also
+    written to `output` (default label_issues.jsonl) as JSON lines."""
+    from .label_issues import check_labels as _check
+    return _check(config, overrides, output)
+
+
 def load(run_dir: Any) -> "Predictor":
     """A Predictor on a finished run folder (or its model/ subfolder), loaded without the libraries' chatter."""
     from .serving.predictor import Predictor

@@ -214,6 +214,36 @@ def check_data(config: Path = typer.Argument(..., help="YAML config."),
                         "dropped_rows.jsonl beside FILE", soft_wrap=True)
 
 
+@app.command("check-labels")
+def check_labels(config: Path = typer.Argument(..., help="YAML config (its data as train would read it)."),
+                 set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+                 output: Path = typer.Option(Path("label_issues.jsonl"), "-o", "--output",
+                                             help="Where to write the label issues (JSON lines)."),
+                 show: int = typer.Option(20, "--show", help="How many to print.")) -> None:
+    """Find the training rows most likely mislabelled: out-of-fold probabilities of a logistic regression on
+    frozen sentence embeddings of the config's model, then confident learning (cleanlab). Writes each
+    with its file, line, text, given label, suggested label and probabilities; `data.drop_label_issues:
+    true` trains without them."""
+    from rich.table import Table
+
+    from .label_issues import check_labels as find
+
+    try:
+        issues = find(config, set_, output)
+    except TunesmithError as e:
+        _fail(e)
+    table = Table(title=f"{len(issues)} likely label errors (most likely first)")
+    for c in ("file:line", "text", "given", "p(given)", "suggested", "p(suggested)"):
+        table.add_column(c, overflow="fold")
+    for x in issues[:show]:
+        text = " | ".join(str(v) for v in x["input"].values())
+        table.add_row(escape(printable(f"{Path(x['file']).name}:{x['line']}")), escape(printable(text[:120])),
+                      escape(printable(str(x["given"]))), f"{x['given_probability']:.3f}",
+                      escape(printable(str(x["suggested"]))), f"{x['suggested_probability']:.3f}")
+    console.print(table)
+    console.print(f"wrote {escape(printable(output))}")
+
+
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
              data: Optional[Path] = typer.Option(None, "--data",

@@ -156,6 +156,10 @@ class DataConfig(_Section):
     """Train on a seeded sample of this many training rows of each class (every row of a class that has
     fewer), for a few-shot run or to measure how accuracy grows with labels on your own data; held-out
     splits are carved from the whole training file first. Tasks whose rows have one class each."""
+    drop_label_issues: bool = False
+    """Find the training rows most likely mislabelled (`tunesmith check-labels`: confident learning on
+    out-of-fold probabilities) and train without them; each is listed in label_issues.jsonl and, with its
+    reason, in dropped_rows.jsonl. Tasks whose rows have one class each."""
     max_eval_rows: int | None = Field(None, ge=1)
     """Validate and test on seeded samples of at most this many rows each (held-out splits are made from
     the whole training file first, so they never overlap the training rows)."""

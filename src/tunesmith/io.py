@@ -20,6 +20,7 @@ from .errors import DiskFull
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 STATE_FILE = "tunesmith.json"  # task state beside the exported model: what prediction needs
+LABEL_ISSUES_FILE = "label_issues.jsonl"  # data.drop_label_issues / check-labels: the rows found
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,13 +19,13 @@ from . import rundir
 from .config import RunConfig, load_config
 from .console import printable, quiet_libraries
 from .data.cache import cache_root, cached_preprocess, tokenizer_state
-from .data.prepare import LoadedData, drop_examples, load_splits, make_missing_splits, sample_rows
+from .data.prepare import LoadedData, drop_examples, drop_rows, load_splits, make_missing_splits, sample_rows
 from .data.report import build_report, print_report, prediction_rows
 from .errors import ConfigError, DiskFull, TrainingInterrupted, TunesmithError
 from .evaluation import inference
 from .evaluation.report import collapse_warning, plot_learning_curves, summary_lines
 from .lora import parameter_counts
-from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from .io import LABEL_ISSUES_FILE, append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .models import DEFAULT_MODEL, check_max_length, export_model, load_model, load_tokenizer, resolve_model_name
 from .tasks.base import Task, get_task
 from .types import Artifact, ModelFacts
@@ -92,6 +92,13 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     make_missing_splits(data, cfg.data, task.stratify_keys)
     sample_rows(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
+    if cfg.data.drop_label_issues:
+        from .label_issues import find_label_issues, issue_reason
+
+        train = data.splits["train"]
+        data.label_issues = find_label_issues(task, train, model_name, cfg.data.split_seed)
+        row = {(f, ln): i for i, (f, ln) in enumerate(zip(train.file, train.line))}
+        drop_rows(data, "train", {row[(x["file"], x["line"])]: issue_reason(x) for x in data.label_issues})
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)
     tokenized, hits, rebuilt, tok_key = {}, {}, [], tokenizer_state(tokenizer)
@@ -103,6 +110,11 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     report = build_report(data, task, tokenized, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt
+    if data.label_issues is not None:
+        from .label_issues import METHOD
+
+        report["notes"].append(f"data.drop_label_issues: {len(data.label_issues)} training rows dropped as likely "
+                               f"mislabelled (label_issues.jsonl; {METHOD})")
     return Prepared(cfg, task, data, tokenized, report, tokenizer, model_name)
 
 
@@ -125,6 +137,8 @@ def _write_run_files(run_dir: Path, p: Prepared) -> None:
     atomic_write_text(run_dir / "config.yaml", p.cfg.to_yaml())
     atomic_write_json(run_dir / "data_report.json", p.report)
     atomic_write_jsonl(run_dir / "dropped_rows.jsonl", p.data.dropped)
+    if p.data.label_issues is not None:
+        atomic_write_jsonl(run_dir / LABEL_ISSUES_FILE, p.data.label_issues)
     summary = p.task.summary()
     atomic_write_json(run_dir / "label_map.json", {"task": p.task.name, **summary, **(
         {"id2label": dict(enumerate(summary["labels"]))} if "labels" in summary else {})})

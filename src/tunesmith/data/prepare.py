@@ -35,6 +35,7 @@ class LoadedData:
     sampled: dict[str, str] = field(default_factory=dict)  # split -> how data.max_*_rows sampled it
     # split -> {"examples": n, "reason": why} of the examples dropped after tokenizing (they train nothing)
     untrainable: dict[str, dict] = field(default_factory=dict)
+    label_issues: list[dict] | None = None  # data.drop_label_issues: the training rows found and dropped
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:
@@ -263,20 +264,25 @@ def drop_examples(data: LoadedData, split: str, features: Any, reasons: dict[int
     `example` column is renumbered to the kept rows."""
     if not reasons:
         return features
+    keep = [i for i in range(len(data.splits[split])) if i not in reasons]
+    drop_rows(data, split, reasons)
+    data.untrainable[split] = {"examples": len(reasons), "reason": reasons[min(reasons)]}
+    new = {old: k for k, old in enumerate(keep)}
+    rows = [j for j, ex in enumerate(features["example"]) if ex in new]
+    kept = features.select(rows)
+    return kept.remove_columns("example").add_column("example", [new[ex] for ex in kept["example"]])
+
+
+def drop_rows(data: LoadedData, split: str, reasons: dict[int, str]) -> None:
+    """Drop the rows `reasons` names (row -> why) from a split's table, listing each with the dropped rows."""
     t = data.splits[split]
     for i in sorted(reasons):
         data.dropped.append({"split": split, "file": t.file[i], "line": t.line[i], "reason": reasons[i],
                              "row": {t.column_of.get(r, r): v[i] for r, v in t.columns.items()}})
     keep = [i for i in range(len(t)) if i not in reasons]
-    why = reasons[min(reasons)]
     if not keep:
-        raise DataError(f"no usable rows left in split '{split}': {why}", file=t.file[0])
+        raise DataError(f"no usable rows left in split '{split}': {reasons[min(reasons)]}", file=t.file[0])
     data.splits[split] = t.take(keep)
-    data.untrainable[split] = {"examples": len(reasons), "reason": why}
-    new = {old: k for k, old in enumerate(keep)}
-    rows = [j for j, ex in enumerate(features["example"]) if ex in new]
-    kept = features.select(rows)
-    return kept.remove_columns("example").add_column("example", [new[ex] for ex in kept["example"]])
 
 
 def _split_off(table: Table, n_held: int, seed: int,

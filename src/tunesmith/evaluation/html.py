@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import RunConfig, flat_keys
-from ..io import atomic_write_text, read_jsonl
+from ..io import LABEL_ISSUES_FILE, atomic_write_text, read_jsonl
 from ..serving.inputs import read_run_state
 from ..tasks.base import Task
 from .report import figure, scalar_metrics
@@ -26,6 +26,7 @@ from .report import figure, scalar_metrics
 REPORT_FILE = "report.html"
 WORST_ERRORS = 10  # shown on the page (the task ranks them)
 EXPLAIN_STEPS = 20  # integration steps for the page's highlights (the page states each delta)
+LABEL_ISSUES_SHOWN = 50  # rows of the likely label errors table (label_issues.jsonl holds them all)
 
 
 def _svg(fig: Any) -> str:
@@ -212,6 +213,7 @@ def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WOR
         if per_class else "",
         "confusion": _confusion(json.loads(cm_file.read_text())) if cm_file.exists() else "",
         "views": views, "ranked": type(task).worst_errors is not Task.worst_errors,
+        "label_issues": read_jsonl(run_dir / LABEL_ISSUES_FILE) if (run_dir / LABEL_ISSUES_FILE).exists() else None,
     }
     return _PAGE.format(style=_STYLE, **_render_parts(env))
 
@@ -225,6 +227,15 @@ def _render_parts(env: dict) -> dict[str, str]:
     leak = f"<details><summary>Overlap between splits</summary><pre>{html.escape(json.dumps(leakage, indent=1))}" \
            "</pre></details>" if leakage else ""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in env["notes"])
+    issues = env["label_issues"]
+    label_issues = "" if issues is None else (
+        f"<h3>Likely label errors (train): {len(issues)}, dropped</h3>"
+        + (_table([[f"{Path(x['file']).name}:{x['line']}", " | ".join(str(v) for v in x["input"].values()),
+                    str(x["given"]), x["given_probability"], str(x["suggested"]), x["suggested_probability"]]
+                   for x in issues[:LABEL_ISSUES_SHOWN]],
+                  ["row", "text", "given", "p(given)", "suggested", "p(suggested)"])
+           + (f"<p>... and {len(issues) - LABEL_ISSUES_SHOWN} more in label_issues.jsonl.</p>"
+              if len(issues) > LABEL_ISSUES_SHOWN else "") if issues else "<p>None found.</p>"))
     errors = []
     for v in env["views"]:
         fields = "".join(f'<div class="field"><span class="name">{html.escape(n)}</span>'
@@ -252,7 +263,7 @@ def _render_parts(env: dict) -> dict[str, str]:
         "title": html.escape(env["title"]), "warnings": f'<ul class="warnings">{warn}</ul>' if warn else "",
         "trained": env["sections"]["trained"], "config": env["sections"]["config"],
         "data_rows": env["data_rows"], "dropped": dropped, "leakage": leak,
-        "notes": f"<ul>{notes}</ul>" if notes else "", "curves": env["curves"],
+        "notes": f"<ul>{notes}</ul>" if notes else "", "label_issues": label_issues, "curves": env["curves"],
         "validation": env["validation"], "test": env["test"],
         "per_class": f"<h3>Per class (test)</h3>{env['per_class']}" if env["per_class"] else "",
         "confusion": f"<h3>Confusion matrix (test)</h3>{env['confusion']}" if env["confusion"] else "",
@@ -370,7 +381,7 @@ _PAGE = """<!DOCTYPE html>
 {warnings}
 <section id="trained"><h2>What was trained</h2>{trained}
 <h3>Config: what differs from the defaults</h3>{config}</section>
-<section id="data"><h2>Data</h2>{data_rows}{dropped}{leakage}{notes}</section>
+<section id="data"><h2>Data</h2>{data_rows}{dropped}{leakage}{notes}{label_issues}</section>
 <section id="curves"><h2>Learning curves</h2>{curves}</section>
 <section id="metrics"><h2>Metrics</h2><h3>Validation (best checkpoint)</h3>{validation}<h3>Test</h3>{test}
 {per_class}{confusion}</section>
