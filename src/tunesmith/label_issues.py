@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .console import quiet_libraries
 from .errors import ConfigError
 from .io import LABEL_ISSUES_FILE
 from .types import Table
@@ -39,6 +40,7 @@ def row_texts(task: "Task", table: Table) -> list[str]:
     return ["\n".join(str(table.columns[r][i]) for r in roles if table.columns[r][i]) for i in range(len(table))]
 
 
+@quiet_libraries()
 def embed(texts: list[str], model_name: str, batch_size: int = 64) -> np.ndarray:
     """Normalised sentence embeddings of `texts` by `model_name` through sentence-transformers."""
     import torch
