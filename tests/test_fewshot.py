@@ -126,3 +126,41 @@ def test_train_per_class_keeps_a_seeded_sample_of_each_class_and_says_so(base_co
     cfg["task"] = {"type": "text-classification", "problem_type": "multi_label"}
     with pytest.raises(ConfigError, match="data.train_per_class samples N rows of each class"):
         prepare(load_config(cfg))
+
+
+def test_multi_label_contrastive_heads_are_one_regression_per_label(base_config: dict, tmp_path: Path) -> None:
+    """Multi-label pairs share a label (or none); the head is scikit-learn's one-vs-rest regressions on the
+    exported body's embeddings, a sigmoid per label."""
+    import random
+
+    from conftest import TOPICS
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    rng = random.Random(0)
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            topics = sorted(rng.sample(list(TOPICS), rng.randint(1, 2)))
+            out.append({"text": " ".join(w for t in topics for w in rng.choices(TOPICS[t], k=2)),
+                        "label": "|".join(topics)})
+        return out
+
+    train, test = rows(24), rows(20)
+    cfg = copy.deepcopy(base_config)
+    cfg["task"] = {"type": "text-classification", "method": "contrastive", "pairs": 5, "label_separator": "|"}
+    cfg["data"].update(train=str(write_csv(tmp_path / "train.csv", train)),
+                       validation=str(write_csv(tmp_path / "v.csv", test)),
+                       test=str(write_csv(tmp_path / "t.csv", test)))
+    run = tunesmith.train(cfg)
+    predictor = tunesmith.load(run.dir)
+    labels = predictor.task.labels
+    body = SentenceTransformer(str(run.dir / "model"), device="cpu")
+    y = np.asarray([[int(name in r["label"].split("|")) for name in labels] for r in train])
+    reference = OneVsRestClassifier(LogisticRegression()).fit(body.encode([r["text"] for r in train]).astype(
+        np.float64), y)
+    expected = reference.predict_proba(body.encode([r["text"] for r in test]).astype(np.float64))
+    for got, e in zip(predictor.predict([r["text"] for r in test]), expected):
+        assert [got["probs"][name] for name in labels] == pytest.approx(list(e), abs=1e-4)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
 HEAD_FILE = "head.safetensors"
+CONSTANT_LOGIT = 20.0  # multi-label: the head's logit for a label that every training row has (minus: none)
 POOLING_DIR = "1_Pooling"
 
 
@@ -258,8 +259,10 @@ class ContrastiveClassification(TextClassification):
         y = np.asarray(self._labelled["labels"])
         if self.problem_type == "multi_label":  # SetFit's one-vs-rest: one regression per label
             fitted = OneVsRestClassifier(LogisticRegression()).fit(x, y)
-            w = np.concatenate([e.coef_ for e in fitted.estimators_])
-            b = np.concatenate([e.intercept_ for e in fitted.estimators_])
+            # a label that every row (or none) has gets scikit-learn's constant predictor: a fixed logit
+            w = np.concatenate([getattr(e, "coef_", np.zeros((1, x.shape[1]))) for e in fitted.estimators_])
+            b = np.asarray([e.intercept_[0] if hasattr(e, "coef_") else (CONSTANT_LOGIT if y[0, k] else -CONSTANT_LOGIT)
+                            for k, e in enumerate(fitted.estimators_)])
         else:
             fitted = LogisticRegression().fit(x, y)
             w, b = fitted.coef_, fitted.intercept_
