@@ -67,7 +67,7 @@ def choose(scores: np.ndarray, n: int, clusters: np.ndarray | None = None) -> li
     return picked[:n]
 
 
-def suggest(predictor: "Predictor", pool: str | Path, n: int, strategy: str = "diverse",
+def suggest(predictor: "Predictor", pool: str | Path, n: int, strategy: str = "margin",
             seed: int = 0) -> list[dict[str, Any]]:
     """The n rows of `pool` worth labelling next: {"line", "row" (as read), "score", "predicted"}."""
     if strategy not in STRATEGIES:
