@@ -370,14 +370,16 @@ img.plot { max-width: 100%; } tr.best td { background: #eaf5ea; }
 .study-plots { display: flex; flex-wrap: wrap; gap: 1em; }
 """
 
-_PAGE = """<!DOCTYPE html>
+_HEAD = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
 {style}</style></head><body>
 <h1>{title}</h1>
-<nav><a href="#trained">What was trained</a><a href="#data">Data</a><a href="#curves">Learning curves</a>
-<a href="#metrics">Metrics</a><a href="#errors">Worst errors</a></nav>
+"""  # the head of both pages
+
+_PAGE = _HEAD + """<nav><a href="#trained">What was trained</a><a href="#data">Data</a>
+<a href="#curves">Learning curves</a><a href="#metrics">Metrics</a><a href="#errors">Worst errors</a></nav>
 {warnings}
 <section id="trained"><h2>What was trained</h2>{trained}
 <h3>Config: what differs from the defaults</h3>{config}</section>
@@ -389,13 +391,7 @@ _PAGE = """<!DOCTYPE html>
 </body></html>
 """
 
-_STUDY_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-{style}</style></head><body>
-<h1>{title}</h1>
-{warnings}
+_STUDY_PAGE = _HEAD + """{warnings}
 <section id="study"><h2>What was searched</h2>{about}</section>
 <section id="best"><h2>Best trial</h2>{best}</section>
 <section id="plots"><h2>Plots</h2><div class="study-plots">{plots}</div></section>
