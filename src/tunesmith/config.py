@@ -160,6 +160,9 @@ class DataConfig(_Section):
     """Find the training rows most likely mislabelled (`tunesmith check-labels`: confident learning on
     out-of-fold probabilities) and train without them; each is listed in label_issues.jsonl and, with its
     reason, in dropped_rows.jsonl. Tasks whose rows have one class each."""
+    unlabelled: str | None = None
+    """Unlabelled rows (a file with the training file's input columns; a label column is ignored) for
+    train.self_training to pseudo-label; relative to the config file's folder, as data.train."""
     max_eval_rows: int | None = Field(None, ge=1)
     """Validate and test on seeded samples of at most this many rows each (held-out splits are made from
     the whole training file first, so they never overlap the training rows)."""
@@ -191,6 +194,15 @@ class DataConfig(_Section):
             if dup is not None:
                 raise ValueError(f"data.column_names lists '{dup}' twice")
         return self
+
+
+class SelfTrainingConfig(_Section):
+    rounds: int = Field(3, ge=1)
+    """Student rounds after the teacher (round 0, the labelled rows alone); fewer run when a round's
+    validation metric does not improve on the best round's."""
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+    """A pool row joins training when the teacher's confidence in its label reaches this (the predicted
+    class's probability; multi-label: the least certain label's)."""
 
 
 class TrainConfig(_Section):
@@ -248,6 +260,12 @@ class TrainConfig(_Section):
     """Most recent checkpoints kept (the best one is always kept too)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes."""
+    self_training: SelfTrainingConfig | None = None
+    """Learn from data.unlabelled too: a teacher trained on the labelled rows labels the pool, the rows it is
+    sure of (threshold) join training, and a student trains from the pretrained model again; each student
+    is the next round's teacher, until `rounds` or no validation improvement. Keys: rounds, threshold.
+    Each round is a run folder in rounds/, each round's pseudo-labels are in pseudo_labels/; the run
+    folder gets the best round's model. Tasks whose predictions have a confidence (classification)."""
 
 
 class EvalConfig(_Section):
@@ -397,6 +415,11 @@ class RunConfig(_Section):
         if not self.data.train and not self.data.hub_dataset:
             raise ValueError("data.train (a file) or data.hub_dataset (a Hub name) is required")
         files = [k for k in ("train", "validation", "test") if getattr(self.data, k)]
+        if (self.train.self_training is None) != (self.data.unlabelled is None):
+            raise ValueError("train.self_training learns from the rows of data.unlabelled: set both or neither"
+                             if self.train.self_training is not None else
+                             "data.unlabelled is read by train.self_training (e.g. train.self_training: "
+                             "{rounds: 3, threshold: 0.9}): set both or neither")
         if self.data.hub_dataset and files:
             raise ValueError(f"data.hub_dataset and data.{files[0]} are both set: use the Hub dataset or files, "
                              "not both (for local files, set data.hub_dataset: null)")
@@ -646,7 +669,7 @@ def build_config(raw: dict, *, source: str = "config", base_dir: Path | None = N
         raise ConfigError(_format_errors(err, source, given, task if isinstance(task, str) else
                                          task.get("type", "text-classification"))) from None
     if base_dir is not None:
-        for split in ("train", "validation", "test"):
+        for split in ("train", "validation", "test", "unlabelled"):
             p = getattr(cfg.data, split)
             if not p or Path(p).expanduser().is_absolute():
                 continue

@@ -79,6 +79,21 @@ class Run:
         return Predictor.load(self.dir)
 
 
+def ready_rows(cfg: RunConfig, task: Task, data: LoadedData, model_name: str) -> None:
+    """The rows that train, validate and test, before tokens: the task fitted, absent splits made, samples
+    drawn, likely label errors dropped (data.drop_label_issues)."""
+    task.fit(data.splits)
+    make_missing_splits(data, cfg.data, task.stratify_keys)
+    sample_rows(data, cfg.data, task.stratify_keys)
+    if cfg.data.drop_label_issues:
+        from .label_issues import find_label_issues, issue_reason
+
+        train = data.splits["train"]
+        data.label_issues = find_label_issues(task, train, model_name, cfg.data.split_seed)
+        row = {(f, ln): i for i, (f, ln) in enumerate(zip(train.file, train.line))}
+        drop_rows(data, "train", {row[(x["file"], x["line"])]: issue_reason(x) for x in data.label_issues})
+
+
 @quiet_libraries()
 def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     """Data and tokens, checked: everything `check-data` shows and `train` needs before the model.
@@ -88,17 +103,8 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     """
     task = get_task(cfg)
     data = data if data is not None else load_splits(cfg.data, task.roles())
-    task.fit(data.splits)
-    make_missing_splits(data, cfg.data, task.stratify_keys)
-    sample_rows(data, cfg.data, task.stratify_keys)
     model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
-    if cfg.data.drop_label_issues:
-        from .label_issues import find_label_issues, issue_reason
-
-        train = data.splits["train"]
-        data.label_issues = find_label_issues(task, train, model_name, cfg.data.split_seed)
-        row = {(f, ln): i for i, (f, ln) in enumerate(zip(train.file, train.line))}
-        drop_rows(data, "train", {row[(x["file"], x["line"])]: issue_reason(x) for x in data.label_issues})
+    ready_rows(cfg, task, data, model_name)
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)
     tokenized, hits, rebuilt, tok_key = {}, {}, [], tokenizer_state(tokenizer)
@@ -110,6 +116,7 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     report = build_report(data, task, tokenized, cfg.model.max_length, cfg.data.on_missing)
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt
+    report["notes"] += data.notes
     if data.label_issues is not None:
         from .label_issues import METHOD
 
@@ -229,10 +236,19 @@ def train(config: str | Path | dict | RunConfig, overrides: list[str] | dict | N
     `checked`: what `rundir.check` returned for this config, when the caller ran the folder check already
     (the CLI does, before the training stack's slow import), so it runs once.
     A run a search's pruner stopped returns with report status "pruned" (no test, no model).
+    With train.self_training, each round is such a run in rounds/ (`self_training.train_rounds`).
     """
+    cfg = load_config(config, overrides)
+    if config_file is None and isinstance(config, (str, Path)):
+        config_file = Path(config)
+    if cfg.train.self_training is not None:  # rounds of runs, each one the call below
+        from .self_training import train_rounds
+
+        return train_rounds(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+                            config_file=config_file, data=data, checked=checked, callbacks=callbacks)
     owned = _Owned()
     try:
-        return _train(config, overrides, resume=resume, overwrite=overwrite,
+        return _train(cfg, None, resume=resume, overwrite=overwrite,
                       allow_config_change=allow_config_change, callbacks=callbacks, data=data,
                       config_file=config_file, owned=owned, checked=checked)
     except KeyboardInterrupt as e:

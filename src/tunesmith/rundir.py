@@ -36,6 +36,7 @@ _OWNED_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>[^-]+)-(?P<pid>\d+)(?:-[a
 RESUME_SAFE_KEYS = {"eval.batch_size", "eval.explain_errors", "train.num_workers", "train.log_every",
                     "train.keep_checkpoints", "data.cache_dir"}
 CHANGES_FILE = "config_changes.jsonl"
+ROUNDS_DIR = "rounds"  # a self-training run's rounds, each a run folder: what such a run resumes from
 # everything a run writes in its folder before its first checkpoint (run._write_run_files, the metrics
 # and samples logs, TensorBoard's events, checkpoints/ with the temps of the checkpoint being written):
 # a folder holding only these, its config.yaml this run's config, is a run stopped before it could be
@@ -189,7 +190,8 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
 def protected_inputs(cfg: RunConfig, config_file: Path | None) -> list[Path]:
     """What this run reads and --overwrite must never delete: data files, the config file, a local base
     model and the tokenization cache."""
-    paths = [cfg.data.train, cfg.data.validation, cfg.data.test, cfg.data.cache_dir, config_file]
+    paths = [cfg.data.train, cfg.data.validation, cfg.data.test, cfg.data.unlabelled, cfg.data.cache_dir,
+             config_file]
     paths += [f for p in paths[:3] if p for f in parallel_files(p, cfg.data.languages).values()]
     if cfg.model.name and Path(cfg.model.name).expanduser().exists():
         paths.append(cfg.model.name)
@@ -277,7 +279,7 @@ def _check_contents(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: b
                               "with --overwrite")
         return {}
     if resume:
-        if not (run_dir / "checkpoints" / "index.json").exists():
+        if not (run_dir / "checkpoints" / "index.json").exists() and not (run_dir / ROUNDS_DIR).is_dir():
             raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from (checkpoints/index.json is "
                               "missing); start the run again with --overwrite, or choose a new output_dir")
         changes = config_changes(run_dir, cfg)

@@ -36,6 +36,7 @@ class LoadedData:
     # split -> {"examples": n, "reason": why} of the examples dropped after tokenizing (they train nothing)
     untrainable: dict[str, dict] = field(default_factory=dict)
     label_issues: list[dict] | None = None  # data.drop_label_issues: the training rows found and dropped
+    notes: list[str] = field(default_factory=list)  # what the data report says of rows added by the caller
 
 
 def _source_records(cfg: DataConfig) -> dict[str, tuple[str, list[Record]]]:

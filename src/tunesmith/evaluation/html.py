@@ -214,6 +214,7 @@ def render(run_dir: Path, task: Any, predictor: Any = None, explained: int = WOR
         "confusion": _confusion(json.loads(cm_file.read_text())) if cm_file.exists() else "",
         "views": views, "ranked": type(task).worst_errors is not Task.worst_errors,
         "label_issues": read_jsonl(run_dir / LABEL_ISSUES_FILE) if (run_dir / LABEL_ISSUES_FILE).exists() else None,
+        "self_training": report.get("self_training"),
     }
     return _PAGE.format(style=_STYLE, **_render_parts(env))
 
@@ -236,6 +237,15 @@ def _render_parts(env: dict) -> dict[str, str]:
                   ["row", "text", "given", "p(given)", "suggested", "p(suggested)"])
            + (f"<p>... and {len(issues) - LABEL_ISSUES_SHOWN} more in label_issues.jsonl.</p>"
               if len(issues) > LABEL_ISSUES_SHOWN else "") if issues else "<p>None found.</p>"))
+    rounds = env["self_training"]
+    self_training = "" if rounds is None else (
+        f"<h3>Self-training (threshold {rounds['threshold']})</h3>"
+        + _table([[r["round"] if r["round"] != rounds["best_round"] else f"{r['round']} (this model)",
+                   r["labelled_rows"], r["pseudo_labelled_rows"], r["pool_rows"], r[f"validation_{rounds['metric']}"]]
+                  for r in rounds["rounds"]],
+                 ["round", "labelled rows", "pseudo-labelled rows", "pool rows", f"validation {rounds['metric']}"])
+        + f"<p>{html.escape(rounds['stopped'])}. Round 0 is the teacher, trained on the labelled rows alone; each "
+          "round's folder is in rounds/, its pseudo-labels in pseudo_labels/.</p>")
     errors = []
     for v in env["views"]:
         fields = "".join(f'<div class="field"><span class="name">{html.escape(n)}</span>'
@@ -264,7 +274,7 @@ def _render_parts(env: dict) -> dict[str, str]:
         "trained": env["sections"]["trained"], "config": env["sections"]["config"],
         "data_rows": env["data_rows"], "dropped": dropped, "leakage": leak,
         "notes": f"<ul>{notes}</ul>" if notes else "", "label_issues": label_issues, "curves": env["curves"],
-        "validation": env["validation"], "test": env["test"],
+        "validation": env["validation"], "test": env["test"], "self_training": self_training,
         "per_class": f"<h3>Per class (test)</h3>{env['per_class']}" if env["per_class"] else "",
         "confusion": f"<h3>Confusion matrix (test)</h3>{env['confusion']}" if env["confusion"] else "",
         "errors": error_html,
@@ -385,7 +395,8 @@ _PAGE = _HEAD + """<nav><a href="#trained">What was trained</a><a href="#data">D
 <h3>Config: what differs from the defaults</h3>{config}</section>
 <section id="data"><h2>Data</h2>{data_rows}{dropped}{leakage}{notes}{label_issues}</section>
 <section id="curves"><h2>Learning curves</h2>{curves}</section>
-<section id="metrics"><h2>Metrics</h2><h3>Validation (best checkpoint)</h3>{validation}<h3>Test</h3>{test}
+<section id="metrics"><h2>Metrics</h2>{self_training}<h3>Validation (best checkpoint)</h3>{validation}
+<h3>Test</h3>{test}
 {per_class}{confusion}</section>
 <section id="errors"><h2>Worst errors (test)</h2>{errors}</section>
 </body></html>

@@ -142,7 +142,7 @@ class Predictor:
             items = [{"text": a, "text_pair": b} for a, b in zip(items, text_pairs)]
         if not items:
             return []
-        preds = self._predict_table(self._table(self.records(items)), batch_size)
+        preds = self.predict_table(self._table(self.records(items)), batch_size)
         return preds[0] if single else preds
 
     def records(self, items: Sequence[str | dict]) -> list[dict]:
@@ -167,7 +167,7 @@ class Predictor:
         if not self.task.explains:
             raise no_explanations(self.task)
         table = self._table(self.records([inputs]))
-        prediction = self._predict_table(table, None)[0]
+        prediction = self.predict_table(table, None)[0]
         record = {role: values[0] for role, values in table.columns.items()}
         with torch.enable_grad():
             explanation = self.task.explain(self.model, self.tokenizer, record, prediction, target,
@@ -196,11 +196,12 @@ class Predictor:
         table = self._table(self.records([inputs]))
         self.task.streamer = Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         try:
-            return self._predict_table(table, 1)[0]
+            return self.predict_table(table, 1)[0]
         finally:
             self.task.streamer = None
 
-    def _predict_table(self, table: Table, batch_size: int | None) -> list[dict]:
+    def predict_table(self, table: Table, batch_size: int | None = None) -> list[dict]:
+        """Prediction records of a Table of the task's input roles (as `_table` or the data readers make)."""
         features = self.task.preprocess(table, self.tokenizer)
         result, _ = evaluate_split(self.model, self.task, table, features, batch_size or self.cfg.eval.batch_size,
                                    self.device)
@@ -233,7 +234,7 @@ class Predictor:
                        if suffix in (".csv", ".tsv") else JsonlPredictions(f, keys))
                 for chunk in source.chunks():
                     lines, rows = [ln for ln, _ in chunk], [r for _, r in chunk]
-                    preds = self._predict_table(self._table(rows, str(source.path), lines, source.columns),
+                    preds = self.predict_table(self._table(rows, str(source.path), lines, source.columns),
                                                 batch_size)
                     out.write(lines, rows, preds)
                     f.flush()  # each chunk is in the temp file before the next one is read

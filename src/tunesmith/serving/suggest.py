@@ -78,7 +78,7 @@ def suggest(predictor: "Predictor", pool: str | Path, n: int, strategy: str = "m
         raise ConfigError(f"{pool} has no rows to suggest from")
     lines, rows = [ln for ln, _ in read], [r for _, r in read]
     table = predictor._table(rows, str(source.path), lines, source.columns)
-    preds = predictor._predict_table(table, None)
+    preds = predictor.predict_table(table, None)
     scores = uncertainty(preds, "margin" if strategy == "diverse" else strategy)
     clusters = None
     if strategy == "diverse" and n < len(rows):

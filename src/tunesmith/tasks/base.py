@@ -233,6 +233,16 @@ class Task(ABC):
         where the task has a choice (a label). Only for a task that declares `explains`."""
         raise NotImplementedError(f"the {self.name} task has no explanations")
 
+    @property
+    def cannot_self_train(self) -> str | None:
+        """Why train.self_training cannot run this task as fitted (None: it can, by `pseudo_label`)."""
+        return f"the {self.name} task's predictions carry no confidence to pick pseudo-labels by"
+
+    def pseudo_label(self, record: dict) -> tuple[dict[str, Any], float]:
+        """(target role -> value, confidence in [0, 1]) that the prediction record of an unlabelled row gives
+        it as a training label: train.self_training keeps the rows whose confidence reaches its threshold."""
+        raise NotImplementedError(self.cannot_self_train)
+
     def generation_config(self, model: "torch.nn.Module") -> Any:
         """The transformers GenerationConfig its predictions decode with (the model's defaults and the task's
         decoding options): `Predictor.stream` reads its `num_beams`. Only for a task that `generates`."""

@@ -584,6 +584,18 @@ class TextClassification(Task):
         return {"single_label": LabelPrediction, "multi_label": LabelsPrediction,
                 "regression": ValuePrediction}[self.problem_type]
 
+    @property
+    def cannot_self_train(self) -> str | None:
+        return "a regression predicts a number, with no confidence to pick pseudo-labels by" \
+            if self.problem_type == "regression" else None
+
+    def pseudo_label(self, record: dict) -> tuple[dict[str, Any], float]:
+        """The predicted class and its probability; multi-label: the predicted labels, as sure as the least
+        sure label (each label's probability or its complement)."""
+        if self.problem_type == "single_label":
+            return {"label": record["label"]}, record["score"]
+        return {"label": record["labels"]}, min(max(p, 1.0 - p) for p in record["probs"].values())
+
     def decide(self, s: np.ndarray) -> np.ndarray:
         """Class indices from probability rows: the most probable class, or for a binary task the
         positive one when its probability reaches the threshold."""
