@@ -1,5 +1,6 @@
 """Regenerate reviews.csv, the demo data set (short product and service reviews, written from
-phrase lists below, so it carries no third-party text). Run: python examples/demo/make_reviews.py"""
+phrase lists below, so it carries no third-party text), and unlabelled.csv, 400 other reviews without
+their labels (for self-training: examples/self-training-demo.yaml). Run: python examples/demo/make_reviews.py"""
 import csv
 import random
 from pathlib import Path
@@ -22,19 +23,32 @@ POS_TAILS = ["", " Highly recommended.", " I would buy it again.", " Five stars.
 NEG_TAILS = ["", " Avoid it.", " I want a refund.", " One star.", " Never again.", " Very disappointed."]
 
 
-def main() -> None:
-    rng = random.Random(7)
+def reviews(rng: random.Random, n: int, taken: set) -> list[tuple[str, str]]:
+    """n distinct (text, label) rows whose texts are not in `taken`, shuffled."""
     rows = set()
-    while len(rows) < 400:
+    while len(rows) < n:
         label = rng.choice(["positive", "negative"])
         phrases, tails = (POSITIVE, POS_TAILS) if label == "positive" else (NEGATIVE, NEG_TAILS)
-        rows.add((f"{rng.choice(SUBJECTS)} {rng.choice(phrases)}.{rng.choice(tails)}", label))
+        text = f"{rng.choice(SUBJECTS)} {rng.choice(phrases)}.{rng.choice(tails)}"
+        if text not in taken:
+            rows.add((text, label))
     rows = sorted(rows)
     rng.shuffle(rows)
-    with open(Path(__file__).with_name("reviews.csv"), "w", newline="", encoding="utf-8") as f:
+    return rows
+
+
+def write(name: str, header: list[str], rows: list[tuple]) -> None:
+    with open(Path(__file__).with_name(name), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["text", "label"])
+        w.writerow(header)
         w.writerows(rows)
+
+
+def main() -> None:
+    rng = random.Random(7)
+    labelled = reviews(rng, 400, set())
+    write("reviews.csv", ["text", "label"], labelled)
+    write("unlabelled.csv", ["text"], [(text,) for text, _ in reviews(rng, 400, {t for t, _ in labelled})])
 
 
 if __name__ == "__main__":
