@@ -159,4 +159,7 @@ def test_self_training_needs_a_pool_a_task_with_confidences_and_the_training_col
     with pytest.raises(DataError) as e:
         tunesmith.train({**cfg, "data": {**cfg["data"], "unlabelled": str(other)}})
     assert "other.csv" in str(e.value) and "'text'" in str(e.value)
+    with pytest.raises(ConfigError, match="a search cannot run train.self_training trials"):
+        tunesmith.search({**cfg, "search": {"method": "random", "trials": 2,
+                                            "space": {"train.lr": {"choice": [1e-3, 5e-3]}}}})
     assert not (tmp_path / "run").exists()

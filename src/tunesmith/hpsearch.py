@@ -82,6 +82,9 @@ def resolve(config: str | Path | dict | RunConfig, overrides: list[str] | dict |
                           "search:\n  method: bayes\n  trials: 12\n  space:\n"
                           "    train.lr: {loguniform: [1.0e-5, 1.0e-4]}\n    train.batch_size: {choice: [16, 32]}")
     spec = cfg.search
+    if cfg.train.self_training is not None:  # a trial's pruner would see every round's evaluations as one run's
+        raise ConfigError("a search cannot run train.self_training trials: search the hyperparameters without it, "
+                          "then self-train with the best config (best_config.yaml)")
     base = cfg.model_copy(update={"search": None})
     raw = base.model_dump(mode="json")
     for key, dim in spec.space.items():
