@@ -135,6 +135,29 @@ def adopt_round(run_dir: Path, round_dir: Path) -> None:
             os.replace(tmp, run_dir / entry.name)
 
 
+def _round_rows(run_dir: Path, teacher: int, k: int, pool: Table, threshold: float,
+                main: bool) -> tuple[list[dict], str | None]:
+    """Round k's pseudo-labelled pool rows by round `teacher`'s model, or why round k cannot run. The rows are
+    written before the round trains; a resumed round reads them back, so it trains on the rows it began with."""
+    from accelerate import PartialState
+
+    from .serving.predictor import Predictor
+
+    file = run_dir / PSEUDO_DIR / f"round-{k}.jsonl"
+    if file.exists():
+        return read_jsonl(file), None
+    predictor = Predictor.load(run_dir / ROUNDS_DIR / f"round-{teacher}", str(PartialState().device))
+    predictions = predictor.predict_table(pool)
+    added = pseudo_labels(predictor.task, predictions, pool, threshold)
+    if not added:  # no file: a resumed run finds the same again
+        surest = max(predictor.task.pseudo_label(p)[1] for p in predictions)
+        return [], (f"no pool row reached the threshold {threshold} with round {teacher}'s model (the surest was "
+                    f"{surest:.3f}), so round {k} would train on round {teacher}'s rows again")
+    if main:
+        atomic_write_jsonl(file, added)
+    return added, None
+
+
 def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_change: bool,
                  config_file: str | Path | None, data: LoadedData | None, checked: dict | None,
                  callbacks: list | None) -> "Run":
@@ -144,7 +167,6 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
     from .data.prepare import load_splits
     from .models import resolve_model_name
     from .run import Run, _say, ready_rows, train
-    from .serving.predictor import Predictor
     from .tasks.base import get_task
 
     run_dir = Path(cfg.output_dir).expanduser().resolve()
@@ -173,21 +195,10 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
         best: int | None = None
         stopped = f"all {st.rounds} student rounds ran"
         for k in range(st.rounds + 1):
-            added: list[dict] = []
-            if k:
-                file = run_dir / PSEUDO_DIR / f"round-{k}.jsonl"
-                if file.exists():  # written before the round began: a resumed round trains on the same rows
-                    added = read_jsonl(file)
-                else:
-                    teacher = Predictor.load(run_dir / ROUNDS_DIR / f"round-{best}", str(PartialState().device))
-                    added = pseudo_labels(teacher.task, teacher.predict_table(pool), pool, st.threshold)
-                    del teacher
-                    if main:
-                        atomic_write_jsonl(file, added)
-                if not added:
-                    stopped = (f"no pool row reached the threshold {st.threshold} with round {best}'s model, so "
-                               f"round {k} would train on round {best}'s rows again")
-                    break
+            added, why_not = _round_rows(run_dir, best, k, pool, st.threshold, main) if k else ([], None)
+            if why_not:
+                stopped = why_not
+                break
             if main:
                 _say(f"self-training round {k} of {st.rounds}: " + (
                     "the teacher, on the labelled rows alone" if not k else
@@ -206,8 +217,7 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
                            "labelled_rows": len(data.splits["train"]), "pseudo_labelled_rows": len(added),
                            "pool_rows": len(pool), f"validation_{metric}": value,
                            "test": {m: v for m, v in run.report["test"].items() if isinstance(v, (int, float))}})
-            if best is None or (value is not None and (value > rounds[best][f"validation_{metric}"] if higher
-                                                       else value < rounds[best][f"validation_{metric}"])):
+            if best is None or _improves(value, rounds[best][f"validation_{metric}"], higher):
                 best = k
             else:
                 stopped = (f"round {k}'s validation {metric} ({value}) did not improve on round {best}'s "
@@ -233,6 +243,13 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
         raise
     finally:
         claim.release()
+
+
+def _improves(value: float | None, best: float | None, higher: bool) -> bool:
+    """Whether a round's validation metric beats the best round's (a missing value never does)."""
+    if value is None or best is None:
+        return value is not None
+    return value > best if higher else value < best
 
 
 def _read_json(path: Path) -> dict[str, Any]:
