@@ -91,6 +91,8 @@ def test_round_one_trains_on_the_labelled_rows_and_the_teachers_sure_pool_rows(s
                 for i, (r, p) in enumerate(zip(pool, predicted)) if p["score"] >= THRESHOLD]
     assert read_jsonl(run_dir / "pseudo_labels/round-1.jsonl") == expected
     assert 0 < len(expected) < 80  # the threshold kept some rows and left others
+    for folder in ("rounds/round-0", "rounds/round-1", "."):  # each round's labels are the file's names
+        assert json.loads((run_dir / folder / "label_map.json").read_text())["labels"] == ["neg", "pos"]
     data = json.loads((run_dir / "rounds/round-1/data_report.json").read_text())
     assert data["splits"]["train"]["rows"] == 96 + len(expected)
     assert f"96 labelled training rows and {len(expected)} pseudo-labelled pool rows" in " ".join(data["notes"])

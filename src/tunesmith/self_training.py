@@ -96,13 +96,26 @@ def round_config(cfg: RunConfig, run_dir: Path, k: int) -> RunConfig:
 
 def _round_data(base: LoadedData, added: list[dict], k: int) -> LoadedData:
     """Round k's own copy of the prepared rows, its pseudo-labelled rows after the labelled ones (a run
-    appends to `dropped` and replaces splits)."""
+    encodes its tables' targets in place, appends to `dropped` and replaces splits)."""
     train = base.splits["train"]
     notes = [f"self-training round {k}: {len(train)} labelled training rows and {len(added)} pseudo-labelled pool "
              f"rows (../../{PSEUDO_DIR}/round-{k}.jsonl)"] if k else [
         f"self-training round 0 (the teacher): the {len(train)} labelled training rows alone"]
-    return replace(base, splits={**base.splits, "train": with_pseudo_labels(train, added)},
+    splits = {split: t.take(range(len(t))) for split, t in base.splits.items()}
+    return replace(base, splits={**splits, "train": with_pseudo_labels(train, added)},
                    dropped=list(base.dropped), untrainable=dict(base.untrainable), notes=[*base.notes, *notes])
+
+
+def _put_back_raw_values(data: LoadedData, raw: dict[str, Table]) -> None:
+    """The prepared rows with the values they were read with: a task's `fit` encodes the targets of the
+    tables it fits in place, and each round fits its own task on the rows as read (its label names)."""
+    where: dict[tuple[str, int], tuple[str, int]] = {}
+    for split, t in raw.items():
+        for i, key in enumerate(zip(t.file, t.line)):
+            where.setdefault(key, (split, i))
+    for t in data.splits.values():
+        rows = [where[key] for key in zip(t.file, t.line)]
+        t.columns = {role: [raw[s].columns[role][i] for s, i in rows] for role in t.columns}
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -181,7 +194,9 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
     task = get_task(cfg)
     data = data if data is not None else load_splits(cfg.data, task.roles())
     model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
+    raw = {split: t.take(range(len(t))) for split, t in data.splits.items()}  # fitting encodes targets in place
     ready_rows(cfg, task, data, model_name)
+    _put_back_raw_values(data, raw)
     if task.cannot_self_train:
         raise ConfigError(f"train.self_training: {task.cannot_self_train}")
     pool = read_pool(cfg, task, data)
