@@ -161,6 +161,10 @@ def test_self_training_needs_a_pool_a_task_with_confidences_and_the_training_col
     with pytest.raises(DataError) as e:
         tunesmith.train({**cfg, "data": {**cfg["data"], "unlabelled": str(other)}})
     assert "other.csv" in str(e.value) and "'text'" in str(e.value)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    checked = CliRunner().invoke(app, ["check-data", str(tmp_path / "config.yaml")])
+    assert checked.exit_code == 0 and "data.unlabelled: 80 rows for train.self_training" in checked.output
+    assert "1 rows dropped" in checked.output or "1 row dropped" in checked.output, checked.output
     with pytest.raises(ConfigError, match="a search cannot run train.self_training trials"):
         tunesmith.search({**cfg, "search": {"method": "random", "trials": 2,
                                             "space": {"train.lr": {"choice": [1e-3, 5e-3]}}}})

@@ -105,6 +105,11 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     data = data if data is not None else load_splits(cfg.data, task.roles())
     model_name = resolve_model_name(cfg.model, cfg.data.cache_dir)
     ready_rows(cfg, task, data, model_name)
+    pool = None
+    if cfg.data.unlabelled:  # what check-data shows of it (a self-training run reads it in train_rounds)
+        from .self_training import read_pool
+
+        pool = read_pool(cfg, task, data)
     tokenizer = load_tokenizer(model_name, cfg.model)
     check_max_length(model_name, cfg.model, tokenizer)
     tokenized, hits, rebuilt, tok_key = {}, {}, [], tokenizer_state(tokenizer)
@@ -117,6 +122,8 @@ def prepare(cfg: RunConfig, data: LoadedData | None = None) -> Prepared:
     report["tokenization_cache_hits"] = hits
     report["warnings"] += rebuilt
     report["notes"] += data.notes
+    if pool is not None:
+        report["notes"].append(f"data.unlabelled: {len(pool)} rows for train.self_training to pseudo-label")
     if data.label_issues is not None:
         from .label_issues import METHOD
 
