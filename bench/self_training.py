@@ -6,7 +6,7 @@ training file as bench/fewshot.py samples them (the same rows for the same seed)
 training rows with their labels removed. tunesmith fine-tunes the packaged all-MiniLM-L6-v2 (batch 8, lr 1e-4,
 --epochs with early stopping after 3 epochs without improvement, the best epoch on validation: the teacher
 needs many epochs on its few rows to become sure of any pool row, a student on a thousand rows far fewer) with
-`train.self_training: {rounds: --rounds, threshold: --threshold}`.
+`train.self_training: {rounds: --rounds, threshold: --threshold, max_per_class: --max-per-class}`.
 Round 0 is ordinary fine-tuning on the labelled rows alone, so each run gives both sides on the same rows:
 
 - the teacher's test accuracy (round 0) against the self-trained run's (the round that validation chose);
@@ -61,7 +61,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
            "data": {**files, "cache_dir": str(out / "cache")},
            "train": {"epochs": args.epochs, "early_stopping_patience": 3, "batch_size": 8, "lr": 1e-4,
                      "warmup_ratio": 0.1, "seed": args.seed,
-                     "precision": "fp32", "self_training": {"rounds": args.rounds, "threshold": args.threshold}},
+                     "precision": "fp32", "self_training": {"rounds": args.rounds, "threshold": args.threshold,
+                                                             "max_per_class": args.max_per_class}},
            "eval": {"explain_errors": 0}, "output_dir": str(out / "run")}
     t0 = time.perf_counter()
     run = tunesmith.train(cfg, overwrite=True)
@@ -81,22 +82,24 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["dataset"], r["n"]), []).append(r)
+        groups.setdefault((r["dataset"], r["n"], r["threshold"], r.get("max_per_class")), []).append(r)
 
     def ms(values: list[float]) -> str:
         values = [100 * v for v in values]
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
-    print("| data | rows per class | seeds | teacher (round 0) | self-trained | best rounds | round-1 rows added "
-          "| round-1 pseudo-label accuracy | s per run |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (dataset, n), rows in sorted(groups.items()):
+    print("| data | rows per class | threshold | max per class | seeds | teacher (round 0) | self-trained | "
+          "best rounds | round-1 rows added | round-1 pseudo-label accuracy | s per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (dataset, n, threshold, cap), rows in sorted(groups.items(), key=str):
         first = [r["rounds"][1] for r in rows if len(r["rounds"]) > 1]
-        print(f"| {dataset} | {n} | {len(rows)} | {ms([r['teacher_accuracy'] for r in rows])} | "
-              f"{ms([r['accuracy'] for r in rows])} | {', '.join(str(r['best_round']) for r in rows)} | "
-              f"{statistics.mean(x['pseudo_rows'] for x in first):.0f} | "
-              f"{100 * statistics.mean(x['pseudo_accuracy'] for x in first if x['pseudo_accuracy'] is not None):.1f}"
-              f" | {statistics.mean(r['seconds'] for r in rows):.0f} |")
+        added = f"{statistics.mean(x['pseudo_rows'] for x in first):.0f}" if first else "0"
+        right = [x["pseudo_accuracy"] for x in first if x["pseudo_accuracy"] is not None]
+        right_s = f"{100 * statistics.mean(right):.1f}" if right else "-"
+        print(f"| {dataset} | {n} | {threshold} | {cap or '-'} | {len(rows)} | "
+              f"{ms([r['teacher_accuracy'] for r in rows])} | {ms([r['accuracy'] for r in rows])} | "
+              f"{', '.join(str(r['best_round']) for r in rows)} | {added} | {right_s} | "
+              f"{statistics.mean(r['seconds'] for r in rows):.0f} |")
 
 
 def main() -> None:
@@ -109,6 +112,7 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--work", type=Path, default=REPO_ROOT / "bench/results/self_training")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/self_training.json")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -120,8 +124,9 @@ def main() -> None:
         print(json.dumps(one(args)))
         return
     results: list[dict[str, Any]] = json.loads(args.out.read_text()).get("runs", []) if args.out.exists() else []
-    done = {(r["dataset"], r["n"], r["seed"]) for r in results}
-    settings = {"pool": args.pool, "epochs": args.epochs, "rounds": args.rounds, "threshold": args.threshold}
+    settings = {"pool": args.pool, "epochs": args.epochs, "rounds": args.rounds, "threshold": args.threshold,
+                "max_per_class": args.max_per_class}
+    done = {(r["dataset"], r["n"], r["seed"]) for r in results if all(r.get(k) == v for k, v in settings.items())}
     for dataset in args.datasets.split(","):
         for n in map(int, args.sizes.split(",")):
             for seed in map(int, args.seeds.split(",")):
@@ -129,7 +134,8 @@ def main() -> None:
                     continue
                 cmd = [sys.executable, __file__, "--one", "--data-root", str(args.data_root), "--work", str(args.work),
                        "--dataset", dataset, "--n", str(n), "--seed", str(seed), "--pool", str(args.pool),
-                       "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--threshold", str(args.threshold)]
+                       "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--threshold", str(args.threshold),
+                       *(["--max-per-class", str(args.max_per_class)] if args.max_per_class else [])]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(f"{dataset} n={n} seed={seed} failed:\n{proc.stderr[-3000:]}", flush=True)

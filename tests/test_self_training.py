@@ -44,6 +44,16 @@ def test_only_rows_whose_prediction_reaches_the_threshold_are_pseudo_labelled() 
         {"file": "pool.csv", "line": 4, "input": {"text": "z"}, "label": {"label": "c"}, "confidence": 0.95}]
 
 
+def test_max_per_class_keeps_the_surest_rows_of_each_predicted_label_in_pool_order() -> None:
+    task = _fitted({"type": "text-classification"}, ["a", "b"])
+    pool = Table({"text": list("pqrstu")}, ["pool.csv"] * 6, [2, 3, 4, 5, 6, 7])
+    scores = [("a", 0.9), ("a", 0.97), ("b", 0.6), ("a", 0.95), ("b", 0.7), ("a", 0.97)]
+    predictions = [{"label": k, "score": p, "probs": {k: p, "b" if k == "a" else "a": 1 - p}} for k, p in scores]
+    kept = pseudo_labels(task, predictions, pool, 0.0, max_per_class=2)
+    assert [(r["line"], r["label"]["label"]) for r in kept] == [(3, "a"), (4, "b"), (6, "b"), (7, "a")]
+    assert [r["line"] for r in pseudo_labels(task, predictions, pool, 0.65, max_per_class=2)] == [3, 6, 7]
+
+
 def test_a_multi_label_row_is_as_sure_as_its_least_sure_label() -> None:
     task = _fitted({"type": "text-classification"}, [["a"], ["a", "b"], ["b"]])
     pool = Table({"text": ["x", "y"]}, ["pool.csv"] * 2, [2, 3])

@@ -200,9 +200,13 @@ class SelfTrainingConfig(_Section):
     rounds: int = Field(3, ge=1)
     """Student rounds after the teacher (round 0, the labelled rows alone); fewer run when a round's
     validation metric does not improve on the best round's."""
-    threshold: float = Field(0.9, gt=0.0, le=1.0)
+    threshold: float = Field(0.9, ge=0.0, le=1.0)
     """A pool row joins training when the teacher's confidence in its label reaches this (the predicted
     class's probability; multi-label: the least certain label's)."""
+    max_per_class: int | None = Field(None, ge=1)
+    """At most this many pool rows of each predicted label join a round, the surest first: the teacher's
+    sure rows are often mostly of one class, and a student trained on them learns that class. With
+    threshold: 0, the N surest rows of each class, however sure the teacher is."""
 
 
 class TrainConfig(_Section):

@@ -2,7 +2,8 @@
 join training (train.self_training with data.unlabelled).
 
 Round 0, the teacher, trains on the labelled rows alone. Round k labels every pool row with round k-1's best
-checkpoint, keeps the rows whose confidence (`Task.pseudo_label`) reaches the threshold, and trains a student
+checkpoint, keeps the rows whose confidence (`Task.pseudo_label`) reaches the threshold (at most
+`max_per_class` of each predicted label, the surest first, when set), and trains a student
 from the pretrained model again on the labelled rows plus those: a student starts afresh rather than from its
 teacher, so it does not inherit the teacher's fit to the few labelled rows. Each student that improves the
 validation metric is the next round's teacher; the rounds stop after `rounds` students or at the first one
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import rundir
-from .config import RunConfig
+from .config import RunConfig, SelfTrainingConfig
 from .data.prepare import LoadedData, read_configured, resolve_columns, table_from_records
 from .errors import ConfigError, DataError
 from .io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
@@ -60,17 +61,24 @@ def read_pool(cfg: RunConfig, task: "Task", data: LoadedData) -> Table:
     return pool
 
 
-def pseudo_labels(task: "Task", predictions: list[dict], pool: Table, threshold: float) -> list[dict]:
-    """The pool rows whose predicted label is at least `threshold` sure, as pseudo_labels/round-K.jsonl rows:
-    {file, line, input, label (target role -> value), confidence}, in pool order."""
-    out = []
+def pseudo_labels(task: "Task", predictions: list[dict], pool: Table, threshold: float,
+                  max_per_class: int | None = None) -> list[dict]:
+    """The pool rows whose predicted label is at least `threshold` sure (and among the `max_per_class` surest
+    of their label; ties: the earlier row), as pseudo_labels/round-K.jsonl rows: {file, line, input, label
+    (target role -> value), confidence}, in pool order."""
+    sure = []
     for i, record in enumerate(predictions):
         label, confidence = task.pseudo_label(record)
         if confidence >= threshold:
-            out.append({"file": pool.file[i], "line": pool.line[i],
-                        "input": {r: v[i] for r, v in pool.columns.items()}, "label": label,
-                        "confidence": round(float(confidence), 6)})
-    return out
+            sure.append((i, label, float(confidence)))
+    if max_per_class is not None:
+        by_label: dict[str, list[tuple[int, Any, float]]] = {}
+        for row in sure:
+            by_label.setdefault(json.dumps(row[1], sort_keys=True), []).append(row)
+        sure = sorted(row for rows in by_label.values()
+                      for row in sorted(rows, key=lambda r: (-r[2], r[0]))[:max_per_class])
+    return [{"file": pool.file[i], "line": pool.line[i], "input": {r: v[i] for r, v in pool.columns.items()},
+             "label": label, "confidence": round(confidence, 6)} for i, label, confidence in sure]
 
 
 def with_pseudo_labels(train: Table, rows: list[dict]) -> Table:
@@ -148,7 +156,7 @@ def adopt_round(run_dir: Path, round_dir: Path) -> None:
             os.replace(tmp, run_dir / entry.name)
 
 
-def _round_rows(run_dir: Path, teacher: int, k: int, pool: Table, threshold: float,
+def _round_rows(run_dir: Path, teacher: int, k: int, pool: Table, st: SelfTrainingConfig,
                 main: bool) -> tuple[list[dict], str | None]:
     """Round k's pseudo-labelled pool rows by round `teacher`'s model, or why round k cannot run. The rows are
     written before the round trains; a resumed round reads them back, so it trains on the rows it began with."""
@@ -161,11 +169,11 @@ def _round_rows(run_dir: Path, teacher: int, k: int, pool: Table, threshold: flo
         return read_jsonl(file), None
     predictor = Predictor.load(run_dir / ROUNDS_DIR / f"round-{teacher}", str(PartialState().device))
     predictions = predictor.predict_table(pool)
-    added = pseudo_labels(predictor.task, predictions, pool, threshold)
+    added = pseudo_labels(predictor.task, predictions, pool, st.threshold, st.max_per_class)
     if not added:  # no file: a resumed run finds the same again
         surest = max(predictor.task.pseudo_label(p)[1] for p in predictions)
-        return [], (f"no pool row reached the threshold {threshold} with round {teacher}'s model (the surest was "
-                    f"{surest:.3f}), so round {k} would train on round {teacher}'s rows again")
+        return [], (f"no pool row reached the threshold {st.threshold} with round {teacher}'s model (the surest "
+                    f"was {surest:.3f}), so round {k} would train on round {teacher}'s rows again")
     if main:
         atomic_write_jsonl(file, added)
     return added, None
@@ -210,7 +218,7 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
         best: int | None = None
         stopped = f"all {st.rounds} student rounds ran"
         for k in range(st.rounds + 1):
-            added, why_not = _round_rows(run_dir, best, k, pool, st.threshold, main) if k else ([], None)
+            added, why_not = _round_rows(run_dir, best, k, pool, st, main) if k else ([], None)
             if why_not:
                 stopped = why_not
                 break
@@ -218,7 +226,8 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
                 _say(f"self-training round {k} of {st.rounds}: " + (
                     "the teacher, on the labelled rows alone" if not k else
                     f"a student on the labelled rows and {len(added)} of the {len(pool)} pool rows, pseudo-labelled "
-                    f"by round {best} (confidence >= {st.threshold})"))
+                    f"by round {best} (confidence >= {st.threshold}"
+                    + (f", at most {st.max_per_class} per label)" if st.max_per_class else ")")))
             round_cfg = round_config(cfg, run_dir, k)
             round_dir = Path(round_cfg.output_dir)
             finished = _read_json(round_dir / "report.json") if (round_dir / "report.json").exists() else {}
@@ -239,8 +248,8 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
                            f"({rounds[best][f'validation_{metric}']})")
                 break
         report = _read_json(run_dir / ROUNDS_DIR / f"round-{best}" / "report.json")
-        report["self_training"] = {"threshold": st.threshold, "rounds": rounds, "best_round": best,
-                                   "metric": metric, "stopped": stopped}
+        report["self_training"] = {"threshold": st.threshold, "max_per_class": st.max_per_class, "rounds": rounds,
+                                   "best_round": best, "metric": metric, "stopped": stopped}
         if main:
             adopt_round(run_dir, run_dir / ROUNDS_DIR / f"round-{best}")
             atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
