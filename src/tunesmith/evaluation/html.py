@@ -239,7 +239,8 @@ def _render_parts(env: dict) -> dict[str, str]:
               if len(issues) > LABEL_ISSUES_SHOWN else "") if issues else "<p>None found.</p>"))
     rounds = env["self_training"]
     self_training = "" if rounds is None else (
-        f"<h3>Self-training (threshold {rounds['threshold']})</h3>"
+        f"<h3>Self-training (threshold {rounds['threshold']}"
+        + (f", at most {rounds['max_per_class']} rows per label" if rounds.get("max_per_class") else "") + ")</h3>"
         + _table([[r["round"] if r["round"] != rounds["best_round"] else f"{r['round']} (this model)",
                    r["labelled_rows"], r["pseudo_labelled_rows"], r["pool_rows"], r[f"validation_{rounds['metric']}"]]
                   for r in rounds["rounds"]],
