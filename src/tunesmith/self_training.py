@@ -210,7 +210,7 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
     pool = read_pool(cfg, task, data)
     st, main = cfg.train.self_training, PartialState().is_main_process
     metric, higher = task.selected_metric(cfg.eval.metric)
-    claim = rundir.claim(run_dir, cfg, say=_say, **owner)
+    claim = rundir.claim(run_dir, cfg, say=_say, **owner) if main else None  # the main process holds the folder
     try:
         if main:
             atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -266,7 +266,8 @@ def train_rounds(cfg: RunConfig, *, resume: bool, overwrite: bool, allow_config_
             claim.abandon()
         raise
     finally:
-        claim.release()
+        if claim is not None:
+            claim.release()
 
 
 def _improves(value: float | None, best: float | None, higher: bool) -> bool:
