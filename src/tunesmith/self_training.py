@@ -173,7 +173,9 @@ def _round_rows(run_dir: Path, teacher: int, k: int, pool: Table, st: SelfTraini
     if not added:  # no file: a resumed run finds the same again
         surest = max(predictor.task.pseudo_label(p)[1] for p in predictions)
         return [], (f"no pool row reached the threshold {st.threshold} with round {teacher}'s model (the surest "
-                    f"was {surest:.3f}), so round {k} would train on round {teacher}'s rows again")
+                    f"was {surest:.3f}), so round {k} would train on round {teacher}'s rows again: lower "
+                    "train.self_training.threshold, or take the surest rows of each class (threshold: 0 with "
+                    "max_per_class)")
     if main:
         atomic_write_jsonl(file, added)
     return added, None
