@@ -158,6 +158,23 @@ def test_an_interrupted_self_training_run_resumes_to_the_same_result(self_traine
         tunesmith.train(cfg, {"train.self_training.threshold": 0.8}, resume=True, allow_config_change=True)
 
 
+def test_no_row_above_the_threshold_ends_the_run_with_the_teacher_and_says_how_sure_it_was(
+        tiny_model_dir: str, tmp_path: Path) -> None:
+    cfg = _config(tiny_model_dir, tmp_path, "run")
+    cfg["train"].update(epochs=2, self_training={"rounds": 2, "threshold": 1.0})
+    run = tunesmith.train(cfg)
+    st = run.report["self_training"]
+    assert [r["round"] for r in st["rounds"]] == [0] and st["best_round"] == 0
+    teacher = tunesmith.load(run.dir / "rounds/round-0")
+    texts = [r["text"] for r in list(csv.DictReader(open(cfg["data"]["unlabelled"], encoding="utf-8")))[:80]]
+    surest = max(p["score"] for p in teacher.predict(texts))
+    assert surest < 1.0 and st["stopped"].startswith(
+        f"no pool row reached the threshold 1.0 with round 0's model (the surest was {surest:.3f}), so round 1 "
+        "would train on round 0's rows again: lower train.self_training.threshold")
+    assert not (run.dir / "pseudo_labels").exists() and not (run.dir / "rounds/round-1").exists()
+    assert run.report["test"] == json.loads((run.dir / "rounds/round-0/report.json").read_text())["test"]
+
+
 def test_self_training_needs_a_pool_a_task_with_confidences_and_the_training_columns(
         tiny_model_dir: str, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, tmp_path, "run")
