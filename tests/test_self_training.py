@@ -131,7 +131,7 @@ def test_the_rounds_stop_at_the_first_student_that_does_not_improve_and_the_run_
     page = (run_dir / "report.html").read_text()
     assert "<h3>Self-training (threshold 0.69)</h3>" in page and f"{best} (this model)" in page
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["self_training"] == {
-        "rounds": 2, "threshold": THRESHOLD}
+        "rounds": 2, "threshold": THRESHOLD, "max_per_class": None}
 
 
 def test_an_interrupted_self_training_run_resumes_to_the_same_result(self_trained: tuple, tiny_model_dir: str,
