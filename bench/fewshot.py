@@ -129,19 +129,25 @@ def one(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, name: str, sizes: str, seeds: str) -> argparse.ArgumentParser:
+    """The options every few-labels benchmark shares (data, grid, result files, one run in a child process)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--datasets", default="sst2,trec")
-    p.add_argument("--sizes", default="8,16,64", help="labelled rows per class")
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--methods", default="contrastive,finetune,setfit")
-    p.add_argument("--work", type=Path, default=REPO_ROOT / "bench/results/fewshot")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/fewshot.json")
+    p.add_argument("--sizes", default=sizes, help="labelled rows per class")
+    p.add_argument("--seeds", default=seeds)
+    p.add_argument("--work", type=Path, default=REPO_ROOT / f"bench/results/{name}")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / f"bench/results/{name}.json")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = arguments(__doc__, "fewshot", "8,16,64", "0,1,2,3,4")
+    p.add_argument("--methods", default="contrastive,finetune,setfit")
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot import DEFAULT_DATA_ROOT, REPO_ROOT, read_rows, sample, write  # noqa: E402
+from fewshot import arguments, read_rows, sample, write  # noqa: E402
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,22 +103,12 @@ def table(results: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--datasets", default="sst2,trec")
-    p.add_argument("--sizes", default="16", help="labelled rows per class")
-    p.add_argument("--seeds", default="0,1,2")
+    p = arguments(__doc__, "self_training", "16", "0,1,2")
     p.add_argument("--pool", type=int, default=1000, help="unlabelled rows")
     p.add_argument("--epochs", type=float, default=30)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--max-per-class", type=int, default=None)
-    p.add_argument("--work", type=Path, default=REPO_ROOT / "bench/results/self_training")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/self_training.json")
-    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--dataset", help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args)))
