@@ -36,9 +36,10 @@ _HF_PROBLEM = {"single_label": "single_label_classification",
 class ClassificationOptions(TaskOptions):
     method: Literal["finetune", "contrastive"] = "finetune"
     """finetune: the pretrained model with a classification head, trained end to end on the labelled rows.
-    contrastive: for few labelled rows (about 8 to 64 per class), the SetFit recipe: a sentence-embedding
-    body fine-tuned on pairs of rows (same label: similar; different: dissimilar), then a logistic
-    regression on its embeddings (tunesmith/tasks/contrastive.py). Single- and multi-label."""
+    contrastive: for few labelled rows (about 8 to 32 per class; by 64, finetune caught up on TREC in
+    bench/README), the SetFit recipe: a sentence-embedding body fine-tuned on pairs of rows (same label:
+    similar; different: dissimilar), then a logistic regression on its embeddings
+    (tunesmith/tasks/contrastive.py). Single- and multi-label."""
     pairs: int = Field(20, ge=1)
     """contrastive: pair draws per labelled row, each one row of the same label and one of another
     (SetFit's num_iterations), seeded by train.seed; an epoch is 2 x pairs x rows pairs."""
